@@ -1,0 +1,36 @@
+"""dfs: a GFS-style distributed file system.
+
+    import dfs
+    c = dfs.Client("127.0.0.1:5000")
+    c.put_bytes(b"hello", "/greeting.txt")
+    assert c.get_bytes("/greeting.txt") == b"hello"
+"""
+
+from .client import AsyncClient, Client
+from .errors import (
+    AlreadyExists,
+    BadRequest,
+    ChecksumError,
+    DFSError,
+    DirectoryNotEmpty,
+    InternalError,
+    IsADirectory,
+    NoSpace,
+    NotADirectory,
+    NotFound,
+    StaleGeneration,
+    Timeout,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    VersionMismatch,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExists", "AsyncClient", "BadRequest", "ChecksumError", "Client", "DFSError",
+    "DirectoryNotEmpty", "InternalError", "IsADirectory", "NoSpace", "NotADirectory",
+    "NotFound", "StaleGeneration", "Timeout", "TooLarge", "Unauthorized", "Unavailable",
+    "VersionMismatch", "__version__",
+]

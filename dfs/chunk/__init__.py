@@ -1,0 +1,1 @@
+"""The chunkserver role: block store, pipeline service, link to meta."""

@@ -1,0 +1,280 @@
+"""Block files on a chunkserver's local disk. Never does network I/O.
+
+Layout under the data dir::
+
+    chunkserver.id                 this server's id (uuid4 hex), made at first start
+    cluster.id                     the cluster id of the meta it first registered with
+    blocks/XX/blk_<id:016x>_<gen>      a finalized replica, XX = low byte of the id in hex
+    blocks/XX/blk_<id:016x>_<gen>.tmp  a replica being written (removed at start-up)
+
+A finalized block file (integers big-endian)::
+
+    0          size      data        the block's bytes, so a read at offset k is a pread at k
+    size       4*n       crc table   CRC32C of each CHECKSUM_CHUNK of data, n = ceil(size/chunk)
+    size+4n    4         magic       b"DFSB"
+               4         chunk       u32 checksum chunk size
+               8         size        u64 data size
+
+Block file names come from the block id and generation only: no client string is ever a path.
+A replica is written to .tmp, fsynced, renamed into place, and its directory fsynced before the
+write is acknowledged, so an acknowledged block survives a crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+import threading
+import uuid
+
+from .. import config
+from ..errors import NoSpace, NotFound, StaleGeneration
+from ..meta.journal import fsync_dir
+
+log = logging.getLogger(__name__)
+
+FOOTER = struct.Struct(">4sIQ")
+MAGIC = b"DFSB"
+CHUNK = config.CHECKSUM_CHUNK
+
+
+def n_chunks(size: int) -> int:
+    return (size + CHUNK - 1) // CHUNK
+
+
+def block_file_size(size: int) -> int:
+    return size + 4 * n_chunks(size) + FOOTER.size
+
+
+class BlockWriter:
+    """One replica being written: data goes to the .tmp file at the packet's offset."""
+
+    def __init__(self, store: "BlockStore", block_id: int, gen: int) -> None:
+        self.store, self.block_id, self.gen = store, block_id, gen
+        self.tmp = store.path(block_id, gen) + ".tmp"
+        os.makedirs(os.path.dirname(self.tmp), exist_ok=True)
+        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.crcs: list[int] = []
+        self.written = 0
+        self.unsynced = 0
+        self.closed = False
+        # Held while a worker thread uses the fd, so abort() never closes it under them.
+        self.lock = threading.Lock()
+
+    def write(self, offset: int, data: memoryview, crcs: list[int]) -> None:
+        """Write one packet (offset is a multiple of CHUNK; crcs already verified)."""
+        if offset != self.written:
+            raise ValueError(f"packet at {offset} out of order (have {self.written})")
+        if not data:
+            return
+        if offset % CHUNK:
+            raise ValueError(f"packet at {offset} follows a packet that was not whole chunks")
+        try:
+            n = os.pwrite(self.fd, data, offset)
+            while n < len(data):
+                n += os.pwrite(self.fd, data[n:], offset + n)
+        except OSError as exc:
+            raise self.store.disk_error(exc) from None
+        self.crcs.extend(crcs)
+        self.written += len(data)
+        self.unsynced += len(data)
+
+    def sync_some(self) -> None:
+        """Flush what has been written so far (called from a worker thread while writes go
+        on), so the final fsync at the end of the block has little left to do."""
+        with self.lock:
+            if not self.closed:
+                os.fdatasync(self.fd)
+
+    def finalize(self, size: int) -> None:
+        """Append checksums and footer, fsync, rename into place, fsync the directory.
+        Blocking: call from a worker thread."""
+        if size != self.written:
+            raise ValueError(f"block ends at {size} but {self.written} bytes were written")
+        trailer = struct.pack(f">{len(self.crcs)}I", *self.crcs) + FOOTER.pack(MAGIC, CHUNK, size)
+        with self.lock:
+            if self.closed:
+                raise ValueError("block write was aborted")
+            try:
+                os.pwrite(self.fd, trailer, size)
+                os.fsync(self.fd)
+                os.close(self.fd)
+                self.closed = True
+                final = self.store.path(self.block_id, self.gen)
+                os.rename(self.tmp, final)
+                fsync_dir(os.path.dirname(final))
+            except OSError as exc:
+                raise self.store.disk_error(exc) from None
+        self.store.added(self.block_id, self.gen, size)
+
+    def abort(self) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            os.close(self.fd)
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+class BlockStore:
+    def __init__(self, root: str, capacity: int = 0) -> None:
+        self.root = root
+        self.blocks_dir = os.path.join(root, "blocks")
+        os.makedirs(self.blocks_dir, exist_ok=True)
+        self.index: dict[int, tuple[int, int]] = {}  # block id -> (gen, size)
+        self.used = 0
+        self.capacity_flag = capacity
+        self.server_id = self._read_or_make("chunkserver.id", lambda: uuid.uuid4().hex)
+        self._scan()
+
+    def _read_or_make(self, name: str, make: object) -> str:
+        path = os.path.join(self.root, name)
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            value = make() if callable(make) else str(make)
+            self.write_small(name, value)
+            return value
+
+    def write_small(self, name: str, value: str) -> None:
+        path = os.path.join(self.root, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(value + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(path + ".tmp", path)
+        fsync_dir(self.root)
+
+    def read_small(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.root, name)) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return ""
+
+    def path(self, block_id: int, gen: int) -> str:
+        return os.path.join(self.blocks_dir, f"{block_id & 0xff:02x}",
+                            f"blk_{block_id:016x}_{gen}")
+
+    def _scan(self) -> None:
+        """Index finalized replicas; remove leftovers of writes that never finished."""
+        for sub in sorted(os.listdir(self.blocks_dir)):
+            d = os.path.join(self.blocks_dir, sub)
+            if not os.path.isdir(d):
+                continue
+            for name in os.listdir(d):
+                full = os.path.join(d, name)
+                if name.endswith(".tmp"):
+                    os.unlink(full)
+                    continue
+                try:
+                    _, hexid, gen_s = name.split("_")
+                    block_id, gen = int(hexid, 16), int(gen_s)
+                    size = self._footer_size(full)
+                except (ValueError, OSError) as exc:
+                    log.warning("ignoring unreadable block file %s: %s", full, exc)
+                    continue
+                prev = self.index.get(block_id)
+                if prev is not None and prev[0] >= gen:
+                    os.unlink(full)  # an older generation that was never cleaned up
+                    continue
+                if prev is not None:
+                    os.unlink(self.path(block_id, prev[0]))
+                    self.used -= block_file_size(prev[1])
+                self.index[block_id] = (gen, size)
+                self.used += block_file_size(size)
+
+    @staticmethod
+    def _footer_size(path: str) -> int:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            total = f.tell()
+            if total < FOOTER.size:
+                raise ValueError("too short for a footer")
+            f.seek(total - FOOTER.size)
+            magic, chunk, size = FOOTER.unpack(f.read(FOOTER.size))
+        if magic != MAGIC or chunk != CHUNK or block_file_size(size) != total:
+            raise ValueError("bad footer")
+        return size
+
+    # stats ----------------------------------------------------------------------------
+    def stats(self) -> tuple[int, int, int]:
+        """(capacity, used, free) in bytes; free also respects the disk's real free space."""
+        st = os.statvfs(self.blocks_dir)
+        disk_free = st.f_bavail * st.f_frsize
+        capacity = self.capacity_flag or (self.used + disk_free)
+        free = max(0, min(capacity - self.used, disk_free))
+        return capacity, self.used, free
+
+    def report(self) -> list[list[int]]:
+        return [[bid, gen, size] for bid, (gen, size) in self.index.items()]
+
+    def disk_error(self, exc: OSError) -> Exception:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return NoSpace(f"disk full on chunkserver ({self.root})")
+        return exc
+
+    # writes and reads -----------------------------------------------------------------
+    def open_write(self, block_id: int, gen: int) -> BlockWriter:
+        try:
+            return BlockWriter(self, block_id, gen)
+        except OSError as exc:
+            raise self.disk_error(exc) from None
+
+    def added(self, block_id: int, gen: int, size: int) -> None:
+        """A replica was finalized: index it and drop older generations of it."""
+        prev = self.index.get(block_id)
+        if prev is not None and prev[0] != gen:
+            try:
+                os.unlink(self.path(block_id, prev[0]))
+            except FileNotFoundError:
+                pass
+        if prev is not None:
+            self.used -= block_file_size(prev[1])
+        self.index[block_id] = (gen, size)
+        self.used += block_file_size(size)
+
+    def lookup(self, block_id: int, gen: int) -> int:
+        """Size of the replica; NotFound or StaleGeneration if we cannot serve that gen."""
+        have = self.index.get(block_id)
+        if have is None:
+            raise NotFound(f"block {block_id} is not on this chunkserver")
+        if have[0] != gen:
+            raise StaleGeneration(f"block {block_id} has gen {have[0]} here, not {gen}")
+        return have[1]
+
+    def read(self, block_id: int, gen: int, offset: int, length: int
+             ) -> tuple[bytes, list[int], int]:
+        """Data at [offset, offset+length) clipped to the block, the CRCs of the chunks it
+        covers, and the block size. `offset` must be chunk-aligned."""
+        size = self.lookup(block_id, gen)
+        length = max(0, min(length, size - offset))
+        first, count = offset // CHUNK, n_chunks(length)
+        fd = os.open(self.path(block_id, gen), os.O_RDONLY)
+        try:
+            data = os.pread(fd, length, offset)
+            table = os.pread(fd, 4 * count, size + 4 * first)
+        finally:
+            os.close(fd)
+        if len(data) != length or len(table) != 4 * count:
+            raise OSError(errno.EIO, f"block {block_id} file is short")
+        return data, list(struct.unpack(f">{count}I", table)), size
+
+    def delete(self, block_id: int, gen: int) -> bool:
+        """Delete the replica if its generation is `gen` or older."""
+        have = self.index.get(block_id)
+        if have is None or have[0] > gen:
+            return False
+        try:
+            os.unlink(self.path(block_id, have[0]))
+        except FileNotFoundError:
+            pass
+        del self.index[block_id]
+        self.used -= block_file_size(have[1])
+        return True

@@ -1,0 +1,127 @@
+"""The chunkserver's link to meta: register with a full block report, heartbeat, carry out
+the commands that come back, and re-register whenever meta has forgotten us (a meta restart).
+
+Owns nothing but the link; it never touches block files except through the block store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Callable
+
+from ..errors import DFSError
+from ..net import Connection
+from .blockstore import BlockStore
+
+log = logging.getLogger(__name__)
+
+
+class MetaLink:
+    def __init__(self, store: BlockStore, meta_addr: str, interval: float,
+                 advertise: Callable[[Connection], str], writing: Callable[[], int]) -> None:
+        self.store = store
+        self.meta_addr = meta_addr
+        self.interval = interval
+        self._advertise = advertise
+        self._writing = writing
+        self.addr = ""
+        self.conn: Connection | None = None
+        self.registered = False
+        self._received: list[list[int]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.conn is not None:
+            self.conn.close()
+
+    def block_received(self, block_id: int, gen: int, size: int) -> None:
+        """A replica was finalized: tell meta soon (it need not wait for the next beat)."""
+        self._received.append([block_id, gen, size])
+        self._wake.set()
+
+    def _stats(self) -> dict[str, Any]:
+        capacity, used, free = self.store.stats()
+        return {"chunk_id": self.store.server_id, "addr": self.addr, "capacity": capacity,
+                "used": used, "free": free, "load": int(os.getloadavg()[0] * 100),
+                "writing": self._writing(), "blocks_count": len(self.store.index)}
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = await Connection.open(self.meta_addr, role="chunk")
+                    self.addr = self._advertise(self.conn)
+                    self.registered = False
+                if not self.registered:
+                    await self._register()
+                await self._beat()
+                failures = 0
+            except DFSError as exc:
+                if failures == 0:
+                    log.warning("meta %s: %s; retrying every second", self.meta_addr, exc)
+                failures += 1
+                self.registered = False
+                if self.conn is not None:
+                    self.conn.close()
+                    self.conn = None
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await asyncio.sleep(0.05)  # let a burst of finalized blocks share one message
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _register(self) -> None:
+        assert self.conn is not None
+        mine = self.store.read_small("cluster.id")
+        self._received = []  # the full report covers them
+        reply = await self.conn.call("register", blocks=self.store.report(), cluster_id=mine,
+                                     **self._stats())
+        theirs = reply.header.get("cluster_id") or ""
+        if theirs and not mine:
+            self.store.write_small("cluster.id", theirs)
+        self.registered = True
+        log.info("registered with meta %s as %s (%d blocks)", self.meta_addr, self.addr,
+                 len(self.store.index))
+
+    async def _beat(self) -> None:
+        assert self.conn is not None
+        received, self._received = self._received, []
+        try:
+            reply = await self.conn.call("heartbeat", received=received, **self._stats())
+        except DFSError:
+            self._received = received + self._received
+            raise
+        if reply.header.get("reregister"):
+            log.info("meta asked us to register again (it restarted)")
+            self.registered = False
+            self._wake.set()
+            return
+        for cmd in reply.header.get("commands") or []:
+            self._command(cmd)
+
+    def _command(self, cmd: dict[str, Any]) -> None:
+        if cmd.get("op") == "delete":
+            deleted = 0
+            for block_id, gen in cmd.get("blocks") or []:
+                if self.store.delete(int(block_id), int(gen)):
+                    deleted += 1
+            if deleted:
+                log.info("deleted %d blocks on meta's request", deleted)
+        else:
+            log.warning("ignoring unknown command from meta: %r", cmd.get("op"))

@@ -1,0 +1,277 @@
+"""The chunkserver's request handlers: the write pipeline and block reads.
+
+Write pipeline, per block: the client sends `write_block` naming the rest of the chain; this
+server opens the same stream to the next server, then takes `packet`s. Each packet's CRC32Cs
+are verified here before the bytes touch the disk, the packet is forwarded downstream and
+written locally at its offset, and its ack goes back once the downstream ack has arrived too.
+The last packet's ack waits for the local fsync + rename + directory fsync and for the whole
+rest of the chain doing the same, so an acknowledged block is durable on every replica listed
+in the ack. Packets are never re-encoded: the payload buffer received from upstream is the one
+written to the file and to the next socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+import crc32c
+
+from .. import config
+from ..errors import BadRequest, ChecksumError, DFSError, NoSpace, Unavailable
+from ..net import ConnectionPool, ServerConnection, wait_reply
+from ..net.connection import Connection
+from ..protocol import Frame
+from .blockstore import CHUNK, BlockStore, BlockWriter
+
+log = logging.getLogger(__name__)
+
+
+def _int(h: dict[str, Any], key: str) -> int:
+    v = h.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise BadRequest(f"field {key!r} must be a non-negative integer")
+    return v
+
+
+def verify_crcs(data: memoryview, crcs: Any) -> None:
+    """Check one CRC32C per CHUNK of data; raise ChecksumError on the first mismatch."""
+    n = (len(data) + CHUNK - 1) // CHUNK
+    if not isinstance(crcs, list) or len(crcs) != n:
+        raise BadRequest(f"packet of {len(data)} bytes needs {n} checksums")
+    for i in range(n):
+        if crc32c.crc32c(data[i * CHUNK:(i + 1) * CHUNK]) != crcs[i]:
+            raise ChecksumError(f"packet chunk {i} does not match its CRC32C")
+
+
+class Stream:
+    """One block being written through this server."""
+
+    def __init__(self, writer: BlockWriter, downstream: "Connection | None",
+                 chain: list[str]) -> None:
+        self.writer = writer
+        self.downstream = downstream
+        self.chain = chain  # servers after this one
+        self.syncing = False
+        self.failed: DFSError | None = None
+        self.done = False
+
+
+class ChunkService:
+    def __init__(self, store: BlockStore, addr: str,
+                 on_block: Callable[[int, int, int], None]) -> None:
+        self.store = store
+        self.addr = addr  # as advertised to meta and clients
+        self.on_block = on_block  # tells meta about a finalized replica
+        self.writing = 0  # streams open across all connections
+        self.pool = ConnectionPool(role="chunk")  # to downstream chunkservers
+
+    def _streams(self, conn: ServerConnection) -> dict[int, Stream]:
+        """The blocks being written over one connection (dropped when it closes)."""
+        streams: dict[int, Stream] | None = conn.state.get("streams")
+        if streams is None:
+            streams = conn.state["streams"] = {}
+
+            def closed() -> None:
+                for block_id in list(streams):
+                    self._close_stream(streams, block_id)
+            conn.close_callbacks.append(closed)
+        return streams
+
+    # write pipeline -------------------------------------------------------------------
+    def handle_write_block(self, h: dict[str, Any], payload: memoryview,
+                           conn: ServerConnection) -> Awaitable[dict[str, Any]]:
+        block_id, gen = _int(h, "block"), _int(h, "gen")
+        chain = h.get("targets") or []
+        if not isinstance(chain, list) or not all(isinstance(a, str) for a in chain) or \
+                len(chain) > config.MAX_REPLICATION:
+            raise BadRequest("targets must be a list of addresses")
+        streams = self._streams(conn)
+        # Re-opening a block on the same connection means the writer gave up on the old try.
+        self._close_stream(streams, block_id)
+        return self._open_stream(streams, block_id, gen, chain)
+
+    async def _open_stream(self, streams: dict[int, Stream], block_id: int, gen: int,
+                           chain: list[str]) -> dict[str, Any]:
+        downstream = None
+        if chain:
+            try:
+                downstream = await self.pool.get(chain[0])
+                await downstream.call("write_block", block=block_id, gen=gen,
+                                      targets=chain[1:], timeout=config.RPC_TIMEOUT)
+            except DFSError as exc:
+                bad = exc.details.get("bad") or chain[0]
+                raise Unavailable(f"pipeline to {chain[0]} failed: {exc}", bad=bad) from None
+        try:
+            writer = self.store.open_write(block_id, gen)
+        except DFSError as exc:
+            self._abort_downstream(downstream, block_id)
+            exc.details["bad"] = self.addr
+            raise
+        streams[block_id] = Stream(writer, downstream, chain)
+        self.writing += 1
+        return {}
+
+    def _close_stream(self, streams: dict[int, Stream], block_id: int) -> None:
+        stream = streams.pop(block_id, None)
+        if stream is None:
+            return
+        self.writing -= 1
+        if not stream.done:
+            stream.writer.abort()
+            self._abort_downstream(stream.downstream, stream.writer.block_id)
+
+    def _abort_downstream(self, downstream: Connection | None, block_id: int) -> None:
+        """Best effort: tell the next server to drop its partial replica too."""
+        if downstream is None or downstream.closed:
+            return
+        try:
+            fut = downstream.request("abort_block", block=block_id)
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        except DFSError:
+            pass
+
+    def handle_abort_block(self, h: dict[str, Any], payload: memoryview,
+                           conn: ServerConnection) -> dict[str, Any]:
+        """The upstream gave up on this block: drop the partial replica (and downstream's)."""
+        self._close_stream(self._streams(conn), _int(h, "block"))
+        return {}
+
+    def handle_packet(self, h: dict[str, Any], payload: memoryview,
+                      conn: ServerConnection) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        block_id = _int(h, "block")
+        streams = self._streams(conn)
+        stream = streams.get(block_id)
+        if stream is None:
+            raise BadRequest(f"no write of block {block_id} open on this connection")
+        if stream.failed is not None:
+            raise stream.failed
+        offset, last = _int(h, "offset"), bool(h.get("last"))
+        crcs = h.get("crcs") or []
+        try:
+            verify_crcs(payload, crcs)
+        except DFSError as exc:
+            self._fail(stream, exc)
+            raise
+        down_fut = None
+        frame = conn.detach_payload()
+        try:
+            if stream.downstream is not None:
+                fields = {"block": block_id, "offset": offset, "crcs": crcs, "last": last}
+                if last:
+                    fields["size"] = h.get("size")
+                try:
+                    down_fut = stream.downstream.request("packet", payload, **fields)
+                except DFSError:
+                    raise self._fail(stream, Unavailable(f"downstream {stream.chain[0]} lost",
+                                                         bad=stream.chain[0])) from None
+            try:
+                stream.writer.write(offset, payload, crcs)
+            except NoSpace as exc:
+                exc.details["bad"] = self.addr
+                raise self._fail(stream, exc) from None
+            except ValueError as exc:  # the writer sent packets out of order
+                raise self._fail(stream, BadRequest(str(exc))) from None
+            except OSError as exc:
+                raise self._fail(stream, DFSError(f"local write failed: {exc}",
+                                                  bad=self.addr)) from None
+        finally:
+            self._release(frame, stream)
+        if last:
+            return self._finish(streams, stream, h, down_fut)
+        if stream.writer.unsynced >= config.BACKGROUND_SYNC_BYTES and not stream.syncing:
+            stream.writer.unsynced = 0
+            stream.syncing = True
+            asyncio.ensure_future(self._background_sync(stream))
+        if down_fut is None:
+            return {}
+        return self._await_downstream(stream, down_fut)
+
+    @staticmethod
+    def _release(frame: Frame, stream: Stream) -> None:
+        """Hand the packet buffer back to the pool unless the downstream transport may still
+        be holding it (it copies nothing; it keeps a reference until the bytes are sent)."""
+        if stream.downstream is None or stream.downstream.protocol.write_idle:
+            frame.release()
+
+    async def _background_sync(self, stream: Stream) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, stream.writer.sync_some)
+        except OSError:
+            pass  # the final fsync reports any real problem
+        finally:
+            stream.syncing = False
+
+    async def _await_downstream(self, stream: Stream,
+                                fut: asyncio.Future[Frame]) -> dict[str, Any]:
+        try:
+            reply = await wait_reply(fut, config.PACKET_TIMEOUT, f"packet to {stream.chain[0]}")
+        except DFSError as exc:
+            raise self._fail(stream, self._downstream_error(stream, exc)) from None
+        return {"replicas": [self.addr] + reply.header.get("replicas", [])}
+
+    def _downstream_error(self, stream: Stream, exc: DFSError) -> DFSError:
+        bad = exc.details.get("bad") or stream.chain[0]
+        if isinstance(exc, ChecksumError):
+            return ChecksumError(str(exc), bad=bad)
+        if isinstance(exc, NoSpace):
+            return NoSpace(str(exc), bad=bad)
+        return Unavailable(f"downstream {stream.chain[0]}: {exc}", bad=bad)
+
+    async def _finish(self, streams: dict[int, Stream], stream: Stream, h: dict[str, Any],
+                      down_fut: asyncio.Future[Frame] | None) -> dict[str, Any]:
+        size = _int(h, "size")
+        loop = asyncio.get_running_loop()
+        local = loop.run_in_executor(None, stream.writer.finalize, size)
+        replicas = [self.addr]
+        try:
+            await local
+        except (OSError, ValueError, DFSError) as exc:
+            if down_fut is not None:
+                down_fut.cancel()
+            err = exc if isinstance(exc, DFSError) else DFSError(f"finalize failed: {exc}")
+            err.details["bad"] = self.addr
+            raise self._fail(stream, err) from None
+        stream.done = True
+        self.on_block(stream.writer.block_id, stream.writer.gen, size)
+        if down_fut is not None:
+            try:
+                reply = await wait_reply(down_fut, config.PACKET_TIMEOUT,
+                                         f"last packet to {stream.chain[0]}")
+            except DFSError as exc:
+                # Our copy is durable; the error names the bad server so the client can
+                # rebuild the pipeline around it.
+                raise self._downstream_error(stream, exc) from None
+            replicas += reply.header.get("replicas", [])
+        if streams.get(stream.writer.block_id) is stream:
+            self._close_stream(streams, stream.writer.block_id)
+        return {"replicas": replicas}
+
+    def _fail(self, stream: Stream, err: DFSError) -> DFSError:
+        """The stream cannot complete: drop the partial replica, refuse further packets."""
+        if stream.failed is None:
+            stream.failed = err
+            if not stream.done:
+                stream.writer.abort()
+            self._abort_downstream(stream.downstream, stream.writer.block_id)
+        return err
+
+    # reads ----------------------------------------------------------------------------
+    def handle_read_block(self, h: dict[str, Any], payload: memoryview,
+                          conn: ServerConnection) -> tuple[dict[str, Any], bytes]:
+        block_id, gen = _int(h, "block"), _int(h, "gen")
+        offset, length = _int(h, "offset"), _int(h, "length")
+        if offset % CHUNK or length > config.MAX_PAYLOAD:
+            raise BadRequest(f"reads start on a {CHUNK}-byte boundary and are at most "
+                             f"{config.MAX_PAYLOAD} bytes")
+        try:
+            data, crcs, size = self.store.read(block_id, gen, offset, length)
+        except OSError as exc:
+            raise DFSError(f"reading block {block_id} failed: {exc}") from None
+        return {"crcs": crcs, "size": size}, data
+
+    def handle_block_info(self, h: dict[str, Any], payload: memoryview,
+                          conn: ServerConnection) -> dict[str, Any]:
+        block_id, gen = _int(h, "block"), _int(h, "gen")
+        return {"size": self.store.lookup(block_id, gen)}

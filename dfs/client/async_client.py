@@ -1,0 +1,299 @@
+"""`dfs.AsyncClient`: the asyncio client. One instance may be shared by many tasks.
+
+Metadata requests go to meta over one multiplexed connection; block bytes go straight to
+chunkservers over pooled connections (see writer.py and reader.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat as stat_mod
+import tempfile
+from typing import Any, BinaryIO, Callable
+
+from .. import config
+from ..errors import DFSError, IsADirectory, Unavailable
+from ..net import Connection, ConnectionPool
+from .reader import FileReader
+from .writer import FileWriter
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+# Requests that change nothing may be retried once on a fresh connection after meta restarts.
+_IDEMPOTENT = frozenset({"stat", "ls", "status", "renew"})
+
+
+def meta_address(meta: str | None) -> str:
+    """Normalise `HOST:PORT`, `http://HOST:PORT` or None ($DFS_META, else 127.0.0.1:5000)."""
+    text = meta or os.environ.get("DFS_META") or \
+        f"{config.DEFAULT_META_HOST}:{config.DEFAULT_META_PORT}"
+    host, port = config.parse_addr(text)
+    return config.format_addr(host, port)
+
+
+def _read_full(f: BinaryIO, n: int) -> bytes:
+    """Read exactly n bytes unless the stream ends (pipes return short reads)."""
+    data = f.read(n)
+    if not data or len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = f.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+class AsyncClient:
+    """Talks to one dfs cluster. Use as `async with dfs.AsyncClient(addr) as c:`."""
+
+    def __init__(self, meta: str | None = None, *, timeout: float = config.RPC_TIMEOUT,
+                 secret_file: str | None = None) -> None:
+        self.meta_addr = meta_address(meta)
+        self.timeout = timeout
+        self.secret_file = secret_file  # accepted for forward compatibility (issue: security)
+        self.pool = ConnectionPool()
+        self._meta: Connection | None = None
+        self._meta_lock: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._meta is not None:
+            self._meta.close()
+            self._meta = None
+        self.pool.close()
+
+    # metadata -------------------------------------------------------------------------
+    async def _meta_conn(self) -> Connection:
+        conn = self._meta
+        if conn is not None and not conn.closed:
+            return conn
+        if self._meta_lock is None:
+            self._meta_lock = asyncio.Lock()
+        async with self._meta_lock:
+            if self._meta is None or self._meta.closed:
+                try:
+                    self._meta = await Connection.open(self.meta_addr)
+                except Unavailable as exc:
+                    raise Unavailable(f"meta server: {exc.msg}") from None
+            return self._meta
+
+    async def meta_call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """One metadata request; the reply header without its id."""
+        for attempt in (0, 1):
+            conn = await self._meta_conn()
+            try:
+                reply = await conn.call(op, timeout=self.timeout, **fields)
+            except Unavailable:
+                if attempt == 0 and op in _IDEMPOTENT and conn.closed:
+                    continue
+                raise
+            header = reply.header
+            reply.release()
+            header.pop("id", None)
+            return header
+        raise AssertionError("unreachable")
+
+    def report_bad(self, block_id: int, addr: str) -> None:
+        """Tell meta (in the background) that a replica returned bad bytes."""
+        async def report() -> None:
+            try:
+                await self.meta_call("report_bad", block=block_id, replica=addr)
+            except DFSError as exc:
+                log.warning("could not report bad replica to meta: %s", exc)
+        asyncio.ensure_future(report())
+
+    async def stat(self, path: str) -> dict[str, Any]:
+        """A dict like `dfs-cli stat --json`: type, size, replication, blocks with replicas."""
+        return await self.meta_call("stat", path=path)
+
+    async def ls(self, path: str = "/") -> list[dict[str, Any]]:
+        """Entries of a directory (or the file itself), shaped like `dfs-cli ls --json`."""
+        out: list[dict[str, Any]] = []
+        start_after = ""
+        while True:
+            reply = await self.meta_call("ls", path=path, start_after=start_after,
+                                         limit=config.MAX_LS_PAGE)
+            entries = reply["entries"]
+            out.extend(entries)
+            if not reply.get("more") or not entries:
+                return out
+            start_after = entries[-1]["path"].rsplit("/", 1)[-1]
+
+    async def mkdir(self, path: str, parents: bool = False) -> None:
+        """Create a directory; with parents=True, missing parents too and no error if it exists."""
+        await self.meta_call("mkdir", path=path, parents=parents)
+
+    async def rm(self, path: str, recursive: bool = False) -> int:
+        """Remove a file or directory; returns how many files were removed."""
+        reply = await self.meta_call("rm", path=path, recursive=recursive)
+        return int(reply.get("files", 0))
+
+    async def mv(self, src: str, dst: str) -> str:
+        """Rename a file or directory; into `dst` if it is a directory. Returns the new path."""
+        reply = await self.meta_call("mv", src=src, dst=dst)
+        return str(reply["path"])
+
+    async def status(self) -> dict[str, Any]:
+        """Cluster summary shaped like `dfs-cli status --json`."""
+        return await self.meta_call("status")
+
+    # files ----------------------------------------------------------------------------
+    def open(self, path: str, mode: str = "rb", *, replication: int = config.DEFAULT_REPLICATION,
+             block_size: int = config.DEFAULT_BLOCK_SIZE) -> "_Opener":
+        """`await c.open(p)` or `async with c.open(p) as f`: a FileReader ("rb") or a
+        FileWriter ("wb", visible only once closed)."""
+        if mode not in ("rb", "wb"):
+            raise ValueError("mode must be 'rb' or 'wb'")
+        return _Opener(self, path, mode, replication, block_size)
+
+    async def open_read(self, path: str) -> FileReader:
+        info = await self.stat(path)
+        if info["type"] != "file":
+            raise IsADirectory(f"{info['path']} is a directory")
+        return FileReader(self, info)
+
+    async def open_write(self, path: str, replication: int = config.DEFAULT_REPLICATION,
+                         block_size: int = config.DEFAULT_BLOCK_SIZE) -> FileWriter:
+        return await FileWriter(self, path, replication, block_size).open()
+
+    async def put_stream(self, f: BinaryIO, remote: str, *,
+                         replication: int = config.DEFAULT_REPLICATION,
+                         block_size: int = config.DEFAULT_BLOCK_SIZE,
+                         progress: Progress | None = None) -> dict[str, Any]:
+        """Upload everything a binary stream yields. Reads from a pipe run off the loop."""
+        regular = False
+        try:
+            regular = stat_mod.S_ISREG(os.fstat(f.fileno()).st_mode)
+        except (AttributeError, OSError, ValueError):
+            regular = True  # an in-memory stream: reading it never blocks
+        loop = asyncio.get_running_loop()
+        writer = await self.open_write(remote, replication, block_size)
+        try:
+            while True:
+                if regular:
+                    data = _read_full(f, config.PACKET_SIZE)
+                else:
+                    data = await loop.run_in_executor(None, _read_full, f, config.PACKET_SIZE)
+                if not data:
+                    break
+                await writer.write_packet(data)
+                if progress is not None:
+                    progress(len(data))
+            return await writer.close()
+        except BaseException:
+            await writer.abort()
+            raise
+
+    async def put(self, local: str, remote: str, *,
+                  replication: int = config.DEFAULT_REPLICATION,
+                  block_size: int = config.DEFAULT_BLOCK_SIZE,
+                  progress: Progress | None = None) -> dict[str, Any]:
+        """Upload a local file; replaces `remote` atomically. Returns path, size, blocks and
+        `under_replicated` (ids of blocks stored on fewer servers than asked)."""
+        with open(local, "rb") as f:
+            return await self.put_stream(f, remote, replication=replication,
+                                         block_size=block_size, progress=progress)
+
+    async def put_bytes(self, data: bytes, remote: str, *,
+                        replication: int = config.DEFAULT_REPLICATION,
+                        block_size: int = config.DEFAULT_BLOCK_SIZE) -> dict[str, Any]:
+        """Upload bytes held in memory; replaces `remote` atomically."""
+        writer = await self.open_write(remote, replication, block_size)
+        try:
+            view = memoryview(data)
+            for i in range(0, len(view), config.PACKET_SIZE):
+                await writer.write_packet(bytes(view[i:i + config.PACKET_SIZE]))
+            return await writer.close()
+        except BaseException:
+            await writer.abort()
+            raise
+
+    async def get_stream(self, remote: str, f: BinaryIO,
+                         progress: Progress | None = None,
+                         on_open: Callable[[int], None] | None = None) -> int:
+        """Download `remote` into a binary stream; returns the byte count."""
+        reader = await self.open_read(remote)
+        if on_open is not None:
+            on_open(reader.size)
+        try:
+            total = 0
+            while True:
+                data = await reader.read(4 * config.READ_SIZE)
+                if not data:
+                    return total
+                f.write(data)
+                total += len(data)
+                if progress is not None:
+                    progress(len(data))
+        finally:
+            await reader.close()
+
+    async def get(self, remote: str, local: str, *, progress: Progress | None = None,
+                  on_open: Callable[[int], None] | None = None) -> int:
+        """Download to a local file, which appears only once complete (temp file + rename)."""
+        directory = os.path.dirname(os.path.abspath(local))
+        fd, tmp = tempfile.mkstemp(prefix=".dfs-get-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                n = await self.get_stream(remote, f, progress, on_open)
+            os.replace(tmp, local)
+            return n
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    async def get_bytes(self, remote: str) -> bytes:
+        """The whole file in memory."""
+        reader = await self.open_read(remote)
+        try:
+            return await reader.read()
+        finally:
+            await reader.close()
+
+
+class _Opener:
+    """What `AsyncClient.open` returns: awaitable, or an async context manager."""
+
+    def __init__(self, client: AsyncClient, path: str, mode: str, replication: int,
+                 block_size: int) -> None:
+        self.client, self.path, self.mode = client, path, mode
+        self.replication, self.block_size = replication, block_size
+        self.file: FileReader | FileWriter | None = None
+
+    async def _open(self) -> FileReader | FileWriter:
+        if self.mode == "rb":
+            return await self.client.open_read(self.path)
+        return await self.client.open_write(self.path, self.replication, self.block_size)
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Any:
+        self.file = await self._open()
+        return self.file
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        assert self.file is not None
+        if isinstance(self.file, FileWriter):
+            if exc_type is None:
+                await self.file.close()
+            else:
+                await self.file.abort()
+        else:
+            await self.file.close()

@@ -1,0 +1,285 @@
+"""The client's write path: stream a file as blocks, each block as a pipeline of packets.
+
+For each block the client asks meta for a block id and an ordered chain of chunkservers, opens
+the stream at the head of the chain and sends packets of PACKET_SIZE bytes, WRITE_WINDOW of them
+in flight, each with one CRC32C per CHECKSUM_CHUNK computed here once. An empty packet marked
+`last` ends the block; its ack comes after every replica has fsynced and renamed the block.
+
+If anything in the chain fails, the block's packets (kept in memory until the block is acked, so
+memory is bounded by one block plus the window) are resent to a new chain that meta builds
+around the failed server, under a new generation. The file becomes visible only at `close()`,
+when meta commits the whole block list atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import crc32c
+
+from .. import config
+from ..errors import DFSError
+from ..net import Connection, wait_reply
+from ..protocol import Frame
+
+if TYPE_CHECKING:
+    from .async_client import AsyncClient
+
+log = logging.getLogger(__name__)
+
+MAX_PIPELINE_RETRIES = 5
+CHUNK = config.CHECKSUM_CHUNK
+
+
+def checksums(data: bytes | memoryview) -> list[int]:
+    view = memoryview(data)
+    return [crc32c.crc32c(view[i:i + CHUNK]) for i in range(0, len(view), CHUNK)]
+
+
+async def _settle(futs: "deque[asyncio.Future[Frame]]") -> None:
+    """Wait out acks we no longer care about, retrieving their exceptions."""
+    while futs:
+        fut = futs.popleft()
+        try:
+            await asyncio.wait_for(fut, 1.0)
+        except BaseException:
+            pass
+
+
+class BlockWrite:
+    """One block: its packets, its current chain, the acks in flight."""
+
+    def __init__(self, client: "AsyncClient", upload: int, block_id: int, gen: int,
+                 targets: list[str]) -> None:
+        self.client = client
+        self.upload = upload
+        self.block_id, self.gen, self.targets = block_id, gen, targets
+        self.packets: list[tuple[bytes, list[int]]] = []
+        self.size = 0
+        self.conn: Connection | None = None
+        self.inflight: deque[asyncio.Future[Frame]] = deque()
+        self.error: DFSError | None = None
+        self.excluded: set[str] = set()
+
+    async def _open(self) -> None:
+        self.conn = await self.client.pool.get(self.targets[0])
+        reply = await self.conn.call("write_block", block=self.block_id, gen=self.gen,
+                                     targets=self.targets[1:])
+        reply.release()
+
+    async def start(self) -> None:
+        try:
+            await self._open()
+        except DFSError as exc:
+            self._broken(exc)
+
+    def _broken(self, exc: DFSError) -> None:
+        if self.error is None:
+            self.error = exc
+            log.info("block %d pipeline %s failed: %s", self.block_id, self.targets, exc)
+
+    def _request(self, offset: int, data: bytes, crcs: list[int], last: bool
+                 ) -> asyncio.Future[Frame]:
+        assert self.conn is not None
+        fields: dict[str, Any] = {"block": self.block_id, "offset": offset, "crcs": crcs}
+        if last:
+            fields["last"] = True
+            fields["size"] = self.size
+        return self.conn.request("packet", data, **fields)
+
+    async def add(self, data: bytes, crcs: list[int]) -> None:
+        """Keep the packet for a possible resend, and send it unless the chain is broken."""
+        offset = self.size
+        self.packets.append((data, crcs))
+        self.size += len(data)
+        await self._send(offset, data, crcs)
+
+    async def _send(self, offset: int, data: bytes, crcs: list[int]) -> None:
+        """Send one packet, waiting for the oldest ack once the window is full."""
+        if self.error is not None:
+            return
+        assert self.conn is not None
+        try:
+            await self.conn.drain()
+            self.inflight.append(self._request(offset, data, crcs, False))
+            while len(self.inflight) >= config.WRITE_WINDOW:
+                reply = await wait_reply(self.inflight.popleft(), config.PACKET_TIMEOUT,
+                                         f"packet to {self.targets[0]}")
+                reply.release()
+        except DFSError as exc:
+            self._broken(exc)
+
+    async def finish(self) -> list[str]:
+        """End the block; rebuild the pipeline and resend as often as needed. Returns the
+        servers that hold the block durably."""
+        for attempt in range(MAX_PIPELINE_RETRIES + 1):
+            if self.error is None:
+                try:
+                    return await self._complete()
+                except DFSError as exc:
+                    self._broken(exc)
+            await _settle(self.inflight)
+            if attempt == MAX_PIPELINE_RETRIES:
+                break
+            await self._recover()
+        assert self.error is not None
+        raise self.error
+
+    async def _complete(self) -> list[str]:
+        assert self.conn is not None
+        await self.conn.drain()
+        last = self._request(self.size, b"", [], True)
+        while self.inflight:
+            reply = await wait_reply(self.inflight.popleft(), config.PACKET_TIMEOUT,
+                                     f"packet to {self.targets[0]}")
+            reply.release()
+        reply = await wait_reply(last, config.PACKET_TIMEOUT, f"last packet to {self.targets[0]}")
+        replicas: list[str] = reply.header.get("replicas") or [self.targets[0]]
+        reply.release()
+        return replicas
+
+    async def _recover(self) -> None:
+        """Ask meta for a new generation and chain without the failed server, then resend."""
+        assert self.error is not None
+        bad = self.error.details.get("bad") or self.targets[0]
+        self.excluded.add(bad)
+        if self.conn is not None and not self.conn.closed:
+            try:
+                self.conn.request("abort_block", block=self.block_id).add_done_callback(
+                    lambda f: f.cancelled() or f.exception())
+            except DFSError:
+                pass
+        keep = [t for t in self.targets if t not in self.excluded]
+        reply = await self.client.meta_call("recover_block", upload=self.upload,
+                                            block=self.block_id, exclude=sorted(self.excluded),
+                                            keep=keep)
+        self.gen, self.targets = reply["gen"], reply["targets"]
+        log.info("block %d: resending to %s as gen %d", self.block_id, self.targets, self.gen)
+        self.error = None
+        await self.start()
+        offset = 0
+        for data, crcs in self.packets:
+            await self._send(offset, data, crcs)
+            offset += len(data)
+
+
+class FileWriter:
+    """Streams one file into dfs. Nothing is visible until `close()` commits it."""
+
+    def __init__(self, client: "AsyncClient", path: str, replication: int,
+                 block_size: int) -> None:
+        self.client = client
+        self.path = path
+        self.replication = replication
+        self.block_size = block_size
+        self.upload = 0
+        self.committed: list[list[Any]] = []  # [id, gen, size, replicas]
+        self.block: BlockWrite | None = None
+        self.buf = bytearray()
+        self.size = 0
+        self.result: dict[str, Any] = {}
+        self._renewer: asyncio.Task[None] | None = None
+        self.closed = False
+
+    async def open(self) -> "FileWriter":
+        reply = await self.client.meta_call("create", path=self.path,
+                                            replication=self.replication,
+                                            block_size=self.block_size)
+        self.upload = reply["upload"]
+        self._renewer = asyncio.ensure_future(self._renew())
+        return self
+
+    async def _renew(self) -> None:
+        """Keep the upload's lease alive while a slow writer is between meta calls."""
+        while True:
+            await asyncio.sleep(config.UPLOAD_LEASE / 4)
+            try:
+                await self.client.meta_call("renew", upload=self.upload)
+            except DFSError as exc:
+                log.warning("could not renew the upload lease of %s: %s", self.path, exc)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Buffer and send whole packets; returns len(data)."""
+        if self.closed:
+            raise ValueError("write to a closed dfs file")
+        self.buf += data
+        packet = config.PACKET_SIZE
+        while len(self.buf) >= packet:
+            chunk = bytes(self.buf[:packet])
+            del self.buf[:packet]
+            await self.write_packet(chunk)
+        return len(data)
+
+    async def write_packet(self, data: bytes) -> None:
+        """Send one packet (a multiple of CHECKSUM_CHUNK bytes unless it is the file's last)."""
+        if self.block is not None and self.block.size + len(data) > self.block_size:
+            room = self.block_size - self.block.size
+            if room:
+                await self.write_packet(data[:room])
+            await self._end_block()
+            data = data[room:]
+            if not data:
+                return
+        if self.block is None:
+            await self._new_block()
+        assert self.block is not None
+        await self.block.add(data, checksums(data))
+        self.size += len(data)
+        if self.block.size == self.block_size:
+            await self._end_block()
+
+    async def _new_block(self) -> None:
+        reply = await self.client.meta_call("add_block", upload=self.upload)
+        self.block = BlockWrite(self.client, self.upload, reply["block"], reply["gen"],
+                                reply["targets"])
+        await self.block.start()
+
+    async def _end_block(self) -> None:
+        block, self.block = self.block, None
+        assert block is not None
+        replicas = await block.finish()
+        self.committed.append([block.block_id, block.gen, block.size, replicas])
+
+    async def close(self) -> dict[str, Any]:
+        """Flush, end the last block, and commit: the file appears atomically."""
+        if self.closed:
+            return self.result
+        try:
+            if self.buf:
+                data, self.buf = bytes(self.buf), bytearray()
+                await self.write_packet(data)
+            if self.block is not None:
+                await self._end_block()
+            reply = await self.client.meta_call("commit", upload=self.upload,
+                                                blocks=self.committed)
+        except BaseException:
+            await self.abort()
+            raise
+        self.closed = True
+        self._stop_renewing()
+        self.result = {"path": reply["path"], "size": self.size,
+                       "blocks": len(self.committed),
+                       "under_replicated": reply.get("under_replicated", [])}
+        return self.result
+
+    async def abort(self) -> None:
+        """Give up: the file never appears and meta reclaims its blocks."""
+        if self.closed:
+            return
+        self.closed = True
+        self._stop_renewing()
+        if self.block is not None:
+            await _settle(self.block.inflight)
+        if self.upload:
+            try:
+                await self.client.meta_call("abort", upload=self.upload)
+            except DFSError:
+                pass  # the lease expires on its own
+
+    def _stop_renewing(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            self._renewer = None

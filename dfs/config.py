@@ -1,0 +1,111 @@
+"""Defaults, limits and the parsers for sizes and durations: one place for every number.
+
+Nothing here does I/O; every other module imports its constants from here so a limit is
+changed in exactly one spot.
+"""
+
+from __future__ import annotations
+
+import re
+
+PROTOCOL_VERSION = 1
+
+DEFAULT_META_HOST = "127.0.0.1"
+DEFAULT_META_PORT = 5000
+DEFAULT_CHUNK_PORT = 6001
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# Data layout.
+DEFAULT_BLOCK_SIZE = 64 * MiB
+DEFAULT_REPLICATION = 2
+MAX_REPLICATION = 16
+MIN_BLOCK_SIZE = 64 * KiB
+MAX_BLOCK_SIZE = 1 * GiB
+CHECKSUM_CHUNK = 64 * KiB  # one CRC32C per this many bytes of a block
+
+# Wire limits (see docs/PROTOCOL.md).
+MAX_HEADER = 1 * MiB
+MAX_PAYLOAD = 8 * MiB
+PACKET_SIZE = 1 * MiB  # write packet payload; a multiple of CHECKSUM_CHUNK
+READ_SIZE = 1 * MiB  # one read request's payload; a multiple of CHECKSUM_CHUNK
+WRITE_WINDOW = 16  # write packets in flight per block pipeline
+READ_WINDOW = 8  # read requests in flight per reader (read-ahead)
+MAX_INFLIGHT_PER_CONN = 256  # server stops reading a connection past this many open requests
+MAX_CONNECTIONS = 4096
+HELLO_TIMEOUT = 10.0
+FRAME_TIMEOUT = 30.0
+MAX_LS_PAGE = 10_000
+
+# Timeouts on the client side.
+CONNECT_TIMEOUT = 5.0
+RPC_TIMEOUT = 30.0
+PACKET_TIMEOUT = 30.0  # a write packet's ack, which may wait on a downstream fsync
+READ_TIMEOUT = 15.0
+
+# Cluster behaviour.
+DEFAULT_HEARTBEAT_INTERVAL = 3.0
+DEFAULT_DEAD_TIMEOUT = 30.0
+UPLOAD_LEASE = 30.0  # an upload that shows no sign of life for this long is aborted
+BACKGROUND_SYNC_BYTES = 8 * MiB  # chunkserver flushes a block being written every this many bytes
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """Parse `4096`, `64KiB`, `4MiB`, `1GiB`, `4M`, `1G` (K/M/G are binary) into bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (try 4096, 64KiB, 4MiB, 1GiB)")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    scale = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}[unit]
+    value = number * scale
+    if value != int(value):
+        raise ValueError(f"not a whole number of bytes: {text!r}")
+    return int(value)
+
+
+def parse_duration(text: str | float) -> float:
+    """Parse `500ms`, `3s`, `2m`, `1h` or plain seconds into seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = _DURATION_RE.match(text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (try 500ms, 3s, 2m)")
+    scale = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[
+        m.group(2).lower() if m.group(2) else None
+    ]
+    return float(m.group(1)) * scale
+
+
+def parse_addr(text: str, default_port: int = DEFAULT_META_PORT) -> tuple[str, int]:
+    """Parse `HOST:PORT`, `http://HOST:PORT/` or `HOST` into (host, port)."""
+    s = text.strip()
+    for prefix in ("http://", "https://", "dfs://"):
+        if s.lower().startswith(prefix):
+            s = s[len(prefix):]
+    s = s.rstrip("/")
+    if not s:
+        raise ValueError(f"not an address: {text!r}")
+    if s.startswith("["):  # [::1]:5000
+        host, _, rest = s[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+    elif s.count(":") == 1:
+        host, _, p = s.partition(":")
+        if not p.isdigit():
+            raise ValueError(f"not an address: {text!r}")
+        port = int(p)
+    else:
+        host, port = s, default_port
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"not an address: {text!r}")
+    return host, port
+
+
+def format_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

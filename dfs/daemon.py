@@ -1,0 +1,173 @@
+"""`dfsd`: parse flags, build the meta or chunk role, run it until SIGTERM/SIGINT.
+
+Thin on purpose: the logic lives in dfs.meta and dfs.chunk. Anything that stops a role from
+starting (port in use, unusable data dir, corrupt journal) is one line on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import uuid
+from typing import Any
+
+from . import config
+from .chunk.blockstore import BlockStore
+from .chunk.heartbeat import MetaLink
+from .chunk.service import ChunkService
+from .meta.journal import FileJournal, JournalCorrupt
+from .meta.service import MetaService
+from .net import Connection, Server
+
+log = logging.getLogger("dfsd")
+
+
+class StartupError(Exception):
+    """One clear line for the operator; no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dfsd", description="dfs metadata server or chunkserver")
+    p.add_argument("--role", choices=("meta", "chunk"), required=True)
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="port (meta 5000, chunk 6001)")
+    p.add_argument("--data-dir", help="default ./dfs-data/<role>-<port>")
+    p.add_argument("--meta", default=f"{config.DEFAULT_META_HOST}:{config.DEFAULT_META_PORT}",
+                   help="chunk: the meta server HOST:PORT")
+    p.add_argument("--advertise", help="chunk: HOST:PORT clients should use to reach this "
+                   "server (default: the listen address, or the address used to reach meta)")
+    p.add_argument("--capacity", type=config.parse_size, default=0,
+                   help="chunk: bytes this server may use (default: the disk's free space)")
+    p.add_argument("--heartbeat-interval", type=config.parse_duration,
+                   default=config.DEFAULT_HEARTBEAT_INTERVAL)
+    p.add_argument("--dead-timeout", type=config.parse_duration,
+                   default=config.DEFAULT_DEAD_TIMEOUT)
+    p.add_argument("--upload-lease", type=config.parse_duration, default=config.UPLOAD_LEASE,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def data_dir(args: argparse.Namespace) -> str:
+    path = args.data_dir or os.path.join("dfs-data", f"{args.role}-{args.port}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".probe-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as exc:
+        raise StartupError(f"data dir {path} is unusable: {exc.strerror or exc}") from None
+    return path
+
+
+async def listen(server: Server) -> None:
+    try:
+        await server.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.format_addr(server.host, server.port)}: "
+                           f"{exc.strerror or exc}") from None
+
+
+async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    path = data_dir(args)
+    id_file = os.path.join(path, "cluster.id")
+    if not os.path.exists(id_file):
+        with open(id_file + ".tmp", "w") as f:
+            f.write(uuid.uuid4().hex + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(id_file + ".tmp", id_file)
+    with open(id_file) as f:
+        cluster_id = f.read().strip()
+    addr = config.format_addr(args.host if args.host not in ("0.0.0.0", "::", "") else
+                              "127.0.0.1", args.port)
+    journal = FileJournal(os.path.join(path, "journal"), on_fatal=lambda exc: stop.set())
+    service = MetaService(journal, addr, cluster_id=cluster_id, dead_timeout=args.dead_timeout,
+                          heartbeat_interval=args.heartbeat_interval,
+                          upload_lease=args.upload_lease)
+    try:
+        await service.start()
+    except JournalCorrupt as exc:
+        raise StartupError(str(exc)) from None
+    server = Server(service, "meta", args.host, args.port)
+    await listen(server)
+    log.info("meta listening on %s, data in %s", addr, path)
+    await stop.wait()
+    log.info("meta shutting down")
+    await server.close()
+    await service.stop()
+
+
+async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    path = data_dir(args)
+    try:
+        store = BlockStore(path, capacity=args.capacity)
+    except OSError as exc:
+        raise StartupError(f"data dir {path} is unusable: {exc.strerror or exc}") from None
+    wildcard = args.host in ("0.0.0.0", "::", "")
+    addr = args.advertise or ("" if wildcard else config.format_addr(args.host, args.port))
+    link: MetaLink
+
+    def advertise(meta_conn: Connection) -> str:
+        if addr:
+            return addr
+        sock = meta_conn.protocol.transport.get_extra_info("sockname")  # type: ignore[union-attr]
+        service.addr = config.format_addr(sock[0], args.port)
+        return service.addr
+
+    service = ChunkService(store, addr or f"127.0.0.1:{args.port}",
+                           on_block=lambda b, g, s: link.block_received(b, g, s))
+    link = MetaLink(store, args.meta, args.heartbeat_interval, advertise,
+                    writing=lambda: service.writing)
+    server = Server(service, "chunk", args.host, args.port)
+    await listen(server)
+    log.info("chunkserver %s listening on port %d, %d blocks in %s", store.server_id,
+             args.port, len(store.index), path)
+    link.start()
+    await stop.wait()
+    log.info("chunkserver shutting down")
+    await server.close()
+    await link.stop()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if args.role == "meta":
+        await run_meta(args, stop)
+    else:
+        await run_chunk(args, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.port is None:
+        args.port = config.DEFAULT_META_PORT if args.role == "meta" else config.DEFAULT_CHUNK_PORT
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s {args.role}:{args.port} %(levelname)s "
+                               "%(name)s: %(message)s")
+    try:
+        run: Any
+        try:
+            import uvloop
+            run = uvloop.run
+        except ImportError:  # pragma: no cover - uvloop is a declared dependency
+            run = asyncio.run
+        run(main_async(args))
+    except StartupError as exc:
+        print(f"dfsd: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The metadata role: namespace, journal, block map, placement, service."""

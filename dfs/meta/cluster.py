@@ -1,0 +1,183 @@
+"""Chunkservers and the block map: who is alive, what they hold, what they must delete.
+
+Owns chunkserver liveness and block locations, rebuilt from registrations, block reports and
+heartbeats (never persisted, as in GFS and SeaweedFS). Never touches the disk or the network;
+the service feeds it messages and carries its commands back in heartbeat replies.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+from .placement import Candidate
+
+log = logging.getLogger(__name__)
+
+
+class ChunkServer:
+    __slots__ = ("id", "addr", "capacity", "used", "free", "load", "state", "last_heartbeat",
+                 "blocks", "pending", "writing", "deletes")
+
+    def __init__(self, id: str, addr: str, now: float) -> None:
+        self.id = id
+        self.addr = addr
+        self.capacity = 0
+        self.used = 0
+        self.free = 0
+        self.load = 0
+        self.state = "live"
+        self.last_heartbeat = now
+        self.blocks: set[int] = set()  # good replicas it holds
+        self.pending = 0  # bytes promised to blocks allocated since its last heartbeat
+        self.writing = 0
+        self.deletes: list[list[int]] = []  # [block, gen] to delete, sent with the next reply
+
+
+class BlockInfo:
+    """The expected state of one block and where its good replicas are."""
+
+    __slots__ = ("gen", "size", "replication", "replicas", "upload")
+
+    def __init__(self, gen: int, size: int, replication: int, upload: int = 0) -> None:
+        self.gen = gen
+        self.size = size
+        self.replication = replication
+        self.replicas: set[str] = set()  # chunkserver ids with this gen, finalized
+        self.upload = upload  # nonzero while the block belongs to an uncommitted upload
+
+
+class Cluster:
+    def __init__(self, dead_timeout: float) -> None:
+        self.dead_timeout = dead_timeout
+        self.servers: dict[str, ChunkServer] = {}
+        self.by_addr: dict[str, ChunkServer] = {}
+        self.blocks: dict[int, BlockInfo] = {}
+
+    # membership -----------------------------------------------------------------------
+    def register(self, sid: str, addr: str, now: float) -> ChunkServer:
+        cs = self.servers.get(sid)
+        if cs is None:
+            cs = ChunkServer(sid, addr, now)
+            self.servers[sid] = cs
+        else:
+            self._forget_replicas(cs)
+        old = self.by_addr.get(addr)
+        if old is not None and old is not cs:  # another server took over this address
+            self._forget_replicas(old)
+            old.state = "dead"
+            del self.servers[old.id]
+        if cs.addr != addr:
+            self.by_addr.pop(cs.addr, None)
+            cs.addr = addr
+        self.by_addr[addr] = cs
+        cs.state = "live"
+        cs.last_heartbeat = now
+        cs.deletes = []
+        return cs
+
+    def heartbeat(self, cs: ChunkServer, capacity: int, used: int, free: int, load: int,
+                  writing: int, now: float) -> None:
+        if cs.state == "dead":
+            log.info("chunkserver %s (%s) is live again", cs.addr, cs.id)
+        cs.state = "live"
+        cs.capacity, cs.used, cs.free, cs.load, cs.writing = capacity, used, free, load, writing
+        cs.pending = 0
+        cs.last_heartbeat = now
+
+    def expire(self, now: float) -> list[ChunkServer]:
+        """Mark servers silent for longer than the dead timeout as dead; returns them."""
+        dead = []
+        for cs in self.servers.values():
+            if cs.state == "live" and now - cs.last_heartbeat > self.dead_timeout:
+                cs.state = "dead"
+                dead.append(cs)
+                log.warning("chunkserver %s (%s) is dead: no heartbeat for %.1fs",
+                            cs.addr, cs.id, now - cs.last_heartbeat)
+        return dead
+
+    def live(self) -> list[ChunkServer]:
+        return [cs for cs in self.servers.values() if cs.state == "live"]
+
+    def candidates(self) -> list[Candidate]:
+        return [Candidate(cs.addr, cs.free - cs.pending, cs.writing) for cs in self.live()]
+
+    # block map ------------------------------------------------------------------------
+    def add_block(self, block_id: int, info: BlockInfo) -> None:
+        self.blocks[block_id] = info
+
+    def block_report(self, cs: ChunkServer, report: Iterable[list[int]]) -> None:
+        """A full or incremental report of finalized replicas ([id, gen, size] each)."""
+        for entry in report:
+            block_id, gen = int(entry[0]), int(entry[1])
+            info = self.blocks.get(block_id)
+            if info is None or gen < info.gen:
+                cs.deletes.append([block_id, gen])  # orphan, or stale after a rewrite
+                continue
+            if gen > info.gen:
+                log.warning("%s reports block %d gen %d newer than expected %d; ignoring",
+                            cs.addr, block_id, gen, info.gen)
+                continue
+            info.replicas.add(cs.id)
+            cs.blocks.add(block_id)
+
+    def add_replica(self, block_id: int, gen: int, addr: str) -> None:
+        cs = self.by_addr.get(addr)
+        info = self.blocks.get(block_id)
+        if cs is not None and info is not None and info.gen == gen:
+            info.replicas.add(cs.id)
+            cs.blocks.add(block_id)
+
+    def bad_replica(self, block_id: int, addr: str) -> bool:
+        """A client read bad bytes from this replica: stop serving it and delete it."""
+        cs = self.by_addr.get(addr)
+        info = self.blocks.get(block_id)
+        if cs is None or info is None or cs.id not in info.replicas:
+            return False
+        info.replicas.discard(cs.id)
+        cs.blocks.discard(block_id)
+        cs.deletes.append([block_id, info.gen])
+        log.warning("replica of block %d on %s reported corrupt; removed", block_id, addr)
+        return True
+
+    def drop_block(self, block_id: int) -> None:
+        """The block is garbage: every holder deletes it."""
+        info = self.blocks.pop(block_id, None)
+        if info is None:
+            return
+        for sid in info.replicas:
+            cs = self.servers.get(sid)
+            if cs is not None:
+                cs.blocks.discard(block_id)
+                cs.deletes.append([block_id, info.gen])
+
+    def bump_generation(self, block_id: int) -> int:
+        """The block is being rewritten (pipeline recovery): old replicas become stale."""
+        info = self.blocks[block_id]
+        for sid in info.replicas:
+            cs = self.servers.get(sid)
+            if cs is not None:
+                cs.blocks.discard(block_id)
+                cs.deletes.append([block_id, info.gen])
+        info.replicas = set()
+        info.gen += 1
+        return info.gen
+
+    def live_replicas(self, block_id: int) -> list[str]:
+        info = self.blocks.get(block_id)
+        if info is None:
+            return []
+        out = []
+        for sid in info.replicas:
+            cs = self.servers.get(sid)
+            if cs is not None and cs.state == "live":
+                out.append(cs.addr)
+        out.sort()
+        return out
+
+    def _forget_replicas(self, cs: ChunkServer) -> None:
+        for block_id in cs.blocks:
+            info = self.blocks.get(block_id)
+            if info is not None:
+                info.replicas.discard(cs.id)
+        cs.blocks = set()

@@ -1,0 +1,208 @@
+"""The metadata journal: every namespace change, appended and fsynced before it is acknowledged.
+
+File layout (all integers big-endian)::
+
+    offset 0   8 bytes   magic b"DFSJRNL1" (format version 1)
+    then, repeated to the end of the file, one record:
+               4 bytes   body_len   u32, 1 .. MAX_RECORD
+               4 bytes   crc        u32, CRC32C of body
+               body_len  body       msgpack array: [op, arg, ...] (see meta.service)
+
+Recovery rules (`read_records`): a record cut short by the end of the file, a CRC mismatch in
+the very last record, or a tail of zero bytes is a torn append from a crash: it is dropped,
+logged and truncated away. Anything wrong *before* the last record is corruption and raises
+`JournalCorrupt` naming the file and offset: start-up stops rather than silently lose files.
+
+Group commit: `append()` queues a record and returns a future; one flusher writes every
+queued record with a single write and a single fdatasync, then resolves all of their futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+from typing import Any, Callable, Protocol
+
+import crc32c
+import msgpack
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"DFSJRNL1"
+RECORD = struct.Struct(">II")
+MAX_RECORD = 64 * 1024 * 1024
+
+
+class JournalCorrupt(Exception):
+    def __init__(self, path: str, offset: int, why: str) -> None:
+        super().__init__(f"journal {path} is corrupt at offset {offset}: {why}")
+        self.path, self.offset = path, offset
+
+
+def encode_record(record: list[Any]) -> bytes:
+    body = msgpack.packb(record, use_bin_type=True)
+    return RECORD.pack(len(body), crc32c.crc32c(body)) + body
+
+
+def read_records(data: bytes, path: str = "<memory>") -> tuple[list[list[Any]], int, str | None]:
+    """Decode a whole journal image. Returns (records, length of the good prefix, why the
+    tail was dropped or None). Raises JournalCorrupt for damage before the tail."""
+    if len(data) < len(MAGIC):
+        if MAGIC.startswith(data):
+            return [], 0, ("torn file header" if data else None)
+        raise JournalCorrupt(path, 0, "bad magic")
+    if data[:len(MAGIC)] != MAGIC:
+        raise JournalCorrupt(path, 0, "bad magic (not a dfs journal)")
+    records: list[list[Any]] = []
+    off = len(MAGIC)
+    end = len(data)
+    while off < end:
+        if not any(data[off:]):
+            return records, off, f"{end - off} zero bytes at the tail"
+        if end - off < RECORD.size:
+            return records, off, "record prefix cut short"
+        body_len, crc = RECORD.unpack_from(data, off)
+        start = off + RECORD.size
+        if body_len == 0 or body_len > MAX_RECORD:
+            raise JournalCorrupt(path, off, f"record length {body_len} out of range")
+        if start + body_len > end:
+            return records, off, "record body cut short"
+        body = data[start:start + body_len]
+        if crc32c.crc32c(body) != crc:
+            if start + body_len == end:
+                return records, off, "checksum mismatch in the last record"
+            raise JournalCorrupt(path, off, "record checksum mismatch")
+        try:
+            rec = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+        except Exception as exc:
+            raise JournalCorrupt(path, off, f"undecodable record ({exc})") from None
+        if not isinstance(rec, list) or not rec or not isinstance(rec[0], str):
+            raise JournalCorrupt(path, off, "record is not [op, ...]")
+        records.append(rec)
+        off = start + body_len
+    return records, off, None
+
+
+class JournalStore(Protocol):
+    """What the metadata service needs from a journal; tests use MemoryJournal."""
+
+    def load(self) -> list[list[Any]]: ...
+    def append(self, record: list[Any]) -> asyncio.Future[None]: ...
+    async def close(self) -> None: ...
+
+
+class MemoryJournal:
+    """A journal that forgets on exit; same interface, for unit tests."""
+
+    def __init__(self) -> None:
+        self.records: list[list[Any]] = []
+
+    def load(self) -> list[list[Any]]:
+        return list(self.records)
+
+    def append(self, record: list[Any]) -> asyncio.Future[None]:
+        self.records.append(record)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    async def close(self) -> None:
+        return None
+
+
+class FileJournal:
+    def __init__(self, path: str, on_fatal: Callable[[BaseException], None] | None = None) -> None:
+        self.path = path
+        self._fd = -1
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+        self._on_fatal = on_fatal
+        self.syncs = 0  # fdatasync calls made (group commit makes this << records)
+
+    def load(self) -> list[list[Any]]:
+        """Read, validate and open for appending; drops a torn tail."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        records, good, why = read_records(data, self.path)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        if why is not None:
+            log.warning("journal %s: dropping %d bytes at offset %d (%s)",
+                        self.path, len(data) - good, good, why)
+        if good == 0:
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, MAGIC)
+            good = len(MAGIC)
+        elif good < len(data):
+            os.ftruncate(self._fd, good)
+        os.lseek(self._fd, good, os.SEEK_SET)
+        os.fsync(self._fd)
+        fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        return records
+
+    def append(self, record: list[Any]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if self._failed is not None:
+            fut.set_exception(OSError(f"journal failed earlier: {self._failed}"))
+            return fut
+        self._pending.append((encode_record(record), fut))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return fut
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                data = b"".join(d for d, _ in batch)
+                try:
+                    await loop.run_in_executor(None, self._write, data)
+                except OSError as exc:
+                    self._fail(exc, batch)
+                    return
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+        finally:
+            self._flusher = None
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        os.fdatasync(self._fd)
+        self.syncs += 1
+
+    def _fail(self, exc: BaseException, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
+        """The namespace in memory is now ahead of the disk: refuse everything from here on."""
+        self._failed = exc
+        log.critical("journal %s: write failed (%s); metadata service must stop", self.path, exc)
+        for _, fut in batch + self._pending:
+            if not fut.done():
+                fut.set_exception(OSError(f"journal write failed: {exc}"))
+        self._pending = []
+        if self._on_fatal is not None:
+            self._on_fatal(exc)
+
+    async def close(self) -> None:
+        while self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,292 @@
+"""The directory tree: paths -> directories and files -> block lists.
+
+Owns the in-memory namespace; never touches the disk (the journal does) and never does I/O.
+Every mutation is a deterministic method, so journal replay calls the very same code that
+served the live request. Methods raise `DFSError` subclasses a client can understand.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any, Iterator
+
+from ..errors import (
+    AlreadyExists,
+    BadRequest,
+    DirectoryNotEmpty,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+)
+
+MAX_PATH = 4096
+MAX_NAME = 255
+
+
+class Block:
+    """One block of a file as the namespace knows it (locations live in the block map)."""
+
+    __slots__ = ("id", "gen", "size")
+
+    def __init__(self, id: int, gen: int, size: int) -> None:
+        self.id, self.gen, self.size = id, gen, size
+
+    def to_list(self) -> list[int]:
+        return [self.id, self.gen, self.size]
+
+
+class File:
+    __slots__ = ("blocks", "size", "replication", "block_size", "mtime")
+
+    def __init__(self, blocks: list[Block], replication: int, block_size: int,
+                 mtime: float) -> None:
+        self.blocks = blocks
+        self.size = sum(b.size for b in blocks)
+        self.replication = replication
+        self.block_size = block_size
+        self.mtime = mtime
+
+
+class Dir:
+    __slots__ = ("children", "mtime", "_sorted")
+
+    def __init__(self, mtime: float) -> None:
+        self.children: dict[str, File | Dir] = {}
+        self.mtime = mtime
+        self._sorted: list[str] | None = None
+
+    def names(self) -> list[str]:
+        """Child names in order, cached until the directory changes (ls pages through it)."""
+        if self._sorted is None:
+            self._sorted = sorted(self.children)
+        return self._sorted
+
+    def put(self, name: str, node: "File | Dir") -> None:
+        if name not in self.children:
+            self._sorted = None
+        self.children[name] = node
+
+    def pop(self, name: str) -> "File | Dir":
+        self._sorted = None
+        return self.children.pop(name)
+
+
+Node = File | Dir
+
+
+def split_path(path: Any) -> list[str]:
+    """Normalise an absolute path into its components; `..`, NUL, empty parts are rejected.
+
+    `/a/./b/` is `/a/b`; `//a` is rejected (an empty component), as is anything relative.
+    """
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise BadRequest(f"path must be absolute: {path!r}")
+    if len(path) > MAX_PATH:
+        raise BadRequest(f"path longer than {MAX_PATH} characters")
+    if "\x00" in path:
+        raise BadRequest("path contains NUL")
+    if path == "/":
+        return []
+    parts = path[1:].split("/")
+    if parts[-1] == "":
+        parts.pop()  # one trailing slash is fine: /a/b/
+    out = []
+    for part in parts:
+        if part == "":
+            raise BadRequest(f"empty path component in {path!r}")
+        if part == "..":
+            raise BadRequest(f"'..' is not allowed in {path!r}")
+        if part == ".":
+            continue
+        if len(part) > MAX_NAME:
+            raise BadRequest(f"path component longer than {MAX_NAME} characters")
+        out.append(part)
+    return out
+
+
+def join(parts: list[str]) -> str:
+    return "/" + "/".join(parts)
+
+
+def normalise(path: Any) -> str:
+    return join(split_path(path))
+
+
+class Namespace:
+    def __init__(self, now: float = 0.0) -> None:
+        self.root = Dir(now)
+        self.files = 0
+        self.blocks = 0
+
+    # lookups ------------------------------------------------------------------------
+    def lookup(self, path: str) -> Node:
+        return self._walk(split_path(path), path)
+
+    def _walk(self, parts: list[str], path: str) -> Node:
+        node: Node = self.root
+        for i, name in enumerate(parts):
+            if not isinstance(node, Dir):
+                raise NotADirectory(f"{join(parts[:i])} is a file (in {path})")
+            child = node.children.get(name)
+            if child is None:
+                raise NotFound(f"no such file or directory: {join(parts[:i + 1])}")
+            node = child
+        return node
+
+    def _parent(self, parts: list[str], path: str, create: bool, mtime: float) -> Dir:
+        node: Node = self.root
+        for i, name in enumerate(parts[:-1]):
+            assert isinstance(node, Dir)
+            child = node.children.get(name)
+            if child is None:
+                if not create:
+                    raise NotFound(f"no such directory: {join(parts[:i + 1])}")
+                child = Dir(mtime)
+                node.put(name, child)
+                node.mtime = mtime
+            elif not isinstance(child, Dir):
+                raise NotADirectory(f"{join(parts[:i + 1])} is a file (in {path})")
+            node = child
+        assert isinstance(node, Dir)
+        return node
+
+    def check_file_path(self, path: str) -> None:
+        """Fail early, at create time, when a file could never be published at `path`."""
+        parts = split_path(path)
+        if not parts:
+            raise IsADirectory("/ is a directory")
+        node: Node = self.root
+        for i, name in enumerate(parts):
+            if not isinstance(node, Dir):
+                raise NotADirectory(f"{join(parts[:i])} is a file (in {path})")
+            child = node.children.get(name)
+            if child is None:
+                return
+            node = child
+        if isinstance(node, Dir):
+            raise IsADirectory(f"{path} is a directory")
+
+    def listdir(self, path: str, start_after: str = "", limit: int = 1000
+                ) -> tuple[list[tuple[str, Node]], bool]:
+        """Entries of a directory in name order after `start_after`; (entries, more)."""
+        node = self.lookup(path)
+        if not isinstance(node, Dir):
+            parts = split_path(path)
+            return [(parts[-1], node)], False
+        names = node.names()
+        lo = 0
+        if start_after:
+
+            lo = bisect.bisect_right(names, start_after)
+        chunk = names[lo:lo + limit]
+        return [(n, node.children[n]) for n in chunk], lo + limit < len(names)
+
+    # mutations ----------------------------------------------------------------------
+    def mkdir(self, path: str, parents: bool, mtime: float) -> bool:
+        """Create a directory; returns False if `parents` and it already existed."""
+        parts = split_path(path)
+        if not parts:
+            if parents:
+                return False
+            raise AlreadyExists("/ already exists")
+        parent = self._parent(parts, path, parents, mtime)
+        existing = parent.children.get(parts[-1])
+        if existing is not None:
+            if isinstance(existing, Dir) and parents:
+                return False
+            raise AlreadyExists(f"{join(parts)} already exists")
+        parent.put(parts[-1], Dir(mtime))
+        parent.mtime = mtime
+        return True
+
+    def publish(self, path: str, file: File) -> File | None:
+        """Make `file` visible at `path`, creating parents and replacing an old file there.
+        Returns the replaced file (its blocks become garbage)."""
+        parts = split_path(path)
+        if not parts:
+            raise IsADirectory("/ is a directory")
+        parent = self._parent(parts, path, True, file.mtime)
+        old = parent.children.get(parts[-1])
+        if isinstance(old, Dir):
+            raise IsADirectory(f"{join(parts)} is a directory")
+        parent.put(parts[-1], file)
+        parent.mtime = file.mtime
+        self.files += 1
+        self.blocks += len(file.blocks)
+        if old is not None:
+            self._count_out(old)
+        return old
+
+    def remove(self, path: str, recursive: bool, mtime: float) -> list[File]:
+        """Remove a file or directory; returns every file removed (for block garbage)."""
+        parts = split_path(path)
+        if not parts:
+            raise BadRequest("refusing to remove /")
+        parent = self._parent(parts, path, False, mtime)
+        node = parent.children.get(parts[-1])
+        if node is None:
+            raise NotFound(f"no such file or directory: {join(parts)}")
+        if isinstance(node, Dir) and node.children and not recursive:
+            raise DirectoryNotEmpty(f"{join(parts)} is not empty (use rm -r)")
+        parent.pop(parts[-1])
+        parent.mtime = mtime
+        removed = list(iter_files(node))
+        for f in removed:
+            self._count_out(f)
+        return removed
+
+    def rename(self, src: str, dst: str, mtime: float) -> tuple[str, File | None]:
+        """Move a file or directory. An existing directory at `dst` receives `src` inside it;
+        an existing file at `dst` is replaced by a file. Returns (final path, replaced file)."""
+        sparts, dparts = split_path(src), split_path(dst)
+        if not sparts:
+            raise BadRequest("cannot move /")
+        sparent = self._parent(sparts, src, False, mtime)
+        node = sparent.children.get(sparts[-1])
+        if node is None:
+            raise NotFound(f"no such file or directory: {join(sparts)}")
+        target = self._walk_or_none(dparts, dst)
+        if isinstance(target, Dir):
+            dparts = dparts + [sparts[-1]]
+            target = target.children.get(sparts[-1])
+        if dparts == sparts:
+            return join(dparts), None
+        if isinstance(node, Dir) and dparts[:len(sparts)] == sparts:
+            raise BadRequest(f"cannot move {join(sparts)} into itself")
+        if isinstance(target, Dir):
+            raise AlreadyExists(f"{join(dparts)} is a directory that already exists")
+        if target is not None and isinstance(node, Dir):
+            raise AlreadyExists(f"{join(dparts)} already exists")
+        dparent = self._parent(dparts, dst, False, mtime)
+        sparent.pop(sparts[-1])
+        sparent.mtime = mtime
+        dparent.put(dparts[-1], node)
+        dparent.mtime = mtime
+        replaced = target if isinstance(target, File) else None
+        if replaced is not None:
+            self._count_out(replaced)
+        return join(dparts), replaced
+
+    def _walk_or_none(self, parts: list[str], path: str) -> Node | None:
+        try:
+            return self._walk(parts, path)
+        except NotFound:
+            return None
+
+    def _count_out(self, f: File) -> None:
+        self.files -= 1
+        self.blocks -= len(f.blocks)
+
+
+def iter_files(node: Node) -> Iterator[File]:
+    if isinstance(node, File):
+        yield node
+        return
+    stack = [node]
+    while stack:
+        d = stack.pop()
+        for child in d.children.values():
+            if isinstance(child, Dir):
+                stack.append(child)
+            else:
+                yield child

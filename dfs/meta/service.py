@@ -1,0 +1,392 @@
+"""The metadata service: one `handle_<op>` per request, over the namespace, journal and block map.
+
+Owns the rules that tie the pieces together: a change is applied in memory, appended to the
+journal in the same order, and acknowledged only once the journal has fsynced it (group commit).
+Uploads are invisible until `commit` publishes them. It never carries file bytes.
+
+Journal records (see meta.journal for the framing):
+    ["epoch", n]                                         a meta start; block ids are (n << 32) | k
+    ["mkdir", path, parents, mtime]
+    ["publish", path, [[id, gen, size], ...], replication, block_size, mtime]
+    ["rm", path, recursive, mtime]
+    ["mv", src, dst, mtime]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from typing import Any, Awaitable
+
+from .. import config
+from ..errors import BadRequest, DFSError, NoSpace, NotFound, Unavailable
+from ..net import ServerConnection
+from .cluster import BlockInfo, ChunkServer, Cluster
+from .journal import JournalStore
+from .namespace import Block, Dir, File, Namespace, Node, normalise
+from .placement import choose_targets
+
+log = logging.getLogger(__name__)
+
+
+class Upload:
+    __slots__ = ("id", "path", "replication", "block_size", "blocks", "touched")
+
+    def __init__(self, uid: int, path: str, replication: int, block_size: int, now: float):
+        self.id, self.path = uid, path
+        self.replication, self.block_size = replication, block_size
+        self.blocks: list[int] = []
+        self.touched = now
+
+
+def _int(header: dict[str, Any], key: str, default: int | None = None) -> int:
+    v = header.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise BadRequest(f"field {key!r} must be an integer")
+    return v
+
+
+def _str(header: dict[str, Any], key: str) -> str:
+    v = header.get(key)
+    if not isinstance(v, str):
+        raise BadRequest(f"field {key!r} must be a string")
+    return v
+
+
+class MetaService:
+    def __init__(self, journal: JournalStore, addr: str, *, cluster_id: str = "",
+                 dead_timeout: float = config.DEFAULT_DEAD_TIMEOUT,
+                 heartbeat_interval: float = config.DEFAULT_HEARTBEAT_INTERVAL,
+                 upload_lease: float = config.UPLOAD_LEASE) -> None:
+        self.journal = journal
+        self.addr = addr
+        self.cluster_id = cluster_id
+        self.heartbeat_interval = heartbeat_interval
+        self.upload_lease = upload_lease
+        self.ns = Namespace(time.time())
+        self.cluster = Cluster(dead_timeout)
+        self.uploads: dict[int, Upload] = {}
+        self.epoch = 0
+        self._next_block = 0
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # start-up -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Replay the journal, then journal a new epoch so block ids never repeat."""
+        records = self.journal.load()
+        for rec in records:
+            self._replay(rec)
+        for _path, f in self._all_files():
+            for b in f.blocks:
+                self.cluster.add_block(b.id, BlockInfo(b.gen, b.size, f.replication))
+        self.epoch += 1
+        await self.journal.append(["epoch", self.epoch])
+        log.info("meta loaded %d journal records: %d files, %d blocks; epoch %d",
+                 len(records), self.ns.files, self.ns.blocks, self.epoch)
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.journal.close()
+
+    def _replay(self, rec: list[Any]) -> None:
+        op = rec[0]
+        if op == "epoch":
+            self.epoch = max(self.epoch, rec[1])
+        elif op == "mkdir":
+            self.ns.mkdir(rec[1], rec[2], rec[3])
+        elif op == "publish":
+            blocks = [Block(*b) for b in rec[2]]
+            self.ns.publish(rec[1], File(blocks, rec[3], rec[4], rec[5]))
+        elif op == "rm":
+            self.ns.remove(rec[1], rec[2], rec[3])
+        elif op == "mv":
+            self.ns.rename(rec[1], rec[2], rec[3])
+        else:
+            raise ValueError(f"unknown journal record {op!r}")
+
+    def _all_files(self) -> list[tuple[str, File]]:
+        out: list[tuple[str, File]] = []
+        stack: list[tuple[str, Dir]] = [("", self.ns.root)]
+        while stack:
+            prefix, d = stack.pop()
+            for name, child in d.children.items():
+                if isinstance(child, Dir):
+                    stack.append((f"{prefix}/{name}", child))
+                else:
+                    out.append((f"{prefix}/{name}", child))
+        return out
+
+    async def _sweep(self) -> None:
+        """Liveness and upload leases, once a second."""
+        while True:
+            await asyncio.sleep(min(1.0, self.heartbeat_interval))
+            now = time.monotonic()
+            self.cluster.expire(now)
+            for up in list(self.uploads.values()):
+                if now - up.touched > self.upload_lease:
+                    log.info("upload of %s expired after %.0fs without renewal; aborting",
+                             up.path, self.upload_lease)
+                    self._abort(up)
+
+    def _durable(self, record: list[Any], reply: dict[str, Any]) -> Awaitable[dict[str, Any]]:
+        fut = self.journal.append(record)
+
+        async def wait() -> dict[str, Any]:
+            try:
+                await fut
+            except OSError as exc:
+                raise DFSError(f"metadata journal failed: {exc}") from None
+            return reply
+        return wait()
+
+    # chunkservers ---------------------------------------------------------------------
+    def handle_register(self, h: dict[str, Any], payload: memoryview,
+                        conn: ServerConnection) -> dict[str, Any]:
+        sid, addr = _str(h, "chunk_id"), _str(h, "addr")
+        cid = h.get("cluster_id") or ""
+        if cid and self.cluster_id and cid != self.cluster_id:
+            raise BadRequest(f"chunkserver belongs to cluster {cid}, this meta is "
+                             f"{self.cluster_id}")
+        cs = self.cluster.register(sid, addr, time.monotonic())
+        self._heartbeat_fields(cs, h)
+        report = h.get("blocks") or []
+        if not isinstance(report, list):
+            raise BadRequest("blocks must be a list")
+        self.cluster.block_report(cs, report)
+        log.info("chunkserver %s registered (%s): %d blocks reported, %d kept",
+                 addr, sid, len(report), len(cs.blocks))
+        return {"cluster_id": self.cluster_id, "heartbeat_interval": self.heartbeat_interval}
+
+    def _heartbeat_fields(self, cs: ChunkServer, h: dict[str, Any]) -> None:
+        self.cluster.heartbeat(cs, _int(h, "capacity", 0), _int(h, "used", 0),
+                               _int(h, "free", 0), _int(h, "load", 0), _int(h, "writing", 0),
+                               time.monotonic())
+
+    def handle_heartbeat(self, h: dict[str, Any], payload: memoryview,
+                         conn: ServerConnection) -> dict[str, Any]:
+        cs = self.cluster.servers.get(_str(h, "chunk_id"))
+        if cs is None or cs.addr != h.get("addr"):
+            return {"reregister": True}
+        self._heartbeat_fields(cs, h)
+        received = h.get("received") or []
+        if received:
+            self.cluster.block_report(cs, received)
+        commands: list[dict[str, Any]] = []
+        if cs.deletes:
+            commands.append({"op": "delete", "blocks": cs.deletes})
+            cs.deletes = []
+        return {"commands": commands}
+
+    # uploads --------------------------------------------------------------------------
+    def handle_create(self, h: dict[str, Any], payload: memoryview,
+                      conn: ServerConnection) -> dict[str, Any]:
+        path = normalise(h.get("path"))
+        replication = _int(h, "replication", config.DEFAULT_REPLICATION)
+        block_size = _int(h, "block_size", config.DEFAULT_BLOCK_SIZE)
+        if not 1 <= replication <= config.MAX_REPLICATION:
+            raise BadRequest(f"replication must be 1..{config.MAX_REPLICATION}")
+        if not config.MIN_BLOCK_SIZE <= block_size <= config.MAX_BLOCK_SIZE or \
+                block_size % config.CHECKSUM_CHUNK:
+            raise BadRequest(f"block size must be a multiple of {config.CHECKSUM_CHUNK} "
+                             f"between {config.MIN_BLOCK_SIZE} and {config.MAX_BLOCK_SIZE}")
+        self.ns.check_file_path(path)
+        uid = secrets.randbits(63) or 1
+        self.uploads[uid] = Upload(uid, path, replication, block_size, time.monotonic())
+        return {"upload": uid, "path": path}
+
+    def _upload(self, h: dict[str, Any]) -> Upload:
+        up = self.uploads.get(_int(h, "upload"))
+        if up is None:
+            raise NotFound("upload not found (expired, aborted, or meta restarted)")
+        up.touched = time.monotonic()
+        return up
+
+    def _place(self, up: Upload, count: int, exclude: set[str]) -> list[str]:
+        chosen = choose_targets(self.cluster.candidates(), count, up.block_size, exclude)
+        for c in chosen:
+            cs = self.cluster.by_addr[c.addr]
+            cs.pending += up.block_size
+        return [c.addr for c in chosen]
+
+    def _no_targets(self) -> DFSError:
+        if not self.cluster.live():
+            return Unavailable("no live chunkservers")
+        return NoSpace("no live chunkserver has room for another block")
+
+    def handle_add_block(self, h: dict[str, Any], payload: memoryview,
+                         conn: ServerConnection) -> dict[str, Any]:
+        up = self._upload(h)
+        exclude = set(h.get("exclude") or [])
+        targets = self._place(up, up.replication, exclude)
+        if not targets:
+            raise self._no_targets()
+        if self._next_block >= 1 << 32:
+            raise Unavailable("block ids of this meta epoch are exhausted; restart meta")
+        block_id = (self.epoch << 32) | self._next_block
+        self._next_block += 1
+        self.cluster.add_block(block_id, BlockInfo(1, 0, up.replication, up.id))
+        up.blocks.append(block_id)
+        return {"block": block_id, "gen": 1, "targets": targets}
+
+    def handle_recover_block(self, h: dict[str, Any], payload: memoryview,
+                             conn: ServerConnection) -> dict[str, Any]:
+        """A pipeline failed: new generation, survivors kept, dead ones replaced if we can."""
+        up = self._upload(h)
+        block_id = _int(h, "block")
+        if block_id not in up.blocks:
+            raise BadRequest(f"block {block_id} is not part of this upload")
+        exclude = set(h.get("exclude") or [])
+        live = {cs.addr for cs in self.cluster.live()}
+        keep = [a for a in (h.get("keep") or []) if a in live and a not in exclude]
+        extra = self._place(up, up.replication - len(keep), exclude | set(keep))
+        targets = keep + extra
+        if not targets:
+            if self.cluster.live() and not extra:
+                raise Unavailable(f"no chunkserver left to write block {block_id} to "
+                                  f"(excluded {', '.join(sorted(exclude))})")
+            raise self._no_targets()
+        gen = self.cluster.bump_generation(block_id)
+        log.info("pipeline recovery of block %d: gen %d, targets %s (excluded %s)",
+                 block_id, gen, targets, sorted(exclude))
+        return {"block": block_id, "gen": gen, "targets": targets}
+
+    def handle_renew(self, h: dict[str, Any], payload: memoryview,
+                     conn: ServerConnection) -> dict[str, Any]:
+        self._upload(h)
+        return {}
+
+    def handle_commit(self, h: dict[str, Any], payload: memoryview,
+                      conn: ServerConnection) -> Awaitable[dict[str, Any]]:
+        up = self._upload(h)
+        entries = h.get("blocks")
+        if not isinstance(entries, list) or len(entries) > len(up.blocks):
+            raise BadRequest("commit needs the list of written blocks")
+        blocks: list[Block] = []
+        for i, e in enumerate(entries):
+            if not isinstance(e, list) or len(e) != 4:
+                raise BadRequest("each committed block is [id, gen, size, replicas]")
+            block_id, gen, size, replicas = e
+            info = self.cluster.blocks.get(block_id)
+            if info is None or info.upload != up.id or info.gen != gen:
+                raise BadRequest(f"block {block_id} gen {gen} is not the upload's current block")
+            if not isinstance(size, int) or not 0 < size <= up.block_size or \
+                    (i < len(entries) - 1 and size != up.block_size):
+                raise BadRequest(f"block {block_id} has a bad size {size!r}")
+            info.size = size
+            for addr in replicas:
+                self.cluster.add_replica(block_id, gen, addr)
+            blocks.append(Block(block_id, gen, size))
+        del self.uploads[up.id]
+        kept = {b.id for b in blocks}
+        for block_id in up.blocks:
+            if block_id in kept:
+                self.cluster.blocks[block_id].upload = 0
+            else:
+                self.cluster.drop_block(block_id)
+        now = time.time()
+        old = self.ns.publish(up.path, File(blocks, up.replication, up.block_size, now))
+        if old is not None:
+            self._garbage([old])
+        under = [str(b.id) for b in blocks
+                 if len(self.cluster.live_replicas(b.id)) < up.replication]
+        record = ["publish", up.path, [b.to_list() for b in blocks], up.replication,
+                  up.block_size, now]
+        return self._durable(record, {"path": up.path, "under_replicated": under})
+
+    def handle_abort(self, h: dict[str, Any], payload: memoryview,
+                     conn: ServerConnection) -> dict[str, Any]:
+        up = self.uploads.get(_int(h, "upload"))
+        if up is not None:
+            self._abort(up)
+        return {}
+
+    def _abort(self, up: Upload) -> None:
+        self.uploads.pop(up.id, None)
+        for block_id in up.blocks:
+            self.cluster.drop_block(block_id)
+
+    def _garbage(self, files: list[File]) -> None:
+        for f in files:
+            for b in f.blocks:
+                self.cluster.drop_block(b.id)
+
+    # namespace ------------------------------------------------------------------------
+    def _entry(self, path: str, node: Node, blocks: bool) -> dict[str, Any]:
+        if isinstance(node, Dir):
+            return {"path": path, "type": "dir", "size": 0, "mtime": node.mtime,
+                    "entries": len(node.children)}
+        out: dict[str, Any] = {"path": path, "type": "file", "size": node.size,
+                               "replication": node.replication, "block_size": node.block_size,
+                               "mtime": node.mtime}
+        if blocks:
+            out["blocks"] = [{"id": str(b.id), "gen": b.gen, "size": b.size,
+                              "replicas": self.cluster.live_replicas(b.id)}
+                             for b in node.blocks]
+        return out
+
+    def handle_stat(self, h: dict[str, Any], payload: memoryview,
+                    conn: ServerConnection) -> dict[str, Any]:
+        path = normalise(h.get("path"))
+        return self._entry(path, self.ns.lookup(path), blocks=bool(h.get("blocks", True)))
+
+    def handle_ls(self, h: dict[str, Any], payload: memoryview,
+                  conn: ServerConnection) -> dict[str, Any]:
+        path = normalise(h.get("path"))
+        start_after = h.get("start_after") or ""
+        limit = min(_int(h, "limit", 1000), config.MAX_LS_PAGE)
+        if not isinstance(start_after, str) or limit < 1:
+            raise BadRequest("bad ls paging")
+        node = self.ns.lookup(path)
+        if not isinstance(node, Dir):
+            return {"entries": [self._entry(path, node, False)], "more": False}
+        entries, more = self.ns.listdir(path, start_after, limit)
+        base = "" if path == "/" else path
+        return {"entries": [self._entry(f"{base}/{n}", c, False) for n, c in entries],
+                "more": more}
+
+    def handle_mkdir(self, h: dict[str, Any], payload: memoryview,
+                     conn: ServerConnection) -> Awaitable[dict[str, Any]] | dict[str, Any]:
+        path = normalise(h.get("path"))
+        parents = bool(h.get("parents"))
+        now = time.time()
+        if not self.ns.mkdir(path, parents, now):
+            return {"path": path, "created": False}
+        return self._durable(["mkdir", path, parents, now], {"path": path, "created": True})
+
+    def handle_rm(self, h: dict[str, Any], payload: memoryview,
+                  conn: ServerConnection) -> Awaitable[dict[str, Any]]:
+        path = normalise(h.get("path"))
+        recursive = bool(h.get("recursive"))
+        now = time.time()
+        removed = self.ns.remove(path, recursive, now)
+        self._garbage(removed)
+        return self._durable(["rm", path, recursive, now], {"files": len(removed)})
+
+    def handle_mv(self, h: dict[str, Any], payload: memoryview,
+                  conn: ServerConnection) -> Awaitable[dict[str, Any]]:
+        src, dst = normalise(h.get("src")), normalise(h.get("dst"))
+        now = time.time()
+        final, replaced = self.ns.rename(src, dst, now)
+        if replaced is not None:
+            self._garbage([replaced])
+        return self._durable(["mv", src, dst, now], {"path": final})
+
+    def handle_report_bad(self, h: dict[str, Any], payload: memoryview,
+                          conn: ServerConnection) -> dict[str, Any]:
+        return {"removed": self.cluster.bad_replica(_int(h, "block"), _str(h, "replica"))}
+
+    def handle_status(self, h: dict[str, Any], payload: memoryview,
+                      conn: ServerConnection) -> dict[str, Any]:
+        now = time.monotonic()
+        servers = [{"id": cs.id, "addr": cs.addr, "state": cs.state, "blocks": len(cs.blocks),
+                    "used": cs.used, "capacity": cs.capacity, "free": cs.free,
+                    "last_heartbeat_s": round(now - cs.last_heartbeat, 3)}
+                   for cs in sorted(self.cluster.servers.values(), key=lambda c: c.addr)]
+        return {"meta": self.addr, "cluster_id": self.cluster_id, "files": self.ns.files,
+                "blocks": self.ns.blocks, "uploads": len(self.uploads), "pid": os.getpid(),
+                "chunkservers": servers}

@@ -1,0 +1,279 @@
+"""One framed connection over asyncio, and the client end of the request/reply shape.
+
+`FrameProtocol` glues `protocol.FrameReader` to a transport (BufferedProtocol: bulk bytes are
+received straight into pooled buffers). `Connection` is the one request shape every client of
+every role uses: register a waiter under a fresh id -> write -> await with a timeout -> map an
+error reply to its `DFSError` through `errors.from_wire`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Any, cast
+
+from .. import config
+from ..config import format_addr
+from ..errors import DFSError, ProtocolViolation, Timeout, Unavailable, from_wire
+from ..protocol import Frame, FrameReader, encode_header
+
+log = logging.getLogger(__name__)
+
+Payload = bytes | bytearray | memoryview
+
+
+class FrameProtocol(asyncio.BufferedProtocol):
+    """Transport glue shared by both ends. Subclasses implement `frame_received`."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = FrameReader()
+        self.closed = False
+        self._paused_writing = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.peername = "?"
+
+    # asyncio callbacks --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peername = format_addr(peer[0], peer[1])
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.reader.buffer_updated(nbytes)
+        except ProtocolViolation as exc:
+            for frame in self.reader.pop_frames():
+                self._deliver(frame)
+            self.protocol_violation(exc)
+            return
+        for frame in self.reader.pop_frames():
+            if self.closed:
+                break
+            self._deliver(frame)
+
+    def _deliver(self, frame: Frame) -> None:
+        try:
+            self.frame_received(frame)
+        except ProtocolViolation as exc:
+            self.protocol_violation(exc)
+        except Exception:  # a bug of ours must not take the whole process down
+            log.exception("error handling a frame from %s", self.peername)
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake_drainers(Unavailable(f"connection to {self.peername} lost"))
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        self._wake_drainers(None)
+
+    # hooks --------------------------------------------------------------------------
+    def frame_received(self, frame: Frame) -> None:
+        raise NotImplementedError  # abstract
+
+    def protocol_violation(self, exc: ProtocolViolation) -> None:
+        """The peer sent broken bytes: tell it once, then hang up."""
+        log.warning("closing %s: %s", self.peername, exc)
+        self.send({"id": 0, "err": exc.code, "msg": str(exc)})
+        self.close()
+
+    # writing ------------------------------------------------------------------------
+    def send(self, header: dict[str, Any], payload: Payload | None = None) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise Unavailable(f"connection to {self.peername} is closed")
+        n = len(payload) if payload is not None else 0
+        prefix = encode_header(header, n)
+        if n:
+            assert payload is not None
+            self.transport.writelines((prefix, payload))
+        else:
+            self.transport.write(prefix)
+
+    @property
+    def write_idle(self) -> bool:
+        """True when every byte handed to the transport has gone to the kernel, so no
+        payload buffer is still referenced by it."""
+        return self.transport is None or self.transport.get_write_buffer_size() == 0
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._paused_writing
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise Unavailable(f"connection to {self.peername} lost")
+        if not self._paused_writing:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(fut)
+        await fut
+
+    def _wake_drainers(self, exc: Exception | None) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                if exc is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(exc)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.closed = True
+
+
+class ClientProtocol(FrameProtocol):
+    """The requesting end: replies are matched to waiters by id."""
+
+    def __init__(self, addr: str) -> None:
+        super().__init__()
+        self.peername = addr
+        self.waiters: dict[int, asyncio.Future[Frame]] = {}
+
+    def frame_received(self, frame: Frame) -> None:
+        rid = frame.header.get("id")
+        fut = self.waiters.pop(rid, None) if isinstance(rid, int) else None
+        if fut is None:
+            if rid == 0 and "err" in frame.header:  # the peer is hanging up on us
+                self._fail_all(from_wire(frame.header))
+                self.close()
+            frame.release()
+            return
+        if not fut.done():
+            fut.set_result(frame)
+        else:
+            frame.release()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._fail_all(Unavailable(f"connection to {self.peername} lost"))
+
+    def _fail_all(self, err: DFSError) -> None:
+        waiters, self.waiters = self.waiters, {}
+        for fut in waiters.values():
+            if not fut.done():
+                fut.set_exception(err)
+
+
+class Connection:
+    """A client connection to one dfsd, many requests in flight. Safe to share among tasks."""
+
+    def __init__(self, addr: str, protocol: ClientProtocol) -> None:
+        self.addr = addr
+        self.protocol = protocol
+        self._ids = itertools.count(1)
+        self.server_info: dict[str, Any] = {}
+
+    @classmethod
+    async def open(cls, addr: str, *, role: str = "client",
+                   timeout: float = config.CONNECT_TIMEOUT, **hello: Any) -> "Connection":
+        host, port = config.parse_addr(addr)
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: ClientProtocol(addr), host, port), timeout)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"connecting to {addr} timed out") from None
+        except OSError as exc:
+            raise Unavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
+        conn = cls(addr, proto)
+        try:
+            reply = await conn.call("hello", version=config.PROTOCOL_VERSION, role=role,
+                                    timeout=timeout, **hello)
+        except BaseException:
+            conn.close()
+            raise
+        conn.server_info = reply.header
+        return conn
+
+    @property
+    def closed(self) -> bool:
+        return self.protocol.closed
+
+    def request(self, op: str, payload: Payload | None = None,
+                **fields: Any) -> asyncio.Future[Frame]:
+        """Send one request now; the future resolves to the reply frame (errors not mapped)."""
+        rid = next(self._ids)
+        fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self.protocol.waiters[rid] = fut
+        header = {"op": op, "id": rid}
+        header.update(fields)
+        try:
+            self.protocol.send(header, payload)
+        except BaseException:
+            self.protocol.waiters.pop(rid, None)
+            raise
+        return fut
+
+    async def call(self, op: str, payload: Payload | None = None, *,
+                   timeout: float = config.RPC_TIMEOUT, **fields: Any) -> Frame:
+        """Request, await the reply with a timeout, and raise the mapped error if it is one."""
+        await self.protocol.drain()
+        fut = self.request(op, payload, **fields)
+        reply = await wait_reply(fut, timeout, f"{op} to {self.addr}")
+        return reply
+
+    async def drain(self) -> None:
+        await self.protocol.drain()
+
+    def close(self) -> None:
+        self.protocol.close()
+
+
+async def wait_reply(fut: asyncio.Future[Frame], timeout: float, what: str) -> Frame:
+    """Await a reply future; time out as `Timeout`, turn an error reply into its exception."""
+    try:
+        reply = await asyncio.wait_for(fut, timeout)
+    except asyncio.TimeoutError:
+        raise Timeout(f"{what} got no reply in {timeout:g}s") from None
+    if "err" in reply.header:
+        reply.release()
+        raise from_wire(reply.header)
+    return reply
+
+
+class ConnectionPool:
+    """One shared connection per address, reopened when it breaks."""
+
+    def __init__(self, role: str = "client", **hello: Any) -> None:
+        self._conns: dict[str, Connection] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._role = role
+        self._hello = hello
+
+    async def get(self, addr: str) -> Connection:
+        conn = self._conns.get(addr)
+        if conn is not None and not conn.closed:
+            return conn
+        lock = self._locks.setdefault(addr, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(addr)
+            if conn is None or conn.closed:
+                conn = await Connection.open(addr, role=self._role, **self._hello)
+                self._conns[addr] = conn
+            return conn
+
+    def discard(self, addr: str) -> None:
+        conn = self._conns.pop(addr, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()

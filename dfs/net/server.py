@@ -1,0 +1,240 @@
+"""The serving end shared by meta and chunkservers: accept, hello, dispatch, reply, shut down.
+
+A service is any object with `handle_<op>(header, payload, conn)` methods; the table is built
+once from those names. A handler returns a reply dict, a `(dict, payload)` pair, or a
+coroutine producing either; raising a `DFSError` sends that error. The server owns connection
+limits, the hello and frame timeouts and per-connection back-pressure; it never interprets ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from .. import config
+from ..errors import BadRequest, DFSError, ProtocolViolation, VersionMismatch
+from ..protocol import Frame
+from .connection import FrameProtocol, Payload
+
+log = logging.getLogger(__name__)
+
+Reply = dict[str, Any] | tuple[dict[str, Any], Payload]
+Handler = Callable[[dict[str, Any], memoryview, "ServerConnection"], Reply | Awaitable[Reply]]
+
+
+class ServerConnection(FrameProtocol):
+    def __init__(self, server: "Server") -> None:
+        super().__init__()
+        self.server = server
+        self.helloed = False
+        self.hello: dict[str, Any] = {}
+        self.opened = time.monotonic()
+        self.last_data = self.opened
+        self.inflight = 0
+        self._paused_reading = False
+        self._frame: Frame | None = None
+        self._detached = False
+        self.close_callbacks: list[Callable[[], None]] = []
+        self.state: dict[str, Any] = {}  # per-connection state a service keeps (e.g. streams)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if len(self.server.conns) >= self.server.max_connections:
+            log.warning("refusing %s: %d connections open", self.peername, len(self.server.conns))
+            self.send({"id": 0, "err": "unavailable", "msg": "too many connections"})
+            self.close()
+            return
+        self.server.conns.add(self)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.last_data = time.monotonic()
+        super().buffer_updated(nbytes)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.server.conns.discard(self)
+        callbacks, self.close_callbacks = self.close_callbacks, []
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:
+                log.exception("close callback failed")
+
+    def detach_payload(self) -> Frame:
+        """Take ownership of the current request's payload buffer (the handler will release
+        it when nothing refers to it any more)."""
+        assert self._frame is not None
+        self._detached = True
+        return self._frame
+
+    # requests -----------------------------------------------------------------------
+    def frame_received(self, frame: Frame) -> None:
+        header = frame.header
+        op, rid = header.get("op"), header.get("id")
+        if not isinstance(op, str) or not isinstance(rid, int):
+            frame.release()
+            raise ProtocolViolation("a request needs a string op and an integer id")
+        if not self.helloed:
+            frame.release()
+            self._hello(header, rid)
+            return
+        handler = self.server.handlers.get(op)
+        if handler is None:
+            frame.release()
+            self.reply_error(rid, BadRequest(f"unknown op {op!r}"))
+            return
+        self._frame, self._detached = frame, False
+        try:
+            result = handler(header, frame.payload, self)
+        except DFSError as exc:
+            self.reply_error(rid, exc)
+            result = None
+        except Exception as exc:
+            self._internal(rid, op, exc)
+            result = None
+        finally:
+            self._frame = None
+            if not self._detached:
+                frame.release()
+        if result is None:
+            return
+        if inspect.isawaitable(result):
+            self._track(1)
+            task = asyncio.ensure_future(result)
+            self.server.tasks.add(task)
+            task.add_done_callback(lambda t: self._finished(t, rid, op))
+        else:
+            self.reply(rid, result)
+
+    def _hello(self, header: dict[str, Any], rid: int) -> None:
+        if header.get("op") != "hello":
+            self.reply_error(rid, BadRequest("the first request must be hello"))
+            self.close()
+            return
+        version = header.get("version")
+        if version != config.PROTOCOL_VERSION:
+            self.reply_error(rid, VersionMismatch(
+                f"peer speaks protocol {version!r}, this {self.server.role} speaks "
+                f"{config.PROTOCOL_VERSION}"))
+            self.close()
+            return
+        self.helloed = True
+        self.hello = header
+        self.reply(rid, {"version": config.PROTOCOL_VERSION, "role": self.server.role})
+
+    def _finished(self, task: asyncio.Future[Reply], rid: int, op: str) -> None:
+        self.server.tasks.discard(task)
+        self._track(-1)
+        if task.cancelled():
+            if not self.closed:
+                self.reply_error(rid, DFSError("request cancelled: server shutting down"))
+            return
+        exc = task.exception()
+        if exc is None:
+            self.reply(rid, task.result())
+        elif isinstance(exc, DFSError):
+            self.reply_error(rid, exc)
+        else:
+            self._internal(rid, op, exc)
+
+    def _internal(self, rid: int, op: str, exc: BaseException) -> None:
+        log.error("internal error in %s from %s", op, self.peername, exc_info=exc)
+        self.reply_error(rid, DFSError(f"{op} failed: {exc.__class__.__name__}: {exc}"))
+
+    def reply(self, rid: int, result: Reply) -> None:
+        if self.closed:
+            return
+        if isinstance(result, tuple):
+            header, payload = result
+            self.send({"id": rid, **header}, payload)
+        else:
+            self.send({"id": rid, **result})
+
+    def reply_error(self, rid: int, err: DFSError) -> None:
+        if not self.closed:
+            self.send({"id": rid, **err.to_wire()})
+
+    # back-pressure ------------------------------------------------------------------
+    def _track(self, delta: int) -> None:
+        self.inflight += delta
+        self._update_reading()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Stop reading a peer that has too many requests open or does not read its replies,
+        so one connection can never make the server's memory grow without bound."""
+        if self.transport is None or self.closed:
+            return
+        limit = config.MAX_INFLIGHT_PER_CONN
+        busy = self.inflight >= limit or self.writing_paused
+        if busy and not self._paused_reading:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        elif not busy and self._paused_reading and self.inflight < limit // 2:
+            self._paused_reading = False
+            self.transport.resume_reading()
+
+
+class Server:
+    """Listens on one address for one service."""
+
+    def __init__(self, service: object, role: str, host: str, port: int,
+                 max_connections: int = config.MAX_CONNECTIONS) -> None:
+        self.role = role
+        self.host, self.port = host, port
+        self.max_connections = max_connections
+        self.handlers: dict[str, Handler] = {
+            name[len("handle_"):]: getattr(service, name)
+            for name in dir(service) if name.startswith("handle_")
+        }
+        self.conns: set[ServerConnection] = set()
+        self.tasks: set[asyncio.Future[Any]] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind and listen. Raises OSError (port in use) for the caller to report."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ServerConnection(self), self.host, self.port, backlog=1024, reuse_address=True)
+        if self.port == 0:
+            self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close peers that never said hello or left a frame half sent."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for conn in list(self.conns):
+                if not conn.helloed and now - conn.opened > config.HELLO_TIMEOUT:
+                    log.info("closing %s: no hello in %gs", conn.peername, config.HELLO_TIMEOUT)
+                    conn.close()
+                elif conn.reader.mid_frame and now - conn.last_data > config.FRAME_TIMEOUT:
+                    log.info("closing %s: frame incomplete for %gs", conn.peername,
+                             config.FRAME_TIMEOUT)
+                    conn.close()
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop accepting, let in-flight requests finish for up to `grace` seconds, hang up."""
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=grace)
+        for task in list(self.tasks):
+            task.cancel()
+        for conn in list(self.conns):
+            conn.close()
+        await asyncio.sleep(0)

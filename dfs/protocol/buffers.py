@@ -1,0 +1,46 @@
+"""A small pool of reusable payload buffers, so bulk bytes land in memory that is already mapped.
+
+Owns free bytearrays by size; never does I/O. A buffer may be returned only when nothing else
+still refers to it (see `net.connection` for the rule used when a buffer was also written to a
+socket). Returning is optional: a buffer that is never returned is simply garbage collected.
+"""
+
+from __future__ import annotations
+
+
+class BufferPool:
+    def __init__(self, max_free_bytes: int = 64 * 1024 * 1024) -> None:
+        self._free: dict[int, list[bytearray]] = {}
+        self._free_bytes = 0
+        self._max_free_bytes = max_free_bytes
+
+    @staticmethod
+    def size_class(n: int) -> int:
+        """Round up to a power of two of at least 64 KiB, so few sizes share the pool."""
+        size = 65536
+        while size < n:
+            size <<= 1
+        return size
+
+    def get(self, n: int) -> bytearray:
+        size = self.size_class(n)
+        free = self._free.get(size)
+        if free:
+            self._free_bytes -= size
+            return free.pop()
+        return bytearray(size)
+
+    def put(self, buf: bytearray) -> None:
+        size = len(buf)
+        if size != self.size_class(size) or self._free_bytes + size > self._max_free_bytes:
+            return
+        self._free.setdefault(size, []).append(buf)
+        self._free_bytes += size
+
+    @property
+    def free_bytes(self) -> int:
+        return self._free_bytes
+
+
+# One pool per process: every connection in a dfsd or client process shares it.
+POOL = BufferPool()
