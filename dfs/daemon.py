@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def data_dir(args: argparse.Namespace) -> str:
     path = args.data_dir or os.path.join("dfs-data", f"{args.role}-{args.port}")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StartupError(f"data dir {path} is unusable: it is not a directory")
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".probe-{os.getpid()}")
@@ -65,12 +67,12 @@ def data_dir(args: argparse.Namespace) -> str:
     return path
 
 
-async def listen(server: Server) -> None:
+def bind(server: Server) -> None:
     try:
-        await server.start()
+        server.bind()
     except OSError as exc:
         raise StartupError(f"cannot listen on {config.format_addr(server.host, server.port)}: "
-                           f"{exc.strerror or exc}") from None
+                           f"{(exc.strerror or str(exc)).lower()}") from None
 
 
 async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
@@ -90,12 +92,13 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
     service = MetaService(journal, addr, cluster_id=cluster_id, dead_timeout=args.dead_timeout,
                           heartbeat_interval=args.heartbeat_interval,
                           upload_lease=args.upload_lease)
+    server = Server("meta", args.host, args.port)
+    bind(server)
     try:
         await service.start()
     except JournalCorrupt as exc:
         raise StartupError(str(exc)) from None
-    server = Server(service, "meta", args.host, args.port)
-    await listen(server)
+    await server.start(service)
     log.info("meta listening on %s, data in %s", addr, path)
     await stop.wait()
     log.info("meta shutting down")
@@ -105,6 +108,8 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
 async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
     path = data_dir(args)
+    server = Server("chunk", args.host, args.port)
+    bind(server)
     try:
         store = BlockStore(path, capacity=args.capacity)
     except OSError as exc:
@@ -124,8 +129,7 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
                            on_block=lambda b, g, s: link.block_received(b, g, s))
     link = MetaLink(store, args.meta, args.heartbeat_interval, advertise,
                     writing=lambda: service.writing)
-    server = Server(service, "chunk", args.host, args.port)
-    await listen(server)
+    await server.start(service)
     log.info("chunkserver %s listening on port %d, %d blocks in %s", store.server_id,
              args.port, len(store.index), path)
     link.start()

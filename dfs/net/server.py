@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import time
 from typing import Any, Awaitable, Callable
 
@@ -188,27 +189,45 @@ class ServerConnection(FrameProtocol):
 class Server:
     """Listens on one address for one service."""
 
-    def __init__(self, service: object, role: str, host: str, port: int,
+    def __init__(self, role: str, host: str, port: int,
                  max_connections: int = config.MAX_CONNECTIONS) -> None:
         self.role = role
         self.host, self.port = host, port
         self.max_connections = max_connections
-        self.handlers: dict[str, Handler] = {
-            name[len("handle_"):]: getattr(service, name)
-            for name in dir(service) if name.startswith("handle_")
-        }
+        self.handlers: dict[str, Handler] = {}
         self.conns: set[ServerConnection] = set()
         self.tasks: set[asyncio.Future[Any]] = set()
         self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Bind and listen. Raises OSError (port in use) for the caller to report."""
+    def bind(self) -> None:
+        """Claim the address now (so a port in use is reported before any slow start-up
+        work) without accepting connections yet: listening means ready."""
+        if self._sock is not None:
+            return
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+
+    async def start(self, service: object) -> None:
+        """Start accepting requests for `service`, whose `handle_<op>` methods make the
+        dispatch table. Raises OSError (port in use) for the caller to report."""
+        self.handlers = {name[len("handle_"):]: getattr(service, name)
+                         for name in dir(service) if name.startswith("handle_")}
+        self.bind()
+        assert self._sock is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: ServerConnection(self), self.host, self.port, backlog=1024, reuse_address=True)
-        if self.port == 0:
-            self.port = self._server.sockets[0].getsockname()[1]
+            lambda: ServerConnection(self), sock=self._sock, backlog=1024)
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def _sweep(self) -> None:
