@@ -39,14 +39,10 @@ def checksums(data: bytes | memoryview) -> list[int]:
     return [crc32c.crc32c(view[i:i + CHUNK]) for i in range(0, len(view), CHUNK)]
 
 
-async def _settle(futs: "deque[asyncio.Future[Frame]]") -> None:
-    """Wait out acks we no longer care about, retrieving their exceptions."""
+def _settle(futs: "deque[asyncio.Future[Frame]]") -> None:
+    """Forget acks we no longer care about (the pipeline is being rebuilt or abandoned)."""
     while futs:
-        fut = futs.popleft()
-        try:
-            await asyncio.wait_for(fut, 1.0)
-        except BaseException:
-            pass
+        futs.popleft().cancel()
 
 
 class BlockWrite:
@@ -121,7 +117,7 @@ class BlockWrite:
                     return await self._complete()
                 except DFSError as exc:
                     self._broken(exc)
-            await _settle(self.inflight)
+            _settle(self.inflight)
             if attempt == MAX_PIPELINE_RETRIES:
                 break
             await self._recover()
@@ -131,12 +127,13 @@ class BlockWrite:
     async def _complete(self) -> list[str]:
         assert self.conn is not None
         await self.conn.drain()
-        last = self._request(self.size, b"", [], True)
-        while self.inflight:
+        self.inflight.append(self._request(self.size, b"", [], True))
+        while True:
             reply = await wait_reply(self.inflight.popleft(), config.PACKET_TIMEOUT,
                                      f"packet to {self.targets[0]}")
+            if not self.inflight:
+                break
             reply.release()
-        reply = await wait_reply(last, config.PACKET_TIMEOUT, f"last packet to {self.targets[0]}")
         replicas: list[str] = reply.header.get("replicas") or [self.targets[0]]
         reply.release()
         return replicas
@@ -272,7 +269,7 @@ class FileWriter:
         self.closed = True
         self._stop_renewing()
         if self.block is not None:
-            await _settle(self.block.inflight)
+            _settle(self.block.inflight)
         if self.upload:
             try:
                 await self.client.meta_call("abort", upload=self.upload)
