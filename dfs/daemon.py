@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 import uuid
@@ -67,6 +68,20 @@ def data_dir(args: argparse.Namespace) -> str:
     return path
 
 
+def connection_limit() -> int:
+    """Raise the open-file limit as far as allowed and keep connections well inside it, so
+    a flood of connections is refused politely instead of failing accept() or block I/O."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        want = hard if hard != resource.RLIM_INFINITY else 65536
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return max(64, min(config.MAX_CONNECTIONS, soft - 256))
+
+
 def bind(server: Server) -> None:
     try:
         server.bind()
@@ -92,7 +107,7 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
     service = MetaService(journal, addr, cluster_id=cluster_id, dead_timeout=args.dead_timeout,
                           heartbeat_interval=args.heartbeat_interval,
                           upload_lease=args.upload_lease)
-    server = Server("meta", args.host, args.port)
+    server = Server("meta", args.host, args.port, connection_limit())
     bind(server)
     try:
         await service.start()
@@ -108,7 +123,7 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
 async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
     path = data_dir(args)
-    server = Server("chunk", args.host, args.port)
+    server = Server("chunk", args.host, args.port, connection_limit())
     bind(server)
     try:
         store = BlockStore(path, capacity=args.capacity)
