@@ -178,6 +178,7 @@ class FileWriter:
         self.buf = bytearray()
         self.size = 0
         self.result: dict[str, Any] = {}
+        self.excluded: set[str] = set()  # servers that failed a pipeline of this upload
         self._renewer: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -229,9 +230,13 @@ class FileWriter:
             await self._end_block()
 
     async def _new_block(self) -> None:
-        reply = await self.client.meta_call("add_block", upload=self.upload)
+        # Servers that failed an earlier block of this upload are avoided for the rest of it,
+        # so a dead server is not retried block after block before meta notices it is gone.
+        reply = await self.client.meta_call("add_block", upload=self.upload,
+                                            exclude=sorted(self.excluded))
         self.block = BlockWrite(self.client, self.upload, reply["block"], reply["gen"],
                                 reply["targets"])
+        self.block.excluded = self.excluded
         await self.block.start()
 
     async def _end_block(self) -> None:

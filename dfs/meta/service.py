@@ -49,6 +49,23 @@ def _int(header: dict[str, Any], key: str, default: int | None = None) -> int:
     return v
 
 
+def _addrs(header: dict[str, Any], key: str) -> list[str]:
+    v = header.get(key) or []
+    if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
+        raise BadRequest(f"field {key!r} must be a list of addresses")
+    return v
+
+
+def _report(header: dict[str, Any], key: str) -> list[list[int]]:
+    """A block report: a list of [id, gen, size] integer triples."""
+    v = header.get(key) or []
+    if not isinstance(v, list) or not all(
+            isinstance(e, list) and len(e) == 3 and all(isinstance(x, int) for x in e)
+            for e in v):
+        raise BadRequest(f"field {key!r} must be a list of [id, gen, size]")
+    return v
+
+
 def _str(header: dict[str, Any], key: str) -> str:
     v = header.get(key)
     if not isinstance(v, str):
@@ -154,9 +171,7 @@ class MetaService:
                              f"{self.cluster_id}")
         cs = self.cluster.register(sid, addr, time.monotonic())
         self._heartbeat_fields(cs, h)
-        report = h.get("blocks") or []
-        if not isinstance(report, list):
-            raise BadRequest("blocks must be a list")
+        report = _report(h, "blocks")
         self.cluster.block_report(cs, report)
         log.info("chunkserver %s registered (%s): %d blocks reported, %d kept",
                  addr, sid, len(report), len(cs.blocks))
@@ -173,7 +188,7 @@ class MetaService:
         if cs is None or cs.addr != h.get("addr"):
             return {"reregister": True}
         self._heartbeat_fields(cs, h)
-        received = h.get("received") or []
+        received = _report(h, "received")
         if received:
             self.cluster.block_report(cs, received)
         commands: list[dict[str, Any]] = []
@@ -221,7 +236,7 @@ class MetaService:
     def handle_add_block(self, h: dict[str, Any], payload: memoryview,
                          conn: ServerConnection) -> dict[str, Any]:
         up = self._upload(h)
-        exclude = set(h.get("exclude") or [])
+        exclude = set(_addrs(h, "exclude"))
         targets = self._place(up, up.replication, exclude)
         if not targets:
             raise self._no_targets()
@@ -240,9 +255,9 @@ class MetaService:
         block_id = _int(h, "block")
         if block_id not in up.blocks:
             raise BadRequest(f"block {block_id} is not part of this upload")
-        exclude = set(h.get("exclude") or [])
+        exclude = set(_addrs(h, "exclude"))
         live = {cs.addr for cs in self.cluster.live()}
-        keep = [a for a in (h.get("keep") or []) if a in live and a not in exclude]
+        keep = [a for a in _addrs(h, "keep") if a in live and a not in exclude]
         extra = self._place(up, up.replication - len(keep), exclude | set(keep))
         targets = keep + extra
         if not targets:
@@ -271,7 +286,9 @@ class MetaService:
             if not isinstance(e, list) or len(e) != 4:
                 raise BadRequest("each committed block is [id, gen, size, replicas]")
             block_id, gen, size, replicas = e
-            info = self.cluster.blocks.get(block_id)
+            if not isinstance(replicas, list) or not all(isinstance(a, str) for a in replicas):
+                raise BadRequest("a block's replicas must be a list of addresses")
+            info = self.cluster.blocks.get(block_id) if isinstance(block_id, int) else None
             if info is None or info.upload != up.id or info.gen != gen:
                 raise BadRequest(f"block {block_id} gen {gen} is not the upload's current block")
             if not isinstance(size, int) or not 0 < size <= up.block_size or \
