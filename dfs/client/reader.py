@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import crc32c
 
 from .. import config
-from ..errors import ChecksumError, DFSError, Unavailable
+from ..errors import ChecksumError, DFSError, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from .async_client import AsyncClient
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 CHUNK = config.CHECKSUM_CHUNK
 SEGMENT = config.READ_SIZE
+# Pauses before re-asking meta for a block's locations when all replicas failed (None: stop).
+RETRY_DELAYS: tuple[float | None, ...] = (0.25, 0.5, 1.0, 2.0, 3.0, None)
 
 
 def verify(data: memoryview, crcs: list[int]) -> None:
@@ -48,8 +50,8 @@ class FileReader:
         self.pos = 0
         self.closed = False
         self._segments: dict[tuple[int, int], asyncio.Task[bytes]] = {}
-        self._failed: dict[int, set[str]] = {}  # block index -> replicas that failed it
-        self._refreshed: set[int] = set()
+        self._corrupt: dict[int, set[str]] = {}  # block index -> replicas with bad bytes
+        self._slow: set[str] = set()  # replicas that failed lately: tried last
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self.pos, 2: self.size}[whence]
@@ -117,32 +119,35 @@ class FileReader:
                 self._segments.pop(key, None)  # let a later read try again
 
     async def _fetch(self, bi: int, seg: int) -> bytes:
+        """One segment from the first replica that returns verified bytes. When every known
+        replica fails, back off, ask meta where the block lives now, and try again: right
+        after a meta restart, locations reappear as chunkservers re-register."""
         errors: list[str] = []
-        for _ in range(2):
+        corrupt = self._corrupt.setdefault(bi, set())
+        for delay in RETRY_DELAYS:
             block = self.blocks[bi]
             length = min(SEGMENT, block["size"] - seg)
-            replicas: list[str] = list(block["replicas"])
+            replicas = [a for a in block["replicas"] if a not in corrupt]
             if replicas:
-                k = bi % len(replicas)  # spread blocks over replicas
+                k = bi % len(replicas)  # spread a file's blocks over their replicas
                 replicas = replicas[k:] + replicas[:k]
-            failed = self._failed.setdefault(bi, set())
-            for addr in replicas:
-                if addr in failed:
-                    continue
+            for addr in sorted(replicas, key=lambda a: a in self._slow):
                 try:
-                    return await self._read_from(addr, block, seg, length)
+                    data = await self._read_from(addr, block, seg, length)
+                    self._slow.discard(addr)
+                    return data
                 except ChecksumError as exc:
-                    failed.add(addr)
+                    corrupt.add(addr)
                     errors.append(f"{addr}: {exc}")
                     log.warning("block %s on %s is corrupt (%s); trying another replica",
                                 block["id"], addr, exc)
                     self.client.report_bad(int(block["id"]), addr)
                 except DFSError as exc:
-                    failed.add(addr)
+                    self._slow.add(addr)  # dead or slow: try it last from now on
                     errors.append(f"{addr}: {exc}")
-            if not await self._refresh(bi):
+            if delay is None or not await self._refresh(bi, delay):
                 break
-        detail = "; ".join(errors) or "no live replica"
+        detail = "; ".join(errors[-4:]) or "no live replica"
         raise Unavailable(f"no replica of block {self.blocks[bi]['id']} of {self.path} could "
                           f"be read ({detail})")
 
@@ -159,20 +164,18 @@ class FileReader:
         finally:
             reply.release()
 
-    async def _refresh(self, bi: int) -> bool:
-        """Every known replica failed: ask meta once where the block lives now."""
-        if bi in self._refreshed:
-            return False
-        self._refreshed.add(bi)
+    async def _refresh(self, bi: int, delay: float) -> bool:
+        """Wait, then reload the block's locations from meta. False when the file was
+        replaced or removed meanwhile (keep the version we opened, or give up)."""
+        await asyncio.sleep(delay)
         try:
             info = await self.client.stat(self.path)
-        except DFSError:
+        except NotFound:
             return False
+        except DFSError:
+            return True  # meta may be restarting: try the replicas we know again
         fresh = info.get("blocks") or []
         if bi >= len(fresh) or fresh[bi]["id"] != self.blocks[bi]["id"]:
-            return False  # the file was replaced; keep reading the version we opened
-        self.blocks[bi] = fresh[bi]
-        failed = self._failed.setdefault(bi, set())
-        if set(fresh[bi]["replicas"]) <= failed:
             return False
+        self.blocks[bi] = fresh[bi]
         return True
