@@ -7,6 +7,7 @@ changed in exactly one spot.
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 PROTOCOL_VERSION = 1
 
@@ -62,10 +63,10 @@ def parse_size(text: str | int) -> int:
     m = _SIZE_RE.match(text)
     if not m:
         raise ValueError(f"not a size: {text!r} (try 4096, 64KiB, 4MiB, 1GiB)")
-    number, unit = float(m.group(1)), m.group(2).lower()
+    number, unit = Fraction(m.group(1)), m.group(2).lower()  # exact, even past 2**53
     scale = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}[unit]
     value = number * scale
-    if value != int(value):
+    if value.denominator != 1:
         raise ValueError(f"not a whole number of bytes: {text!r}")
     return int(value)
 
@@ -94,7 +95,9 @@ def parse_addr(text: str, default_port: int = DEFAULT_META_PORT) -> tuple[str, i
         raise ValueError(f"not an address: {text!r}")
     if s.startswith("["):  # [::1]:5000
         host, _, rest = s[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            raise ValueError(f"not an address: {text!r}")
+        port = int(rest[1:]) if rest else default_port
     elif s.count(":") == 1:
         host, _, p = s.partition(":")
         if not p.isdigit():

@@ -58,20 +58,27 @@ def read_records(data: bytes, path: str = "<memory>") -> tuple[list[list[Any]], 
     records: list[list[Any]] = []
     off = len(MAGIC)
     end = len(data)
+    view = memoryview(data)
+
+    def zero_tail(at: int) -> bool:
+        return data.count(0, at) == end - at  # bytes.count: one C pass, no copy
+
     while off < end:
-        if not any(data[off:]):
-            return records, off, f"{end - off} zero bytes at the tail"
         if end - off < RECORD.size:
-            return records, off, "record prefix cut short"
+            why = f"{end - off} zero bytes at the tail" if zero_tail(off) else \
+                "record prefix cut short"
+            return records, off, why
         body_len, crc = RECORD.unpack_from(data, off)
         start = off + RECORD.size
         if body_len == 0 or body_len > MAX_RECORD:
+            if zero_tail(off):
+                return records, off, f"{end - off} zero bytes at the tail"
             raise JournalCorrupt(path, off, f"record length {body_len} out of range")
         if start + body_len > end:
             return records, off, "record body cut short"
-        body = data[start:start + body_len]
+        body = view[start:start + body_len]
         if crc32c.crc32c(body) != crc:
-            if start + body_len == end:
+            if start + body_len == end or zero_tail(start + body_len):
                 return records, off, "checksum mismatch in the last record"
             raise JournalCorrupt(path, off, "record checksum mismatch")
         try:

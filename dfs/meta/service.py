@@ -282,6 +282,8 @@ class MetaService:
         if not isinstance(entries, list) or len(entries) > len(up.blocks):
             raise BadRequest("commit needs the list of written blocks")
         blocks: list[Block] = []
+        acked: list[list[str]] = []
+        seen: set[int] = set()
         for i, e in enumerate(entries):
             if not isinstance(e, list) or len(e) != 4:
                 raise BadRequest("each committed block is [id, gen, size, replicas]")
@@ -294,19 +296,25 @@ class MetaService:
             if not isinstance(size, int) or not 0 < size <= up.block_size or \
                     (i < len(entries) - 1 and size != up.block_size):
                 raise BadRequest(f"block {block_id} has a bad size {size!r}")
-            info.size = size
-            for addr in replicas:
-                self.cluster.add_replica(block_id, gen, addr)
+            if block_id in seen:
+                raise BadRequest(f"block {block_id} is listed twice")
+            seen.add(block_id)
             blocks.append(Block(block_id, gen, size))
-        del self.uploads[up.id]
-        kept = {b.id for b in blocks}
-        for block_id in up.blocks:
-            if block_id in kept:
-                self.cluster.blocks[block_id].upload = 0
-            else:
-                self.cluster.drop_block(block_id)
+            acked.append(replicas)
+        # Publish first: if the path cannot take the file (a directory appeared there since
+        # create), nothing has changed yet and the client's abort reclaims the blocks.
         now = time.time()
         old = self.ns.publish(up.path, File(blocks, up.replication, up.block_size, now))
+        del self.uploads[up.id]
+        for b, replicas in zip(blocks, acked, strict=True):
+            info = self.cluster.blocks[b.id]
+            info.size, info.upload = b.size, 0
+            for addr in replicas:
+                self.cluster.add_replica(b.id, b.gen, addr)
+        kept = {b.id for b in blocks}
+        for block_id in up.blocks:
+            if block_id not in kept:
+                self.cluster.drop_block(block_id)
         if old is not None:
             self._garbage([old])
         under = [str(b.id) for b in blocks
@@ -363,8 +371,15 @@ class MetaService:
             return {"entries": [self._entry(path, node, False)], "more": False}
         entries, more = self.ns.listdir(path, start_after, limit)
         base = "" if path == "/" else path
-        return {"entries": [self._entry(f"{base}/{n}", c, False) for n, c in entries],
-                "more": more}
+        out: list[dict[str, Any]] = []
+        budget = config.MAX_HEADER // 2  # a page must always fit in one reply frame
+        for name, node in entries:
+            budget -= len(base) + len(name.encode()) + 160
+            if budget < 0 and out:
+                more = True
+                break
+            out.append(self._entry(f"{base}/{name}", node, False))
+        return {"entries": out, "more": more}
 
     def handle_mkdir(self, h: dict[str, Any], payload: memoryview,
                      conn: ServerConnection) -> Awaitable[dict[str, Any]] | dict[str, Any]:

@@ -46,6 +46,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
         return self.reader.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.closed:
+            return  # we already hung up; whatever else arrives is ignored
         try:
             self.reader.buffer_updated(nbytes)
         except ProtocolViolation as exc:
@@ -88,7 +90,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def protocol_violation(self, exc: ProtocolViolation) -> None:
         """The peer sent broken bytes: tell it once, then hang up."""
         log.warning("closing %s: %s", self.peername, exc)
-        self.send({"id": 0, "err": exc.code, "msg": str(exc)})
+        if not self.closed:
+            self.send({"id": 0, "err": exc.code, "msg": str(exc)})
         self.close()
 
     # writing ------------------------------------------------------------------------

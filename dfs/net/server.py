@@ -16,7 +16,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from .. import config
-from ..errors import BadRequest, DFSError, ProtocolViolation, VersionMismatch
+from ..errors import BadRequest, DFSError, ProtocolViolation, TooLarge, VersionMismatch
 from ..protocol import Frame
 from .connection import FrameProtocol, Payload
 
@@ -148,11 +148,12 @@ class ServerConnection(FrameProtocol):
     def reply(self, rid: int, result: Reply) -> None:
         if self.closed:
             return
-        if isinstance(result, tuple):
-            header, payload = result
+        header, payload = result if isinstance(result, tuple) else (result, None)
+        try:
             self.send({"id": rid, **header}, payload)
-        else:
-            self.send({"id": rid, **result})
+        except ValueError as exc:  # our reply broke a frame limit: say so, keep the connection
+            log.error("reply to %s is too large: %s", self.peername, exc)
+            self.reply_error(rid, TooLarge(f"reply too large: {exc}"))
 
     def reply_error(self, rid: int, err: DFSError) -> None:
         if not self.closed:

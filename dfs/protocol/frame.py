@@ -77,6 +77,10 @@ def encode_frame(header: dict[str, Any], payload: bytes | bytearray | memoryview
     return encode_header(header, len(payload)) + bytes(payload)
 
 
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError("msgpack ext types are not part of the protocol")
+
+
 def decode_header(data: bytes | memoryview) -> dict[str, Any]:
     """Unpack one header with every msgpack size bounded; anything else is a violation."""
     try:
@@ -84,11 +88,14 @@ def decode_header(data: bytes | memoryview) -> dict[str, Any]:
             data, raw=False, strict_map_key=True, use_list=True,
             max_str_len=MAX_HEADER, max_bin_len=MAX_HEADER,
             max_array_len=_MAX_CONTAINER, max_map_len=_MAX_CONTAINER, max_ext_len=0,
+            ext_hook=_no_ext,
         )
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
         raise ProtocolViolation(f"malformed header: {exc.__class__.__name__}") from None
     if not isinstance(header, dict):
         raise ProtocolViolation(f"header is a {type(header).__name__}, not a map")
+    if not all(isinstance(k, str) for k in header):
+        raise ProtocolViolation("header keys must be strings")
     rid = header.get("id")
     if rid is not None and (not isinstance(rid, int) or isinstance(rid, bool)):
         raise ProtocolViolation("header id is not an integer")
@@ -201,18 +208,21 @@ class FrameReader:
             buf = self._pool.get(plen)
             buf[:have] = stage[pstart:pstart + have]
             self._start = pstart + have
-            self._header, self._payload, self._plen, self._filled = header, buf, plen, have
-            if have == plen:
-                self._finish_direct()
+            if have == plen:  # all of it was already here: no nested parse, keep looping
+                self._frames.append(Frame(header, memoryview(buf)[:plen], buf, self._pool))
                 continue
+            self._header, self._payload, self._plen, self._filled = header, buf, plen, have
             break
         if self._start == self._end:
             self._start = self._end = 0
+            if len(self._stage) > _STAGING:
+                # Drop the room a huge header needed; replaced, never resized (see _compact).
+                self._stage = bytearray(_STAGING)
 
     def _finish_direct(self) -> None:
+        # Only reached from buffer_updated: while a payload is received directly, the
+        # staging buffer holds nothing unparsed, so there is nothing more to parse here.
         assert self._payload is not None and self._header is not None
         buf = self._payload
         self._frames.append(Frame(self._header, memoryview(buf)[:self._plen], buf, self._pool))
         self._header, self._payload, self._plen, self._filled = None, None, 0, 0
-        if self._end > self._start:
-            self._parse()
