@@ -262,9 +262,11 @@ class ChunkService:
                           conn: ServerConnection) -> tuple[dict[str, Any], bytes]:
         block_id, gen = _int(h, "block"), _int(h, "gen")
         offset, length = _int(h, "offset"), _int(h, "length")
-        if offset % CHUNK or length > config.MAX_PAYLOAD:
-            raise BadRequest(f"reads start on a {CHUNK}-byte boundary and are at most "
-                             f"{config.MAX_PAYLOAD} bytes")
+        size = self.store.lookup(block_id, gen)
+        if offset % CHUNK or length > config.MAX_PAYLOAD or \
+                (length % CHUNK and offset + length < size):
+            raise BadRequest(f"reads cover whole {CHUNK}-byte chunks (up to the block's end) "
+                             f"and are at most {config.MAX_PAYLOAD} bytes")
         try:
             data, crcs, size = self.store.read(block_id, gen, offset, length)
         except OSError as exc:

@@ -5,13 +5,19 @@ File layout (all integers big-endian)::
     offset 0   8 bytes   magic b"DFSJRNL1" (format version 1)
     then, repeated to the end of the file, one record:
                4 bytes   body_len   u32, 1 .. MAX_RECORD
-               4 bytes   crc        u32, CRC32C of body
+               4 bytes   body_crc   u32, CRC32C of body
+               4 bytes   head_crc   u32, CRC32C of the 8 bytes above (so a damaged length
+                                    is never mistaken for a record cut short by a crash)
                body_len  body       msgpack array: [op, arg, ...] (see meta.service)
 
-Recovery rules (`read_records`): a record cut short by the end of the file, a CRC mismatch in
-the very last record, or a tail of zero bytes is a torn append from a crash: it is dropped,
-logged and truncated away. Anything wrong *before* the last record is corruption and raises
-`JournalCorrupt` naming the file and offset: start-up stops rather than silently lose files.
+Recovery rules (`read_records`) tell a torn append from damage:
+  - a prefix cut short by the end of the file, or only zero bytes left: torn;
+  - a bad head_crc: torn only if the claimed record would end exactly at the end of the file
+    or only zeros follow the prefix; anything else is corruption;
+  - a good prefix whose body is cut short by the end of the file: torn;
+  - a bad body_crc: torn if the record ends at the end of the file or only zeros follow it.
+A torn tail is dropped, logged and truncated away. Anything else raises `JournalCorrupt`
+naming the file and offset: start-up stops rather than silently lose acknowledged changes.
 
 Group commit: `append()` queues a record and returns a future; one flusher writes every
 queued record with a single write and a single fdatasync, then resolves all of their futures.
@@ -31,7 +37,8 @@ import msgpack
 log = logging.getLogger(__name__)
 
 MAGIC = b"DFSJRNL1"
-RECORD = struct.Struct(">II")
+RECORD = struct.Struct(">III")
+_HEAD = struct.Struct(">II")
 MAX_RECORD = 64 * 1024 * 1024
 
 
@@ -41,9 +48,14 @@ class JournalCorrupt(Exception):
         self.path, self.offset = path, offset
 
 
+def record_prefix(body_len: int, body_crc: int) -> bytes:
+    head = _HEAD.pack(body_len, body_crc)
+    return head + struct.pack(">I", crc32c.crc32c(head))
+
+
 def encode_record(record: list[Any]) -> bytes:
     body = msgpack.packb(record, use_bin_type=True)
-    return RECORD.pack(len(body), crc32c.crc32c(body)) + body
+    return record_prefix(len(body), crc32c.crc32c(body)) + body
 
 
 def read_records(data: bytes, path: str = "<memory>") -> tuple[list[list[Any]], int, str | None]:
@@ -68,11 +80,15 @@ def read_records(data: bytes, path: str = "<memory>") -> tuple[list[list[Any]], 
             why = f"{end - off} zero bytes at the tail" if zero_tail(off) else \
                 "record prefix cut short"
             return records, off, why
-        body_len, crc = RECORD.unpack_from(data, off)
+        body_len, crc, head_crc = RECORD.unpack_from(data, off)
         start = off + RECORD.size
-        if body_len == 0 or body_len > MAX_RECORD:
+        if crc32c.crc32c(view[off:off + _HEAD.size]) != head_crc:
             if zero_tail(off):
                 return records, off, f"{end - off} zero bytes at the tail"
+            if start + body_len == end or zero_tail(start):
+                return records, off, "checksum mismatch in the last record's prefix"
+            raise JournalCorrupt(path, off, "record prefix checksum mismatch")
+        if body_len == 0 or body_len > MAX_RECORD:
             raise JournalCorrupt(path, off, f"record length {body_len} out of range")
         if start + body_len > end:
             return records, off, "record body cut short"

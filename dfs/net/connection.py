@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from .. import config
 from ..config import format_addr
-from ..errors import DFSError, ProtocolViolation, Timeout, Unavailable, from_wire
+from ..errors import DFSError, ProtocolViolation, Timeout, TooLarge, Unavailable, from_wire
 from ..protocol import Frame, FrameReader, encode_header
 
 log = logging.getLogger(__name__)
@@ -213,13 +213,19 @@ class Connection:
         """Send one request now; the future resolves to the reply frame (errors not mapped)."""
         rid = next(self._ids)
         fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
-        self.protocol.waiters[rid] = fut
+        waiters = self.protocol.waiters
+        waiters[rid] = fut
+        # A request given up on (timeout, cancellation) must not stay in the table forever.
+        fut.add_done_callback(lambda f: f.cancelled() and waiters.pop(rid, None))
         header = {"op": op, "id": rid}
         header.update(fields)
         try:
             self.protocol.send(header, payload)
+        except ValueError as exc:  # the request itself breaks a frame limit
+            waiters.pop(rid, None)
+            raise TooLarge(f"{op} request too large: {exc}") from None
         except BaseException:
-            self.protocol.waiters.pop(rid, None)
+            waiters.pop(rid, None)
             raise
         return fut
 

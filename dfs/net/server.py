@@ -33,7 +33,7 @@ class ServerConnection(FrameProtocol):
         self.helloed = False
         self.hello: dict[str, Any] = {}
         self.opened = time.monotonic()
-        self.last_data = self.opened
+        self.frame_started = self.opened  # when the frame now arriving began to arrive
         self.inflight = 0
         self._paused_reading = False
         self._frame: Frame | None = None
@@ -51,8 +51,12 @@ class ServerConnection(FrameProtocol):
         self.server.conns.add(self)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.last_data = time.monotonic()
+        # A frame's deadline runs from its first byte, not its latest: a peer dripping one
+        # byte at a time must not hold a half-received frame (and its buffer) forever.
+        was_mid, done = self.reader.mid_frame, self.reader.completed
         super().buffer_updated(nbytes)
+        if not was_mid or self.reader.completed != done:
+            self.frame_started = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -184,7 +188,12 @@ class ServerConnection(FrameProtocol):
             self.transport.pause_reading()
         elif not busy and self._paused_reading and self.inflight < limit // 2:
             self._paused_reading = False
+            self.frame_started = time.monotonic()  # our pause does not count against the peer
             self.transport.resume_reading()
+
+    @property
+    def paused_reading(self) -> bool:
+        return self._paused_reading
 
 
 class Server:
@@ -240,7 +249,8 @@ class Server:
                 if not conn.helloed and now - conn.opened > config.HELLO_TIMEOUT:
                     log.info("closing %s: no hello in %gs", conn.peername, config.HELLO_TIMEOUT)
                     conn.close()
-                elif conn.reader.mid_frame and now - conn.last_data > config.FRAME_TIMEOUT:
+                elif conn.reader.mid_frame and not conn.paused_reading and \
+                        now - conn.frame_started > config.FRAME_TIMEOUT:
                     log.info("closing %s: frame incomplete for %gs", conn.peername,
                              config.FRAME_TIMEOUT)
                     conn.close()

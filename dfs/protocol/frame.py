@@ -117,6 +117,7 @@ class FrameReader:
         self._plen = 0
         self._filled = 0
         self._frames: list[Frame] = []
+        self.completed = 0  # frames decoded so far (lets a caller see a new frame begin)
 
     # -- the BufferedProtocol face -------------------------------------------------------
     def get_buffer(self) -> memoryview:
@@ -137,6 +138,7 @@ class FrameReader:
 
     def pop_frames(self) -> list[Frame]:
         frames, self._frames = self._frames, []
+        self.completed += len(frames)
         return frames
 
     @property

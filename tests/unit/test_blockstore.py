@@ -1,0 +1,220 @@
+"""dfs.chunk.blockstore on a temporary directory: writing, finalizing, reading with CRCs,
+re-scanning, generations and deletes. No network."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+
+import crc32c
+import pytest
+
+from dfs.chunk.blockstore import (
+    CHUNK,
+    FOOTER,
+    MAGIC,
+    BlockStore,
+    block_file_size,
+    n_chunks,
+)
+from dfs.errors import NotFound, StaleGeneration
+
+
+def crcs_of(data: bytes) -> list[int]:
+    return [crc32c.crc32c(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK)]
+
+
+def write_block(store: BlockStore, block_id: int, gen: int, data: bytes,
+                packet: int = 2 * CHUNK) -> None:
+    w = store.open_write(block_id, gen)
+    for off in range(0, len(data), packet):
+        piece = data[off:off + packet]
+        w.write(off, memoryview(piece), crcs_of(piece))
+    w.finalize(len(data))
+
+
+def data_of(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def block_files(root) -> list[str]:
+    out = []
+    for dirpath, _, files in os.walk(os.path.join(root, "blocks")):
+        out += [os.path.relpath(os.path.join(dirpath, f), root) for f in files]
+    return sorted(out)
+
+
+@pytest.mark.parametrize("size", [1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 123, 8 * CHUNK])
+def test_write_finalize_read_back(tmp_path, size: int) -> None:
+    store = BlockStore(str(tmp_path))
+    data = data_of(size, size)
+    write_block(store, 0x1_0000_00AB, 1, data)
+    assert store.index[0x1_0000_00AB] == (1, size)
+    assert store.lookup(0x1_0000_00AB, 1) == size
+    assert store.used == block_file_size(size)
+    assert block_files(tmp_path) == [f"blocks/ab/blk_{0x1_0000_00AB:016x}_1"]
+    got, crcs, total = store.read(0x1_0000_00AB, 1, 0, size)
+    assert got == data and crcs == crcs_of(data) and total == size
+    # Chunk-aligned range reads return the CRCs of exactly the chunks they cover.
+    if size > CHUNK:
+        got, crcs, _ = store.read(0x1_0000_00AB, 1, CHUNK, 10 * CHUNK)
+        assert got == data[CHUNK:] and crcs == crcs_of(data)[1:]
+    got, crcs, _ = store.read(0x1_0000_00AB, 1, n_chunks(size) * CHUNK, CHUNK)
+    assert got == b"" and crcs == []
+
+
+def test_block_file_layout(tmp_path) -> None:
+    store = BlockStore(str(tmp_path))
+    data = data_of(CHUNK + 10)
+    write_block(store, 7, 3, data)
+    raw = open(store.path(7, 3), "rb").read()
+    assert len(raw) == block_file_size(len(data)) == len(data) + 8 + FOOTER.size
+    assert raw[:len(data)] == data
+    assert list(struct.unpack(">2I", raw[len(data):len(data) + 8])) == crcs_of(data)
+    assert FOOTER.unpack(raw[-FOOTER.size:]) == (MAGIC, CHUNK, len(data))
+
+
+def test_rescan_finds_finalized_blocks(tmp_path) -> None:
+    store = BlockStore(str(tmp_path))
+    blocks = {bid: data_of(1000 + bid % 5000, bid % 97) for bid in (1, 2, 0x1FF, 2**40 + 3)}
+    for bid, data in blocks.items():
+        write_block(store, bid, 2, data)
+    again = BlockStore(str(tmp_path))
+    assert again.server_id == store.server_id  # the id file persists
+    assert again.index == store.index and again.used == store.used
+    assert sorted(map(tuple, again.report())) == sorted((b, 2, len(d)) for b, d in blocks.items())
+    for bid, data in blocks.items():
+        assert again.read(bid, 2, 0, len(data))[0] == data
+
+
+def test_tmp_leftovers_are_removed_at_scan(tmp_path) -> None:
+    store = BlockStore(str(tmp_path))
+    write_block(store, 1, 1, b"done")
+    w = store.open_write(2, 1)  # a write that never finished (crash)
+    w.write(0, memoryview(b"partial"), crcs_of(b"partial"))
+    assert os.path.exists(store.path(2, 1) + ".tmp")
+    again = BlockStore(str(tmp_path))
+    assert not os.path.exists(store.path(2, 1) + ".tmp")
+    assert set(again.index) == {1}
+
+
+def test_abort_removes_the_tmp_file(tmp_path) -> None:
+    store = BlockStore(str(tmp_path))
+    w = store.open_write(5, 1)
+    w.write(0, memoryview(b"x" * 10), crcs_of(b"x" * 10))
+    w.abort()
+    w.abort()  # idempotent
+    assert block_files(tmp_path) == []
+    with pytest.raises(ValueError):
+        w.finalize(10)
+    assert 5 not in store.index
+
+
+def test_out_of_order_and_unaligned_packets_are_refused(tmp_path) -> None:
+    store = BlockStore(str(tmp_path))
+    w = store.open_write(5, 1)
+    with pytest.raises(ValueError):
+        w.write(CHUNK, memoryview(b"x"), crcs_of(b"x"))
+    w.write(0, memoryview(b"x" * 10), crcs_of(b"x" * 10))
+    with pytest.raises(ValueError):  # follows a packet that was not whole chunks
+        w.write(10, memoryview(b"y"), crcs_of(b"y"))
+    with pytest.raises(ValueError):
+        w.finalize(11)
+    w.abort()
+
+
+def test_a_newer_generation_replaces_the_older(tmp_path) -> None:
+    store = BlockStore(str(tmp_path))
+    write_block(store, 9, 1, b"old" * 100)
+    write_block(store, 9, 2, b"new" * 10)
+    assert store.index[9] == (2, 30)
+    assert store.used == block_file_size(30)
+    assert block_files(tmp_path) == [f"blocks/09/blk_{9:016x}_2"]
+    with pytest.raises(StaleGeneration):
+        store.lookup(9, 1)
+    with pytest.raises(NotFound):
+        store.lookup(10, 1)
+    assert store.read(9, 2, 0, 100)[0] == b"new" * 10
+
+
+@pytest.mark.parametrize("first,second", [(3, 1), (1, 3)])
+def test_scan_keeps_only_the_newest_of_two_generations_on_disk(tmp_path, first: int,
+                                                               second: int) -> None:
+    """Two generations of one block on disk, as a crash between a rename and the unlink of
+    the older generation leaves them: the scan keeps the newest and removes the other."""
+    store = BlockStore(str(tmp_path))
+    write_block(store, 9, first, bytes([first]) * (100 * first))
+    other = BlockStore(str(tmp_path / "other"))
+    write_block(other, 9, second, bytes([second]) * (100 * second))
+    os.rename(other.path(9, second), store.path(9, second))
+    again = BlockStore(str(tmp_path))
+    assert again.index[9] == (3, 300)
+    assert again.used == block_file_size(300)
+    assert block_files(tmp_path) == [f"blocks/09/blk_{9:016x}_3"]
+    assert again.read(9, 3, 0, 300)[0] == b"\x03" * 300
+
+
+def test_delete_honours_the_generation(tmp_path) -> None:
+    store = BlockStore(str(tmp_path))
+    write_block(store, 4, 5, b"data")
+    assert store.delete(4, 4) is False  # an older generation: ours is newer, keep it
+    assert 4 in store.index
+    assert store.delete(4, 5) is True
+    assert 4 not in store.index and store.used == 0
+    assert block_files(tmp_path) == []
+    assert store.delete(4, 5) is False
+    write_block(store, 6, 2, b"data")
+    assert store.delete(6, 3) is True  # anything up to the named generation goes
+
+
+@pytest.mark.parametrize("damage", ["bad-magic", "bad-chunk", "bad-size", "truncated",
+                                    "too-short", "bad-name", "bad-gen"])
+def test_unreadable_block_files_are_ignored(tmp_path, damage: str) -> None:
+    store = BlockStore(str(tmp_path))
+    write_block(store, 1, 1, b"good")
+    write_block(store, 2, 1, b"victim" * 100)
+    path = store.path(2, 1)
+    raw = bytearray(open(path, "rb").read())
+    if damage == "bad-magic":
+        raw[-FOOTER.size] ^= 0xFF
+    elif damage == "bad-chunk":
+        raw[-FOOTER.size + 4:-8] = struct.pack(">I", 4096)
+    elif damage == "bad-size":
+        raw[-8:] = struct.pack(">Q", 601)
+    elif damage == "truncated":
+        raw = raw[:100] + raw[-FOOTER.size:]
+    elif damage == "too-short":
+        raw = raw[:5]
+    open(path, "wb").write(raw)
+    if damage == "bad-name":
+        os.rename(path, os.path.join(os.path.dirname(path), "blk_zz_1"))
+    elif damage == "bad-gen":
+        os.rename(path, path[:-2] + "_x")
+    again = BlockStore(str(tmp_path))
+    assert set(again.index) == {1}
+    assert again.used == block_file_size(4)
+
+
+def test_stats_respect_the_capacity_flag(tmp_path) -> None:
+    store = BlockStore(str(tmp_path), capacity=10 * CHUNK)
+    write_block(store, 1, 1, b"x" * CHUNK)
+    capacity, used, free = store.stats()
+    assert capacity == 10 * CHUNK and used == block_file_size(CHUNK)
+    assert free == 10 * CHUNK - used
+    cap2, used2, free2 = BlockStore(str(tmp_path / "unbounded")).stats()
+    assert used2 == 0 and free2 > 0 and cap2 >= free2
+
+
+def test_block_ids_never_come_from_strings(tmp_path) -> None:
+    store = BlockStore(str(tmp_path))
+    p = store.path(2**64 - 1, 7)
+    assert p == os.path.join(str(tmp_path), "blocks", "ff", "blk_ffffffffffffffff_7")
+
+
+def test_small_files(tmp_path) -> None:
+    store = BlockStore(str(tmp_path))
+    assert store.read_small("cluster.id") == ""
+    store.write_small("cluster.id", "abc")
+    assert store.read_small("cluster.id") == "abc"
+    assert len(store.server_id) == 32

@@ -1,0 +1,303 @@
+"""dfs.meta.service driven through its handle_<op> methods (no sockets): the request and reply
+fields docs/PROTOCOL.md describes, and the rules that tie namespace, uploads and block map."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dfs.config import MAX_LS_PAGE
+from dfs.errors import (
+    AlreadyExists,
+    BadRequest,
+    IsADirectory,
+    NoSpace,
+    NotADirectory,
+    NotFound,
+    Unavailable,
+)
+from dfs.meta.namespace import File
+from dfs.protocol import encode_header
+
+from ._meta import BLOCK, GiB, addr, call, new_meta, put, register
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def beat(svc, i: int, received: list | None = None) -> dict:
+    return await call(svc, "heartbeat", chunk_id=f"cs{i}", addr=addr(i), capacity=100 * GiB,
+                      used=0, free=100 * GiB, load=0, writing=0, received=received or [])
+
+
+def fits_in_a_frame(reply: dict) -> bool:
+    try:
+        encode_header({"id": 1, **reply})
+    except ValueError:
+        return False
+    return True
+
+
+def test_register_and_heartbeat_replies() -> None:
+    async def main() -> None:
+        svc = await new_meta(servers=0)
+        reply = await register(svc, 0)
+        assert reply == {"cluster_id": "cluster-1", "heartbeat_interval": 3.0}
+        hb = await call(svc, "heartbeat", chunk_id="cs0", addr=addr(0), capacity=10, used=1,
+                        free=9, load=0, writing=0, received=[])
+        assert hb == {"commands": []}
+        # An unknown server, or a known id at another address, must register again.
+        assert await call(svc, "heartbeat", chunk_id="cs9", addr=addr(9)) == {"reregister": True}
+        assert await call(svc, "heartbeat", chunk_id="cs0", addr=addr(5)) == {"reregister": True}
+        with pytest.raises(BadRequest):
+            await call(svc, "register", chunk_id="x", addr=addr(1), cluster_id="other")
+        with pytest.raises(BadRequest):
+            await call(svc, "register", chunk_id=7, addr=addr(1))
+        await svc.stop()
+
+    run(main())
+
+
+def test_create_validates_its_fields() -> None:
+    async def main() -> None:
+        svc = await new_meta()
+        reply = await call(svc, "create", path="/x/./y/", block_size=BLOCK)
+        assert reply["path"] == "/x/y" and isinstance(reply["upload"], int)
+        await call(svc, "mkdir", path="/d")
+        for fields, exc in [
+            ({"path": "/f", "replication": 0}, BadRequest),
+            ({"path": "/f", "replication": 17}, BadRequest),
+            ({"path": "/f", "replication": True}, BadRequest),
+            ({"path": "/f", "block_size": BLOCK - 1}, BadRequest),
+            ({"path": "/f", "block_size": BLOCK + 1}, BadRequest),
+            ({"path": "/f", "block_size": 2 * GiB}, BadRequest),
+            ({"path": "f"}, BadRequest),
+            ({"path": "/d"}, IsADirectory),
+            ({}, BadRequest),
+        ]:
+            with pytest.raises(exc):
+                await call(svc, "create", **fields)
+        await svc.stop()
+
+    run(main())
+
+
+def test_add_block_placement_errors() -> None:
+    async def main() -> None:
+        svc = await new_meta(servers=0)
+        up = (await call(svc, "create", path="/f", block_size=BLOCK))["upload"]
+        with pytest.raises(Unavailable):
+            await call(svc, "add_block", upload=up)
+        await register(svc, 0, free=BLOCK - 1)
+        with pytest.raises(NoSpace):
+            await call(svc, "add_block", upload=up)
+        with pytest.raises(NotFound):
+            await call(svc, "add_block", upload=12345)
+        with pytest.raises(BadRequest):
+            await call(svc, "add_block", upload="x")
+        await svc.stop()
+
+    run(main())
+
+
+def test_write_read_lifecycle_fields() -> None:
+    async def main() -> None:
+        svc = await new_meta(servers=3)
+        up = (await call(svc, "create", path="/d/f", replication=2, block_size=BLOCK))["upload"]
+        b1 = await call(svc, "add_block", upload=up)
+        assert b1["gen"] == 1 and len(b1["targets"]) == 2 and len(set(b1["targets"])) == 2
+        assert b1["block"] >> 32 == svc.epoch
+        b2 = await call(svc, "add_block", upload=up, exclude=[addr(0)])
+        assert addr(0) not in b2["targets"] and b2["block"] == b1["block"] + 1
+        assert await call(svc, "renew", upload=up) == {}
+        # Not visible before commit.
+        with pytest.raises(NotFound):
+            await call(svc, "stat", path="/d/f")
+        # Wrong gen, wrong size, not a list: refused, the upload survives.
+        for blocks in ([[b1["block"], 2, BLOCK, b1["targets"]]],
+                       [[b1["block"], 1, BLOCK + 1, b1["targets"]]],
+                       [[b1["block"], 1, 10, b1["targets"]], [b2["block"], 1, 10, []]],
+                       [[b1["block"], 1, 0, []]],
+                       [[b1["block"], 1, 10]],
+                       "nope"):
+            with pytest.raises(BadRequest):
+                await call(svc, "commit", upload=up, blocks=blocks)
+        reply = await call(svc, "commit", upload=up, blocks=[
+            [b1["block"], 1, BLOCK, b1["targets"]], [b2["block"], 1, 10, b2["targets"][:1]]])
+        assert reply == {"path": "/d/f", "under_replicated": [str(b2["block"])]}
+        st = await call(svc, "stat", path="/d/f")
+        assert st["type"] == "file" and st["size"] == BLOCK + 10
+        assert st["replication"] == 2 and st["block_size"] == BLOCK
+        assert [b["id"] for b in st["blocks"]] == [str(b1["block"]), str(b2["block"])]
+        assert st["blocks"][0]["replicas"] == sorted(b1["targets"])
+        assert st["blocks"][1]["replicas"] == b2["targets"][:1]
+        assert await call(svc, "stat", path="/d/f", blocks=False) == {
+            k: v for k, v in st.items() if k != "blocks"}
+        ls = await call(svc, "ls", path="/d")
+        assert ls["more"] is False and [e["path"] for e in ls["entries"]] == ["/d/f"]
+        assert "blocks" not in ls["entries"][0]
+        d = await call(svc, "stat", path="/d")
+        assert d["type"] == "dir" and "blocks" not in d and d["entries"] == 1
+        # The upload is gone after commit.
+        with pytest.raises(NotFound):
+            await call(svc, "commit", upload=up, blocks=[])
+        status = await call(svc, "status")
+        assert (status["files"], status["blocks"], status["uploads"]) == (1, 2, 0)
+        assert [c["addr"] for c in status["chunkservers"]] == [addr(i) for i in range(3)]
+        assert set(status["chunkservers"][0]) >= {"id", "addr", "state", "blocks", "used",
+                                                  "capacity", "last_heartbeat_s"}
+        await svc.stop()
+
+    run(main())
+
+
+def test_recover_block_bumps_the_generation_and_replaces_the_failed_server() -> None:
+    async def main() -> None:
+        svc = await new_meta(servers=3)
+        up = (await call(svc, "create", path="/f", replication=2, block_size=BLOCK))["upload"]
+        b = await call(svc, "add_block", upload=up)
+        bad, good = b["targets"]
+        r = await call(svc, "recover_block", upload=up, block=b["block"], exclude=[bad],
+                       keep=[good])
+        assert r["block"] == b["block"] and r["gen"] == 2
+        assert r["targets"][0] == good and bad not in r["targets"] and len(r["targets"]) == 2
+        # The old generation can no longer be committed; the new one can.
+        with pytest.raises(BadRequest):
+            await call(svc, "commit", upload=up, blocks=[[b["block"], 1, 5, [good]]])
+        await call(svc, "commit", upload=up, blocks=[[b["block"], 2, 5, r["targets"]]])
+        with pytest.raises(NotFound):
+            await call(svc, "recover_block", upload=up, block=b["block"])
+        await svc.stop()
+
+    run(main())
+
+
+def test_recover_block_of_a_block_not_in_the_upload() -> None:
+    async def main() -> None:
+        svc = await new_meta(servers=2)
+        up = (await call(svc, "create", path="/f", block_size=BLOCK))["upload"]
+        with pytest.raises(BadRequest):
+            await call(svc, "recover_block", upload=up, block=99)
+        b = await call(svc, "add_block", upload=up)
+        with pytest.raises(Unavailable):
+            await call(svc, "recover_block", upload=up, block=b["block"],
+                       exclude=[addr(0), addr(1)], keep=[])
+        await svc.stop()
+
+    run(main())
+
+
+def test_abort_and_replace_queue_deletes_through_heartbeats() -> None:
+    async def main() -> None:
+        svc = await new_meta(servers=2)
+        up = (await call(svc, "create", path="/f", block_size=BLOCK))["upload"]
+        b = await call(svc, "add_block", upload=up)
+        # The chunkservers report the finalized replicas in their heartbeats.
+        for i in range(2):
+            await beat(svc, i, received=[[b["block"], 1, 10]])
+        assert await call(svc, "abort", upload=up) == {}
+        assert await call(svc, "abort", upload=up) == {}  # idempotent
+        for i in range(2):
+            hb = await beat(svc, i)
+            assert hb == {"commands": [{"op": "delete", "blocks": [[b["block"], 1]]}]}
+            assert await beat(svc, i) == {"commands": []}
+        # Replacing a file garbage-collects the old file's blocks.
+        await put(svc, "/g", [10])
+        old = int((await call(svc, "stat", path="/g"))["blocks"][0]["id"])
+        await put(svc, "/g", [20])
+        deletes = [cmd for i in range(2) for cmd in (await beat(svc, i))["commands"]]
+        assert [c["blocks"] for c in deletes] == [[[old, 1]], [[old, 1]]]
+        assert old not in svc.cluster.blocks
+        await svc.stop()
+
+    run(main())
+
+
+def test_report_bad_removes_the_replica() -> None:
+    async def main() -> None:
+        svc = await new_meta(servers=2)
+        await put(svc, "/f", [10])
+        blk = (await call(svc, "stat", path="/f"))["blocks"][0]
+        victim = blk["replicas"][0]
+        assert await call(svc, "report_bad", block=int(blk["id"]), replica=victim) == \
+            {"removed": True}
+        assert await call(svc, "report_bad", block=int(blk["id"]), replica=victim) == \
+            {"removed": False}
+        st = await call(svc, "stat", path="/f")
+        assert victim not in st["blocks"][0]["replicas"]
+        await svc.stop()
+
+    run(main())
+
+
+def test_namespace_ops_through_handlers() -> None:
+    async def main() -> None:
+        svc = await new_meta()
+        assert await call(svc, "mkdir", path="/a/b", parents=True) == \
+            {"path": "/a/b", "created": True}
+        assert await call(svc, "mkdir", path="/a/b", parents=True) == \
+            {"path": "/a/b", "created": False}
+        with pytest.raises(AlreadyExists):
+            await call(svc, "mkdir", path="/a/b")
+        with pytest.raises(NotFound):
+            await call(svc, "mkdir", path="/q/r")
+        await put(svc, "/a/b/f", [10])
+        with pytest.raises(NotADirectory):
+            await call(svc, "mkdir", path="/a/b/f/g", parents=True)
+        assert await call(svc, "mv", src="/a/b/f", dst="/a") == {"path": "/a/f"}
+        assert await call(svc, "rm", path="/a", recursive=True) == {"files": 1}
+        with pytest.raises(NotFound):
+            await call(svc, "rm", path="/a")
+        with pytest.raises(BadRequest):
+            await call(svc, "ls", path="/", limit=0)
+        with pytest.raises(BadRequest):
+            await call(svc, "ls", path="/", start_after=5)
+        with pytest.raises(BadRequest):
+            await call(svc, "stat", path=None)
+        await svc.stop()
+
+    run(main())
+
+
+def test_a_failed_commit_does_not_leak_the_uploads_blocks() -> None:
+    """Regression (fixed in e3da029): handle_commit deleted the upload and marked its blocks
+    committed (upload=0) *before* `ns.publish` ran. If publish then failed (a directory was
+    made at the path, or a parent became a file, after create), the blocks stayed in the
+    block map forever: no file owned them, `abort` could no longer find the upload, and
+    chunkservers kept the replicas (block reports match a known block at the right
+    generation)."""
+    async def main() -> None:
+        svc = await new_meta(servers=2)
+        up = (await call(svc, "create", path="/a/f", block_size=BLOCK))["upload"]
+        b = await call(svc, "add_block", upload=up)
+        await call(svc, "mkdir", path="/a/f", parents=True)  # someone takes the name
+        with pytest.raises(IsADirectory):
+            await call(svc, "commit", upload=up, blocks=[[b["block"], 1, 10, b["targets"]]])
+        await call(svc, "abort", upload=up)  # what the client does after a failed commit
+        assert b["block"] not in svc.cluster.blocks
+        await svc.stop()
+
+    run(main())
+
+
+@pytest.mark.parametrize("name_len", [20, 100, 255])
+def test_an_ls_page_always_fits_in_one_frame(name_len: int) -> None:
+    """Regression (fixed in e3da029): the client asks for pages of MAX_LS_PAGE (10,000)
+    entries and handle_ls returned that many whatever their size. With full paths of ~30+
+    characters the reply header passed MAX_HEADER (1 MiB); `encode_header` raised ValueError
+    in the server's reply path, which closed the connection, so `ls` of a large directory
+    failed with `unavailable` (INTERFACE.md: 100,000 entries list in one command)."""
+    async def main() -> None:
+        svc = await new_meta(servers=0)
+        await call(svc, "mkdir", path="/big")
+        for i in range(MAX_LS_PAGE):
+            svc.ns.publish(f"/big/{i:06d}" + "x" * (name_len - 6),
+                           File([], 2, BLOCK, 1763977200.0))
+        reply = await call(svc, "ls", path="/big", limit=MAX_LS_PAGE)
+        assert reply["entries"], "a page must make progress"
+        assert fits_in_a_frame(reply), "ls reply exceeds MAX_HEADER"
+        await svc.stop()
+
+    run(main())
