@@ -60,37 +60,67 @@ class BlockWriter:
         self.written = 0
         self.unsynced = 0
         self.closed = False
-        # Held while a worker thread uses the fd, so abort() never closes it under them.
+        # Guards `closed` and the fd between the loop (abort) and disk threads.
         self.lock = threading.Lock()
 
-    def write(self, offset: int, data: memoryview, crcs: list[int]) -> None:
-        """Write one packet (offset is a multiple of CHUNK; crcs already verified)."""
+    def accept(self, offset: int, length: int, crcs: list[int]) -> None:
+        """Take one packet's place and checksums, in order, on the event loop (offset is a
+        multiple of CHUNK; crcs already verified). The bytes follow through `pwrite`."""
         if offset != self.written:
             raise ValueError(f"packet at {offset} out of order (have {self.written})")
-        if not data:
-            return
-        if offset % CHUNK:
+        if length and offset % CHUNK:
             raise ValueError(f"packet at {offset} follows a packet that was not whole chunks")
+        self.crcs.extend(crcs)
+        self.written += length
+        self.unsynced += length
+
+    def pwrite(self, offset: int, data: memoryview) -> None:
+        """Write accepted bytes at their offset. Blocking: runs in a disk thread, so the
+        event loop keeps receiving and forwarding while the page cache or disk is slow."""
+        fd = self._dup()
         try:
-            n = os.pwrite(self.fd, data, offset)
+            n = os.pwrite(fd, data, offset)
             while n < len(data):
-                n += os.pwrite(self.fd, data[n:], offset + n)
+                n += os.pwrite(fd, data[n:], offset + n)
         except OSError as exc:
             raise self.store.disk_error(exc) from None
-        self.crcs.extend(crcs)
-        self.written += len(data)
-        self.unsynced += len(data)
+        finally:
+            os.close(fd)
+
+    def _dup(self) -> int:
+        """A private descriptor for one blocking call in a worker thread: abort() may close
+        ours meanwhile without the number being reused under that call."""
+        with self.lock:
+            if self.closed:
+                raise ValueError("block write was aborted")
+            return os.dup(self.fd)
+
+    def write(self, offset: int, data: memoryview, crcs: list[int]) -> None:
+        """accept + pwrite in one call (tests and simple callers)."""
+        self.accept(offset, len(data), crcs)
+        if data:
+            self.pwrite(offset, data)
 
     def sync_some(self) -> None:
         """Flush what has been written so far (called from a worker thread while writes go
         on), so the final fsync at the end of the block has little left to do."""
-        with self.lock:
-            if not self.closed:
-                os.fdatasync(self.fd)
+        try:
+            fd = self._dup()
+        except ValueError:
+            return
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def finalize(self, size: int) -> None:
+        """seal + index the replica, for callers without an event loop (tests, tools)."""
+        self.seal(size)
+        self.store.added(self.block_id, self.gen, size)
+
+    def seal(self, size: int) -> None:
         """Append checksums and footer, fsync, rename into place, fsync the directory.
-        Blocking: call from a worker thread."""
+        Blocking: call from a worker thread, then `BlockStore.added` on the event loop."""
         if size != self.written:
             raise ValueError(f"block ends at {size} but {self.written} bytes were written")
         trailer = struct.pack(f">{len(self.crcs)}I", *self.crcs) + FOOTER.pack(MAGIC, CHUNK, size)
@@ -107,7 +137,6 @@ class BlockWriter:
                 fsync_dir(os.path.dirname(final))
             except OSError as exc:
                 raise self.store.disk_error(exc) from None
-        self.store.added(self.block_id, self.gen, size)
 
     def abort(self) -> None:
         with self.lock:

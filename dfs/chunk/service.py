@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 import crc32c
@@ -54,6 +55,7 @@ class Stream:
         self.downstream = downstream
         self.chain = chain  # servers after this one
         self.syncing = False
+        self.pending: set[asyncio.Future[None]] = set()  # packet writes still in a disk thread
         self.failed: DFSError | None = None
         self.done = False
 
@@ -66,6 +68,8 @@ class ChunkService:
         self.on_block = on_block  # tells meta about a finalized replica
         self.writing = 0  # streams open across all connections
         self.pool = ConnectionPool(role="chunk")  # to downstream chunkservers
+        # Disk threads: packet writes, flushes and fsyncs block here, never the event loop.
+        self.disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="disk")
 
     def _streams(self, conn: ServerConnection) -> dict[int, Stream]:
         """The blocks being written over one connection (dropped when it closes)."""
@@ -167,26 +171,59 @@ class ChunkService:
                     raise self._fail(stream, Unavailable(f"downstream {stream.chain[0]} lost",
                                                          bad=stream.chain[0])) from None
             try:
-                stream.writer.write(offset, payload, crcs)
-            except NoSpace as exc:
-                exc.details["bad"] = self.addr
-                raise self._fail(stream, exc) from None
+                stream.writer.accept(offset, len(payload), crcs)
             except ValueError as exc:  # the writer sent packets out of order
                 raise self._fail(stream, BadRequest(str(exc))) from None
-            except OSError as exc:
-                raise self._fail(stream, DFSError(f"local write failed: {exc}",
-                                                  bad=self.addr)) from None
-        finally:
+        except BaseException:
             self._release(frame, stream)
+            raise
+        local = self._write_local(stream, offset, frame)
         if last:
             return self._finish(streams, stream, h, down_fut)
         if stream.writer.unsynced >= config.BACKGROUND_SYNC_BYTES and not stream.syncing:
             stream.writer.unsynced = 0
             stream.syncing = True
             asyncio.ensure_future(self._background_sync(stream))
+        return self._ack(stream, local, down_fut)
+
+    def _write_local(self, stream: Stream, offset: int,
+                     frame: Frame) -> asyncio.Future[None] | None:
+        """Write the packet into the replica file in a disk thread; the buffer goes back to
+        the pool once the disk and the downstream socket are both done with it."""
+        if not frame.payload:
+            frame.release()
+            return None
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.disk, stream.writer.pwrite, offset, frame.payload)
+        stream.pending.add(fut)
+
+        def done(f: asyncio.Future[None]) -> None:
+            stream.pending.discard(f)
+            self._release(frame, stream)
+        fut.add_done_callback(done)
+        return fut
+
+    async def _ack(self, stream: Stream, local: asyncio.Future[None] | None,
+                   down_fut: asyncio.Future[Frame] | None) -> dict[str, Any]:
+        """A packet's ack: written here, and acknowledged by the rest of the chain."""
+        if local is not None:
+            try:
+                await local
+            except (OSError, ValueError, DFSError) as exc:
+                raise self._fail(stream, self._local_error(exc)) from None
         if down_fut is None:
             return {}
-        return self._await_downstream(stream, down_fut)
+        return await self._await_downstream(stream, down_fut)
+
+    def _local_error(self, exc: BaseException) -> DFSError:
+        if isinstance(exc, DFSError):
+            err = exc
+        elif isinstance(exc, ValueError):
+            err = Unavailable(f"write of this block was aborted: {exc}")
+        else:
+            err = DFSError(f"local write failed: {exc}")
+        err.details["bad"] = self.addr
+        return err
 
     @staticmethod
     def _release(frame: Frame, stream: Stream) -> None:
@@ -197,7 +234,7 @@ class ChunkService:
 
     async def _background_sync(self, stream: Stream) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(None, stream.writer.sync_some)
+            await asyncio.get_running_loop().run_in_executor(self.disk, stream.writer.sync_some)
         except OSError:
             pass  # the final fsync reports any real problem
         finally:
@@ -223,17 +260,19 @@ class ChunkService:
                       down_fut: asyncio.Future[Frame] | None) -> dict[str, Any]:
         size = _int(h, "size")
         loop = asyncio.get_running_loop()
-        local = loop.run_in_executor(None, stream.writer.finalize, size)
         replicas = [self.addr]
         try:
-            await local
+            while stream.pending:  # every packet's bytes are in the file before we seal it
+                await asyncio.wait(list(stream.pending))
+            if stream.failed is not None:
+                raise stream.failed
+            await loop.run_in_executor(self.disk, stream.writer.seal, size)
         except (OSError, ValueError, DFSError) as exc:
             if down_fut is not None:
                 down_fut.cancel()
-            err = exc if isinstance(exc, DFSError) else DFSError(f"finalize failed: {exc}")
-            err.details["bad"] = self.addr
-            raise self._fail(stream, err) from None
+            raise self._fail(stream, self._local_error(exc)) from None
         stream.done = True
+        self.store.added(stream.writer.block_id, stream.writer.gen, size)
         self.on_block(stream.writer.block_id, stream.writer.gen, size)
         if down_fut is not None:
             try:
