@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import logging
 import os
 import resource
@@ -65,7 +66,26 @@ def data_dir(args: argparse.Namespace) -> str:
         os.unlink(probe)
     except OSError as exc:
         raise StartupError(f"data dir {path} is unusable: {exc.strerror or exc}") from None
+    lock_data_dir(path)
     return path
+
+
+_LOCKS: list[int] = []  # held open for the life of the process
+
+
+def lock_data_dir(path: str) -> None:
+    """One dfsd per data dir: two metas appending to one journal corrupt it, two
+    chunkservers would share one identity. The lock dies with the process, even on SIGKILL."""
+    fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StartupError(f"data dir {path} is in use by another dfsd (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _LOCKS.append(fd)
 
 
 def connection_limit() -> int:

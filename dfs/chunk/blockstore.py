@@ -30,7 +30,7 @@ import threading
 import uuid
 
 from .. import config
-from ..errors import NoSpace, NotFound, StaleGeneration
+from ..errors import ChecksumError, NoSpace, NotFound, StaleGeneration
 from ..meta.journal import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,9 @@ class BlockStore:
         finally:
             os.close(fd)
         if len(data) != length or len(table) != 4 * count:
-            raise OSError(errno.EIO, f"block {block_id} file is short")
+            # The file lost bytes under us: to the reader this is a corrupt replica, so it
+            # reports it to meta and moves to another one.
+            raise ChecksumError(f"block {block_id} replica file is shorter than its index says")
         return data, list(struct.unpack(f">{count}I", table)), size
 
     def delete(self, block_id: int, gen: int) -> bool:

@@ -212,22 +212,21 @@ class FileWriter:
         return len(data)
 
     async def write_packet(self, data: bytes) -> None:
-        """Send one packet (a multiple of CHECKSUM_CHUNK bytes unless it is the file's last)."""
-        if self.block is not None and self.block.size + len(data) > self.block_size:
+        """Send bytes as packets, cutting at block boundaries. Every piece but the file's
+        last must be whole checksum chunks (block sizes are multiples of CHECKSUM_CHUNK)."""
+        view = memoryview(data)
+        while view:
+            if self.block is None:
+                await self._new_block()
+            assert self.block is not None
             room = self.block_size - self.block.size
-            if room:
-                await self.write_packet(data[:room])
-            await self._end_block()
-            data = data[room:]
-            if not data:
-                return
-        if self.block is None:
-            await self._new_block()
-        assert self.block is not None
-        await self.block.add(data, checksums(data))
-        self.size += len(data)
-        if self.block.size == self.block_size:
-            await self._end_block()
+            # The common case (the packet fits, whole) sends the caller's bytes uncopied.
+            piece = data if len(view) == len(data) <= room else bytes(view[:room])
+            view = view[len(piece):]
+            await self.block.add(piece, checksums(piece))
+            self.size += len(piece)
+            if self.block.size == self.block_size:
+                await self._end_block()
 
     async def _new_block(self) -> None:
         # Servers that failed an earlier block of this upload are avoided for the rest of it,

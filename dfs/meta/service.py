@@ -22,9 +22,9 @@ import time
 from typing import Any, Awaitable
 
 from .. import config
-from ..errors import BadRequest, DFSError, NoSpace, NotFound, Unavailable
+from ..errors import BadRequest, DFSError, NoSpace, Unavailable
 from ..net import ServerConnection
-from .cluster import BlockInfo, ChunkServer, Cluster
+from .cluster import BlockInfo, Cluster
 from .journal import JournalStore
 from .namespace import Block, Dir, File, Namespace, Node, normalise
 from .placement import choose_targets
@@ -169,26 +169,36 @@ class MetaService:
         if cid and self.cluster_id and cid != self.cluster_id:
             raise BadRequest(f"chunkserver belongs to cluster {cid}, this meta is "
                              f"{self.cluster_id}")
-        cs = self.cluster.register(sid, addr, time.monotonic())
-        self._heartbeat_fields(cs, h)
+        try:
+            config.parse_addr(addr)
+        except ValueError:
+            raise BadRequest(f"chunkserver address {addr!r} is not HOST:PORT") from None
+        stats = self._stats(h)
         report = _report(h, "blocks")
+        # Everything is valid: only now does the chunkserver exist for placement.
+        cs = self.cluster.register(sid, addr, time.monotonic())
+        self.cluster.heartbeat(cs, *stats, time.monotonic())
         self.cluster.block_report(cs, report)
         log.info("chunkserver %s registered (%s): %d blocks reported, %d kept",
                  addr, sid, len(report), len(cs.blocks))
         return {"cluster_id": self.cluster_id, "heartbeat_interval": self.heartbeat_interval}
 
-    def _heartbeat_fields(self, cs: ChunkServer, h: dict[str, Any]) -> None:
-        self.cluster.heartbeat(cs, _int(h, "capacity", 0), _int(h, "used", 0),
-                               _int(h, "free", 0), _int(h, "load", 0), _int(h, "writing", 0),
-                               time.monotonic())
+    @staticmethod
+    def _stats(h: dict[str, Any]) -> tuple[int, int, int, int, int]:
+        """capacity, used, free, load, writing from a register or heartbeat."""
+        stats = tuple(_int(h, k, 0) for k in ("capacity", "used", "free", "load", "writing"))
+        if any(v < 0 for v in stats):
+            raise BadRequest("chunkserver statistics must not be negative")
+        return stats  # type: ignore[return-value]
 
     def handle_heartbeat(self, h: dict[str, Any], payload: memoryview,
                          conn: ServerConnection) -> dict[str, Any]:
         cs = self.cluster.servers.get(_str(h, "chunk_id"))
         if cs is None or cs.addr != h.get("addr"):
             return {"reregister": True}
-        self._heartbeat_fields(cs, h)
+        stats = self._stats(h)
         received = _report(h, "received")
+        self.cluster.heartbeat(cs, *stats, time.monotonic())
         if received:
             self.cluster.block_report(cs, received)
         commands: list[dict[str, Any]] = []
@@ -217,7 +227,9 @@ class MetaService:
     def _upload(self, h: dict[str, Any]) -> Upload:
         up = self.uploads.get(_int(h, "upload"))
         if up is None:
-            raise NotFound("upload not found (expired, aborted, or meta restarted)")
+            # Not NotFound: that word is kept for paths. The upload must start again.
+            raise Unavailable("the upload is no longer known to meta (its lease expired, it "
+                              "was aborted, or meta restarted); upload the file again")
         up.touched = time.monotonic()
         return up
 

@@ -1,0 +1,183 @@
+"""dfsd as an operator sees it: start-up failures are one clear line and a non-zero exit;
+SIGTERM/SIGINT stop it cleanly and promptly."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cluster import HOST, Cluster, free_ports
+
+import dfs
+
+ROLES = ["meta", "chunk"]
+
+
+def dfsd() -> list[str]:
+    exe = shutil.which("dfsd")
+    return [exe] if exe else [sys.executable, "-m", "dfs.daemon"]
+
+
+def run_dfsd(args: list[str], cwd: Path, timeout: float = 10.0
+             ) -> tuple[subprocess.CompletedProcess[str], float]:
+    t0 = time.monotonic()
+    proc = subprocess.run(dfsd() + args, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return proc, time.monotonic() - t0
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected exactly one line on stderr, got {len(lines)}:\n{stderr}"
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def role_args(role: str, port: int, data_dir: Path, meta_port: int = 1) -> list[str]:
+    args = ["--role", role, "--port", str(port), "--data-dir", str(data_dir)]
+    if role == "chunk":
+        args += ["--meta", f"{HOST}:{meta_port}"]
+    return args
+
+
+@pytest.mark.parametrize("host", [None, HOST], ids=["default_host", "loopback"])
+@pytest.mark.parametrize("role", ROLES)
+def test_port_in_use_is_one_line_and_nonzero(tmp_path: Path, role: str,
+                                             host: str | None) -> None:
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        args = role_args(role, port, tmp_path / "d") + (["--host", host] if host else [])
+        proc, elapsed = run_dfsd(args, tmp_path)
+    assert proc.returncode != 0
+    assert elapsed < 5, f"took {elapsed:.1f}s to give up"
+    line = one_line(proc.stderr)
+    assert str(port) in line, line
+    assert "in use" in line.lower(), line
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_data_dir_that_is_a_file_is_one_line_and_nonzero(tmp_path: Path, role: str) -> None:
+    not_a_dir = tmp_path / "plain-file"
+    not_a_dir.write_text("I am a file\n")
+    (port,) = free_ports(1)
+    proc, elapsed = run_dfsd(role_args(role, port, not_a_dir), tmp_path)
+    assert proc.returncode != 0
+    assert elapsed < 5
+    line = one_line(proc.stderr)
+    assert str(not_a_dir) in line or "plain-file" in line, line
+    assert not_a_dir.read_text() == "I am a file\n"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_data_dir_below_a_file_is_one_line_and_nonzero(tmp_path: Path, role: str) -> None:
+    (tmp_path / "f").write_text("x")
+    (port,) = free_ports(1)
+    proc, _ = run_dfsd(role_args(role, port, tmp_path / "f" / "sub"), tmp_path)
+    assert proc.returncode != 0
+    one_line(proc.stderr)
+
+
+def test_sigterm_and_sigint_stop_promptly_with_status_0(cluster: Cluster) -> None:
+    client = cluster.client()
+    client.put_bytes(b"before shutdown", "/x")  # leaves pooled connections open
+    for name, sig in (("chunk0", signal.SIGTERM), ("chunk1", signal.SIGINT),
+                      ("meta", signal.SIGTERM)):
+        t0 = time.monotonic()
+        cluster.kill(name, sig)
+        assert cluster[name].wait(10) == 0, cluster[name].tail()
+        assert time.monotonic() - t0 < 3, f"{name} took {time.monotonic() - t0:.1f}s"
+    cluster.restart("meta")
+    cluster.restart("chunk0")
+    cluster.restart("chunk1")
+    assert client.get_bytes("/x") == b"before shutdown"
+
+
+def test_sigterm_during_an_upload_exits_0(cluster: Cluster) -> None:
+    """Stopping meta while an upload is in flight must neither hang nor crash."""
+    client = cluster.client()
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        i = 0
+        deadline = time.monotonic() + 30
+        try:
+            while time.monotonic() < deadline:  # until meta goes away
+                client.put_bytes(b"z" * 200_000, f"/busy/{i}")
+                i += 1
+        except dfs.DFSError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=upload, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    cluster.kill("meta", signal.SIGTERM)
+    assert cluster["meta"].wait(10) == 0, cluster["meta"].tail()
+    assert time.monotonic() - t0 < 7
+    t.join(30)
+    assert not t.is_alive(), "the client hung after meta stopped"
+    assert errors, "puts kept succeeding with meta stopped"
+
+
+def _meta_with_journal(make_cluster) -> Cluster:
+    cluster = make_cluster(0)
+    client = cluster.client()
+    for i in range(5):
+        client.mkdir(f"/dir{i}")
+    cluster.kill("meta")
+    return cluster
+
+
+def test_corrupt_journal_stops_start_up_with_one_line(make_cluster) -> None:
+    cluster = _meta_with_journal(make_cluster)
+    journal = cluster["meta"].data_dir / "journal"
+    raw = bytearray(journal.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # a record in the middle: damage, not a torn tail
+    journal.write_bytes(bytes(raw))
+    proc, elapsed = run_dfsd(cluster["meta"].args, cluster.base)
+    assert proc.returncode != 0
+    assert elapsed < 5
+    line = one_line(proc.stderr)
+    assert "journal" in line and "offset" in line, line
+    assert bytes(raw) == journal.read_bytes(), "a refused start-up must not touch the journal"
+
+
+def test_journal_with_bad_magic_stops_start_up_with_one_line(make_cluster) -> None:
+    cluster = _meta_with_journal(make_cluster)
+    journal = cluster["meta"].data_dir / "journal"
+    journal.write_bytes(b"NOTDFS!!" + journal.read_bytes()[8:])
+    proc, _ = run_dfsd(cluster["meta"].args, cluster.base)
+    assert proc.returncode != 0
+    assert "journal" in one_line(proc.stderr)
+
+
+@pytest.mark.parametrize("role", ["meta", "chunk0"])
+def test_second_daemon_on_a_data_dir_in_use_is_refused(cluster: Cluster, role: str) -> None:
+    """Two daemons on one data dir would interleave journal appends (meta) or share one
+    chunkserver id (chunk): the second must refuse to start."""
+    first = cluster[role]
+    (port,) = free_ports(1)
+    args = list(first.args)
+    args[args.index("--port") + 1] = str(port)
+    second = cluster.track(subprocess.Popen(dfsd() + args, cwd=cluster.base,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True))
+    try:
+        _, err = second.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        second.kill()
+        second.communicate()
+        pytest.fail(f"a second dfsd --role {first.role} ran on {first.data_dir}, "
+                    "which the first one is using")
+    assert second.returncode != 0
+    one_line(err)
+    assert first.running()

@@ -1,0 +1,125 @@
+"""Reads survive a dead replica and a corrupt replica; meta learns about both."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from cluster import Cluster, MiB, data_of, wait_until
+
+import dfs
+
+
+def test_seed_workflow_get_after_sigkill_of_one_replica(cluster: Cluster) -> None:
+    """The seed's workflow: put with 2 replicas, SIGKILL one chunkserver, get from the other."""
+    client = cluster.client()
+    data = data_of(3 * MiB + 777)
+    client.put_bytes(data, "/remote/sample.bin", replication=2, block_size=MiB)
+    st = client.stat("/remote/sample.bin")
+    assert all(len(b["replicas"]) == 2 for b in st["blocks"])
+
+    cluster.kill("chunk0")
+    # Immediately, while meta still lists chunk0 as live: the reader must skip it per block.
+    t0 = time.monotonic()
+    assert client.get_bytes("/remote/sample.bin") == data
+    assert cluster.client().get_bytes("/remote/sample.bin") == data  # a client with no pool
+    with client.open("/remote/sample.bin", "rb") as f:
+        f.seek(2 * MiB - 10)
+        assert f.read(20) == data[2 * MiB - 10:2 * MiB + 10]
+    elapsed = time.monotonic() - t0
+    assert elapsed < 3.0, f"reads took {elapsed:.1f}s to get around a dead replica"
+    assert cluster.states()[cluster["chunk0"].addr] == "live", \
+        "meta declared chunk0 dead already; this part must run before the dead timeout"
+
+    # After meta declares it dead, it is no longer listed and reads go straight to chunk1.
+    cluster.wait_state("chunk0", "dead", timeout=8)
+    st = client.stat("/remote/sample.bin")
+    assert all(b["replicas"] == [cluster["chunk1"].addr] for b in st["blocks"]), st
+    assert client.get_bytes("/remote/sample.bin") == data
+    local = cluster.base / "downloaded.bin"
+    assert client.get("/remote/sample.bin", str(local)) == len(data)
+    assert local.read_bytes() == data
+
+
+def _corrupt(path: Path, how: str, size: int) -> None:
+    raw = bytearray(path.read_bytes())
+    if how == "flip_data_byte":
+        raw[size // 2] ^= 0x01
+    elif how == "flip_checksum_byte":
+        raw[size] ^= 0x80  # first byte of the CRC table, right after the data
+    elif how == "truncate":
+        raw = raw[:size // 3]
+    elif how == "zero_data_chunk":
+        raw[65536:2 * 65536] = bytes(65536)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("how", ["flip_data_byte", "flip_checksum_byte", "zero_data_chunk",
+                                 "truncate"])
+def test_corrupt_replica_is_skipped_and_reported(cluster: Cluster, how: str) -> None:
+    client = cluster.client()
+    data = data_of(2 * MiB + 4321, 1)
+    client.put_bytes(data, "/c/file.bin", block_size=MiB)
+    st = client.stat("/c/file.bin")
+    block = st["blocks"][1]  # a full middle block
+    # The reader tries replicas in a per-block rotation of the sorted list; corrupt both
+    # blocks' first choice so the bad copy is certainly read (block i starts at i % n).
+    victim_addr = sorted(block["replicas"])[1 % len(block["replicas"])]
+    victim = cluster.by_addr(victim_addr)
+    (path,) = cluster.block_files(victim.name, block["id"])
+    _corrupt(path, how, block["size"])
+
+    assert client.get_bytes("/c/file.bin") == data
+    # The client told meta; meta stops listing the bad replica...
+    wait_until(lambda: victim_addr not in client.stat("/c/file.bin")["blocks"][1]["replicas"],
+               5, f"meta to drop the corrupt replica on {victim_addr}")
+    after = client.stat("/c/file.bin")["blocks"]
+    assert after[1]["replicas"] == [a for a in block["replicas"] if a != victim_addr]
+    assert after[0]["replicas"] == st["blocks"][0]["replicas"]  # other blocks untouched
+    # ...and the bad copy leaves the chunkserver's disk.
+    wait_until(lambda: not cluster.block_files(victim.name, block["id"]), 5,
+               "the corrupt replica file to be deleted")
+    # Reads go on from the good replica, from a fresh client too.
+    assert cluster.client().get_bytes("/c/file.bin") == data
+
+
+def test_every_replica_corrupt_raises_instead_of_returning_bad_bytes(cluster: Cluster) -> None:
+    client = cluster.client()
+    data = data_of(MiB + 100, 2)
+    client.put_bytes(data, "/c/bad.bin", block_size=MiB)
+    block = client.stat("/c/bad.bin")["blocks"][0]
+    for addr in block["replicas"]:
+        (path,) = cluster.block_files(cluster.by_addr(addr).name, block["id"])
+        _corrupt(path, "flip_data_byte", block["size"])
+    with pytest.raises(dfs.DFSError):
+        client.get_bytes("/c/bad.bin")
+    with client.open("/c/bad.bin", "rb") as f:
+        f.seek(MiB)  # the second block is intact and readable on its own
+        assert f.read() == data[MiB:]
+
+
+def test_get_with_every_replica_dead_fails_within_seconds(cluster: Cluster) -> None:
+    client = cluster.client()
+    client.put_bytes(b"q" * 1000, "/only-one", replication=1)
+    (owner,) = client.stat("/only-one")["blocks"][0]["replicas"]
+    cluster.kill(cluster.by_addr(owner).name)
+    t0 = time.monotonic()
+    with pytest.raises(dfs.Unavailable):
+        client.get_bytes("/only-one")
+    assert time.monotonic() - t0 < 15
+
+
+def test_restarted_chunkserver_is_listed_again(cluster: Cluster) -> None:
+    client = cluster.client()
+    data = data_of(2 * MiB + 9, 4)
+    client.put_bytes(data, "/back.bin", block_size=MiB)
+    cluster.kill("chunk1")
+    cluster.wait_state("chunk1", "dead", timeout=8)
+    assert all(len(b["replicas"]) == 1 for b in client.stat("/back.bin")["blocks"])
+    cluster.restart("chunk1")  # same port, same data dir: its block report brings them back
+    wait_until(lambda: all(len(b["replicas"]) == 2
+                           for b in client.stat("/back.bin")["blocks"]),
+               5, "the restarted chunkserver's replicas to be listed again")
+    cluster.kill("chunk0")
+    assert client.get_bytes("/back.bin") == data
