@@ -93,7 +93,7 @@ def test_add_block_placement_errors() -> None:
         await register(svc, 0, free=BLOCK - 1)
         with pytest.raises(NoSpace):
             await call(svc, "add_block", upload=up)
-        with pytest.raises(NotFound):
+        with pytest.raises(Unavailable):  # an unknown upload: start again
             await call(svc, "add_block", upload=12345)
         with pytest.raises(BadRequest):
             await call(svc, "add_block", upload="x")
@@ -141,7 +141,7 @@ def test_write_read_lifecycle_fields() -> None:
         d = await call(svc, "stat", path="/d")
         assert d["type"] == "dir" and "blocks" not in d and d["entries"] == 1
         # The upload is gone after commit.
-        with pytest.raises(NotFound):
+        with pytest.raises(Unavailable):  # an unknown upload: start again
             await call(svc, "commit", upload=up, blocks=[])
         status = await call(svc, "status")
         assert (status["files"], status["blocks"], status["uploads"]) == (1, 2, 0)
@@ -167,7 +167,7 @@ def test_recover_block_bumps_the_generation_and_replaces_the_failed_server() -> 
         with pytest.raises(BadRequest):
             await call(svc, "commit", upload=up, blocks=[[b["block"], 1, 5, [good]]])
         await call(svc, "commit", upload=up, blocks=[[b["block"], 2, 5, r["targets"]]])
-        with pytest.raises(NotFound):
+        with pytest.raises(Unavailable):  # an unknown upload: start again
             await call(svc, "recover_block", upload=up, block=b["block"])
         await svc.stop()
 
