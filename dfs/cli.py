@@ -174,8 +174,8 @@ async def cmd_put(c: AsyncClient, a: argparse.Namespace) -> int:
     under = result.get("under_replicated") or []
     if under:
         print(f"dfs-cli: warning: {result['path']} is under-replicated: {len(under)} of "
-              f"{result['blocks']} blocks have fewer than {a.replication} live replicas "
-              "(meta has recorded them for repair)", file=sys.stderr)
+              f"{result['blocks']} blocks have fewer than {a.replication} live replicas",
+              file=sys.stderr)
     return EXIT_OK
 
 

@@ -261,11 +261,13 @@ class ChunkService:
         size = _int(h, "size")
         loop = asyncio.get_running_loop()
         replicas = [self.addr]
+        while stream.pending:  # every packet's bytes are in the file before we seal it
+            await asyncio.wait(list(stream.pending))
+        if stream.failed is not None:  # an earlier packet failed here or downstream
+            if down_fut is not None:
+                down_fut.cancel()
+            raise stream.failed
         try:
-            while stream.pending:  # every packet's bytes are in the file before we seal it
-                await asyncio.wait(list(stream.pending))
-            if stream.failed is not None:
-                raise stream.failed
             await loop.run_in_executor(self.disk, stream.writer.seal, size)
         except (OSError, ValueError, DFSError) as exc:
             if down_fut is not None:

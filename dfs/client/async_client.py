@@ -162,7 +162,7 @@ class AsyncClient:
     async def open_read(self, path: str) -> FileReader:
         info = await self.stat(path)
         if info["type"] != "file":
-            raise IsADirectory(f"{info['path']} is a directory")
+            raise IsADirectory(info["path"])
         return FileReader(self, info)
 
     async def open_write(self, path: str, replication: int = config.DEFAULT_REPLICATION,

@@ -129,7 +129,7 @@ class Namespace:
                 raise NotADirectory(f"{join(parts[:i])} is a file (in {path})")
             child = node.children.get(name)
             if child is None:
-                raise NotFound(f"no such file or directory: {join(parts[:i + 1])}")
+                raise NotFound(join(parts[:i + 1]))
             node = child
         return node
 
@@ -140,7 +140,7 @@ class Namespace:
             child = node.children.get(name)
             if child is None:
                 if not create:
-                    raise NotFound(f"no such directory: {join(parts[:i + 1])}")
+                    raise NotFound(f"{join(parts[:i + 1])} (parent of {path})")
                 child = Dir(mtime)
                 node.put(name, child)
                 node.mtime = mtime
@@ -154,7 +154,7 @@ class Namespace:
         """Fail early, at create time, when a file could never be published at `path`."""
         parts = split_path(path)
         if not parts:
-            raise IsADirectory("/ is a directory")
+            raise IsADirectory("/")
         node: Node = self.root
         for i, name in enumerate(parts):
             if not isinstance(node, Dir):
@@ -164,7 +164,7 @@ class Namespace:
                 return
             node = child
         if isinstance(node, Dir):
-            raise IsADirectory(f"{path} is a directory")
+            raise IsADirectory(path)
 
     def listdir(self, path: str, start_after: str = "", limit: int = 1000
                 ) -> tuple[list[tuple[str, Node]], bool]:
@@ -188,13 +188,13 @@ class Namespace:
         if not parts:
             if parents:
                 return False
-            raise AlreadyExists("/ already exists")
+            raise AlreadyExists("/")
         parent = self._parent(parts, path, parents, mtime)
         existing = parent.children.get(parts[-1])
         if existing is not None:
             if isinstance(existing, Dir) and parents:
                 return False
-            raise AlreadyExists(f"{join(parts)} already exists")
+            raise AlreadyExists(join(parts))
         parent.put(parts[-1], Dir(mtime))
         parent.mtime = mtime
         return True
@@ -204,11 +204,11 @@ class Namespace:
         Returns the replaced file (its blocks become garbage)."""
         parts = split_path(path)
         if not parts:
-            raise IsADirectory("/ is a directory")
+            raise IsADirectory("/")
         parent = self._parent(parts, path, True, file.mtime)
         old = parent.children.get(parts[-1])
         if isinstance(old, Dir):
-            raise IsADirectory(f"{join(parts)} is a directory")
+            raise IsADirectory(join(parts))
         parent.put(parts[-1], file)
         parent.mtime = file.mtime
         self.files += 1
@@ -225,9 +225,9 @@ class Namespace:
         parent = self._parent(parts, path, False, mtime)
         node = parent.children.get(parts[-1])
         if node is None:
-            raise NotFound(f"no such file or directory: {join(parts)}")
+            raise NotFound(join(parts))
         if isinstance(node, Dir) and node.children and not recursive:
-            raise DirectoryNotEmpty(f"{join(parts)} is not empty (use rm -r)")
+            raise DirectoryNotEmpty(f"{join(parts)} (use rm -r)")
         parent.pop(parts[-1])
         parent.mtime = mtime
         removed = list(iter_files(node))
@@ -244,7 +244,7 @@ class Namespace:
         sparent = self._parent(sparts, src, False, mtime)
         node = sparent.children.get(sparts[-1])
         if node is None:
-            raise NotFound(f"no such file or directory: {join(sparts)}")
+            raise NotFound(join(sparts))
         target = self._walk_or_none(dparts, dst)
         if isinstance(target, Dir):
             dparts = dparts + [sparts[-1]]
@@ -254,9 +254,9 @@ class Namespace:
         if isinstance(node, Dir) and dparts[:len(sparts)] == sparts:
             raise BadRequest(f"cannot move {join(sparts)} into itself")
         if isinstance(target, Dir):
-            raise AlreadyExists(f"{join(dparts)} is a directory that already exists")
+            raise AlreadyExists(f"{join(dparts)} (a directory)")
         if target is not None and isinstance(node, Dir):
-            raise AlreadyExists(f"{join(dparts)} already exists")
+            raise AlreadyExists(join(dparts))
         dparent = self._parent(dparts, dst, False, mtime)
         sparent.pop(sparts[-1])
         sparent.mtime = mtime
