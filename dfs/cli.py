@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from . import config
 from .client.async_client import AsyncClient
@@ -25,12 +25,30 @@ EXIT_OK, EXIT_ERROR, EXIT_NOT_FOUND = 0, 1, 2
 # A trailing meta address, as in the seed's `dfs-cli put a /a http://127.0.0.1:5000`.
 _URL = re.compile(r"^(https?://)[^/\s]+/?$|^[A-Za-z0-9_.\-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
 _VALUE_OPTIONS = {"--meta", "-r", "--replication", "--block-size"}
-_POSITIONALS = {"put": 2, "get": 2, "cat": 1, "ls": 1, "stat": 1, "mkdir": 1, "rm": 1,
+# Positionals each command needs before a trailing HOST:PORT can be the meta address (ls's
+# path is optional, and a remote path is absolute, so HOST:PORT is never an ls path).
+_POSITIONALS = {"put": 2, "get": 2, "cat": 1, "ls": 0, "stat": 1, "mkdir": 1, "rm": 1,
                 "mv": 2, "status": 0}
 
 
 class UsageError(Exception):
     pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line and exit 1, like every other failure (2 means a remote
+    path does not exist)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"dfs-cli: error: {message} (see dfs-cli --help)", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+
+
+def _size(text: str) -> int:
+    try:
+        return config.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
@@ -40,7 +58,7 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dfs-cli", description="Use a dfs cluster.")
+    p = _Parser(prog="dfs-cli", description="Use a dfs cluster.")
     _global_options(p, suppress=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -54,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("local")
     sp.add_argument("remote")
     sp.add_argument("-r", "--replication", type=int, default=config.DEFAULT_REPLICATION)
-    sp.add_argument("--block-size", type=config.parse_size, default=config.DEFAULT_BLOCK_SIZE)
+    sp.add_argument("--block-size", type=_size, default=config.DEFAULT_BLOCK_SIZE)
     sp = cmd("get", "download REMOTE to a local file (- for stdout)")
     sp.add_argument("remote")
     sp.add_argument("local")

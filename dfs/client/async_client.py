@@ -11,6 +11,7 @@ import logging
 import os
 import stat as stat_mod
 import tempfile
+import threading
 from typing import Any, BinaryIO, Callable
 
 from .. import config
@@ -49,6 +50,55 @@ def _read_full(f: BinaryIO, n: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+def _read_full_fd(fd: int, n: int) -> bytes:
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        data = os.read(fd, n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+class _Pump:
+    """Reads a pipe (stdin) in a daemon thread, a few packets ahead. A daemon thread, not an
+    executor: a read blocked on an idle pipe must never keep the process from exiting on
+    Ctrl-C, and executors are joined at exit."""
+
+    def __init__(self, f: BinaryIO, size: int, ahead: int = 4) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+        self._room = threading.Semaphore(ahead)
+        threading.Thread(target=self._run, args=(f, size), name="dfs-stdin",
+                         daemon=True).start()
+
+    def _run(self, f: BinaryIO, size: int) -> None:
+        # Straight from the descriptor: a thread parked inside a buffered reader holds its
+        # lock, and the interpreter aborts at exit when it finds that lock taken.
+        fd = f.fileno()
+        while True:
+            self._room.acquire()
+            try:
+                item: bytes | BaseException = _read_full_fd(fd, size)
+            except BaseException as exc:  # handed to the reader, raised there
+                item = exc
+            try:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody wants the rest
+                return
+            if not isinstance(item, bytes) or not item:
+                return
+
+    async def next(self) -> bytes:
+        item = await self._queue.get()
+        self._room.release()
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
 
 class AsyncClient:
@@ -179,14 +229,14 @@ class AsyncClient:
             regular = stat_mod.S_ISREG(os.fstat(f.fileno()).st_mode)
         except (AttributeError, OSError, ValueError):
             regular = True  # an in-memory stream: reading it never blocks
-        loop = asyncio.get_running_loop()
+        pump = None if regular else _Pump(f, config.PACKET_SIZE)
         writer = await self.open_write(remote, replication, block_size)
         try:
             while True:
-                if regular:
+                if pump is None:
                     data = _read_full(f, config.PACKET_SIZE)
                 else:
-                    data = await loop.run_in_executor(None, _read_full, f, config.PACKET_SIZE)
+                    data = await pump.next()
                 if not data:
                     break
                 await writer.write_packet(data)
