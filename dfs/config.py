@@ -43,7 +43,15 @@ MAX_LS_PAGE = 10_000
 # Timeouts on the client side.
 CONNECT_TIMEOUT = 5.0
 RPC_TIMEOUT = 30.0
-PACKET_TIMEOUT = 30.0  # a write packet's ack, which may wait on a downstream fsync
+PACKET_TIMEOUT = 20.0  # a write packet's ack from the last server of a chain (may wait on fsync)
+PACKET_TIMEOUT_PER_HOP = 5.0
+
+
+def packet_timeout(hops_below: int) -> float:
+    """How long to wait for a packet's ack from a chain with `hops_below` servers after the
+    one we talk to. Each hop waits less than the one above it, so when a server hangs, its
+    upstream neighbour times out first and names it, rather than the client blaming the head."""
+    return PACKET_TIMEOUT + PACKET_TIMEOUT_PER_HOP * hops_below
 READ_TIMEOUT = 15.0
 
 # Cluster behaviour.

@@ -243,7 +243,8 @@ class ChunkService:
     async def _await_downstream(self, stream: Stream,
                                 fut: asyncio.Future[Frame]) -> dict[str, Any]:
         try:
-            reply = await wait_reply(fut, config.PACKET_TIMEOUT, f"packet to {stream.chain[0]}")
+            reply = await wait_reply(fut, config.packet_timeout(len(stream.chain) - 1),
+                                     f"packet to {stream.chain[0]}")
         except DFSError as exc:
             raise self._fail(stream, self._downstream_error(stream, exc)) from None
         return {"replicas": [self.addr] + reply.header.get("replicas", [])}
@@ -278,7 +279,7 @@ class ChunkService:
         self.on_block(stream.writer.block_id, stream.writer.gen, size)
         if down_fut is not None:
             try:
-                reply = await wait_reply(down_fut, config.PACKET_TIMEOUT,
+                reply = await wait_reply(down_fut, config.packet_timeout(len(stream.chain) - 1),
                                          f"last packet to {stream.chain[0]}")
             except DFSError as exc:
                 # Our copy is durable; the error names the bad server so the client can

@@ -72,6 +72,10 @@ class BlockWrite:
         except DFSError as exc:
             self._broken(exc)
 
+    @property
+    def _timeout(self) -> float:
+        return config.packet_timeout(len(self.targets) - 1)
+
     def _broken(self, exc: DFSError) -> None:
         if self.error is None:
             self.error = exc
@@ -102,7 +106,7 @@ class BlockWrite:
             await self.conn.drain()
             self.inflight.append(self._request(offset, data, crcs, False))
             while len(self.inflight) >= config.WRITE_WINDOW:
-                reply = await wait_reply(self.inflight.popleft(), config.PACKET_TIMEOUT,
+                reply = await wait_reply(self.inflight.popleft(), self._timeout,
                                          f"packet to {self.targets[0]}")
                 reply.release()
         except DFSError as exc:
@@ -129,7 +133,7 @@ class BlockWrite:
         await self.conn.drain()
         self.inflight.append(self._request(self.size, b"", [], True))
         while True:
-            reply = await wait_reply(self.inflight.popleft(), config.PACKET_TIMEOUT,
+            reply = await wait_reply(self.inflight.popleft(), self._timeout,
                                      f"packet to {self.targets[0]}")
             if not self.inflight:
                 break

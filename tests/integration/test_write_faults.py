@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,11 +20,12 @@ import dfs
 BIG = 40 * MiB
 
 
-def upload_and_kill_a_chain_server(cluster: Cluster, tmp_size: int = BIG
+def upload_and_kill_a_chain_server(cluster: Cluster, tmp_size: int = BIG,
+                                   sig: int = signal.SIGKILL
                                    ) -> tuple[dict[str, Any], bytes, str]:
-    """Upload `tmp_size` bytes from a thread; once 8 MiB are through, SIGKILL a chunkserver
-    that has a replica being written at that moment (so it is in the current chain).
-    Returns (put result, data, name of the killed server)."""
+    """Upload `tmp_size` bytes from a thread; once 8 MiB are through, send `sig` (SIGKILL:
+    it dies; SIGSTOP: it hangs) to a chunkserver that has a replica being written at that
+    moment (so it is in the current chain). Returns (put result, data, that server's name)."""
     client = cluster.client()
     data = os.urandom(tmp_size)
     local = cluster.base / "upload.bin"
@@ -59,8 +61,8 @@ def upload_and_kill_a_chain_server(cluster: Cluster, tmp_size: int = BIG
         else:
             time.sleep(0.001)
     assert victim is not None, "never caught a block being written (upload too fast?)"
-    cluster.kill(victim)
-    t.join(60)
+    cluster.kill(victim, sig)
+    t.join(90)
     assert not t.is_alive(), "upload hung after a chunkserver died"
     if "error" in outcome:
         raise outcome["error"]
@@ -130,6 +132,29 @@ def test_chunkserver_killed_mid_upload_without_a_spare(make_cluster) -> None:
     assert client.get_bytes("/big/file.bin") == data
     cluster.wait_state(victim, "dead", timeout=8)
     assert cluster.client().get_bytes("/big/file.bin") == data
+
+
+@pytest.mark.timeout(150)
+def test_chunkserver_hung_mid_upload_is_timed_out_and_replaced(make_cluster) -> None:
+    """A server that stops answering (SIGSTOP) without closing its sockets: the packet
+    timeouts of the chain name it, the block is rewritten around it, the upload succeeds."""
+    cluster = make_cluster(3)
+    t0 = time.monotonic()
+    result, data, victim = upload_and_kill_a_chain_server(cluster, 24 * MiB, signal.SIGSTOP)
+    try:
+        assert time.monotonic() - t0 < 80, "the hung server was not given up on in time"
+        assert result["size"] == len(data)
+        client = cluster.client()
+        st = client.stat("/big/file.bin")
+        hung = cluster[victim].addr
+        assert any(b["gen"] > 1 for b in st["blocks"]), "no block was rewritten"
+        assert client.get_bytes("/big/file.bin") == data
+        cluster.wait_state(victim, "dead", timeout=10)
+        st = client.stat("/big/file.bin")
+        assert all(len(b["replicas"]) == 2 and hung not in b["replicas"]
+                   for b in st["blocks"] if b["gen"] > 1), st["blocks"]
+    finally:
+        cluster.kill(victim, signal.SIGCONT)
 
 
 CLIENT_SCRIPT = r"""
