@@ -163,7 +163,7 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
     service = ChunkService(store, addr or f"127.0.0.1:{args.port}",
                            on_block=lambda b, g, s: link.block_received(b, g, s))
     link = MetaLink(store, args.meta, args.heartbeat_interval, advertise,
-                    writing=lambda: service.writing)
+                    writing=lambda: service.writing, replicate=service.replicate)
     await server.start(service)
     log.info("chunkserver %s listening on port %d, %d blocks in %s", store.server_id,
              args.port, len(store.index), path)

@@ -20,12 +20,14 @@ log = logging.getLogger(__name__)
 
 class MetaLink:
     def __init__(self, store: BlockStore, meta_addr: str, interval: float,
-                 advertise: Callable[[Connection], str], writing: Callable[[], int]) -> None:
+                 advertise: Callable[[Connection], str], writing: Callable[[], int],
+                 replicate: Callable[[int, int, str], None]) -> None:
         self.store = store
         self.meta_addr = meta_addr
         self.interval = interval
         self._advertise = advertise
         self._writing = writing
+        self._replicate = replicate
         self.addr = ""
         self.conn: Connection | None = None
         self.registered = False
@@ -123,5 +125,8 @@ class MetaLink:
                     deleted += 1
             if deleted:
                 log.info("deleted %d blocks on meta's request", deleted)
+        elif cmd.get("op") == "replicate":
+            for block_id, gen, target in cmd.get("blocks") or []:
+                self._replicate(int(block_id), int(gen), str(target))
         else:
             log.warning("ignoring unknown command from meta: %r", cmd.get("op"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
@@ -70,6 +71,7 @@ class ChunkService:
         self.pool = ConnectionPool(role="chunk")  # to downstream chunkservers
         # Disk threads: packet writes, flushes and fsyncs block here, never the event loop.
         self.disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="disk")
+        self.copies: set[asyncio.Future[None]] = set()  # re-replication in progress
 
     def _streams(self, conn: ServerConnection) -> dict[int, Stream]:
         """The blocks being written over one connection (dropped when it closes)."""
@@ -298,6 +300,46 @@ class ChunkService:
                 stream.writer.abort()
             self._abort_downstream(stream.downstream, stream.writer.block_id)
         return err
+
+    # re-replication -------------------------------------------------------------------
+    def replicate(self, block_id: int, gen: int, target: str) -> None:
+        """Meta asked for a copy of a replica we hold: stream it to `target` in the
+        background. The target reports the block to meta itself when it is durable."""
+        task = asyncio.ensure_future(self._copy(block_id, gen, target))
+        self.copies.add(task)
+        task.add_done_callback(self.copies.discard)
+
+    async def _copy(self, block_id: int, gen: int, target: str) -> None:
+        loop = asyncio.get_running_loop()
+        conn = None
+        timeout = config.packet_timeout(0)
+        inflight: deque[asyncio.Future[Frame]] = deque()
+        try:
+            size = self.store.lookup(block_id, gen)
+            conn = await self.pool.get(target)
+            (await conn.call("write_block", block=block_id, gen=gen, targets=[])).release()
+            offset = 0
+            while offset < size:
+                n = min(config.PACKET_SIZE, size - offset)
+                data, crcs, _ = await loop.run_in_executor(
+                    self.disk, self.store.read, block_id, gen, offset, n)
+                verify_crcs(memoryview(data), crcs)  # never spread rot to a new replica
+                await conn.drain()
+                inflight.append(conn.request("packet", data, block=block_id, offset=offset,
+                                             crcs=crcs))
+                offset += n
+                while len(inflight) >= config.WRITE_WINDOW:
+                    (await wait_reply(inflight.popleft(), timeout, f"copy to {target}")).release()
+            inflight.append(conn.request("packet", b"", block=block_id, offset=size, crcs=[],
+                                         last=True, size=size))
+            while inflight:
+                (await wait_reply(inflight.popleft(), timeout, f"copy to {target}")).release()
+            log.info("copied block %d (%d bytes) to %s", block_id, size, target)
+        except (DFSError, OSError) as exc:
+            log.warning("copy of block %d to %s failed: %s", block_id, target, exc)
+            for fut in inflight:
+                fut.cancel()
+            self._abort_downstream(conn, block_id)
 
     # reads ----------------------------------------------------------------------------
     def handle_read_block(self, h: dict[str, Any], payload: memoryview,

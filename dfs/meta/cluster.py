@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 class ChunkServer:
     __slots__ = ("id", "addr", "capacity", "used", "free", "load", "state", "last_heartbeat",
-                 "blocks", "pending", "writing", "deletes")
+                 "blocks", "pending", "writing", "deletes", "copies")
 
     def __init__(self, id: str, addr: str, now: float) -> None:
         self.id = id
@@ -32,6 +32,7 @@ class ChunkServer:
         self.pending = 0  # bytes promised to blocks allocated since its last heartbeat
         self.writing = 0
         self.deletes: list[list[int]] = []  # [block, gen] to delete, sent with the next reply
+        self.copies: list[list[int | str]] = []  # [block, gen, target addr] to send a copy to
 
 
 class BlockInfo:
@@ -74,6 +75,7 @@ class Cluster:
         cs.state = "live"
         cs.last_heartbeat = now
         cs.deletes = []
+        cs.copies = []
         return cs
 
     def heartbeat(self, cs: ChunkServer, capacity: int, used: int, free: int, load: int,

@@ -28,6 +28,7 @@ from .cluster import BlockInfo, Cluster
 from .journal import JournalStore
 from .namespace import Block, Dir, File, Namespace, Node, normalise
 from .placement import choose_targets
+from .replication import Replicator
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class MetaService:
         self.upload_lease = upload_lease
         self.ns = Namespace(time.time())
         self.cluster = Cluster(dead_timeout)
+        self.replicator = Replicator(self.cluster)
         self.uploads: dict[int, Upload] = {}
         self.epoch = 0
         self._next_block = 0
@@ -143,12 +145,22 @@ class MetaService:
         while True:
             await asyncio.sleep(min(1.0, self.heartbeat_interval))
             now = time.monotonic()
-            self.cluster.expire(now)
+            for cs in self.cluster.expire(now):
+                self.replicator.server_lost(cs.id)
+            self._schedule_copies(now)
             for up in list(self.uploads.values()):
                 if now - up.touched > self.upload_lease:
                     log.info("upload of %s expired after %.0fs without renewal; aborting",
                              up.path, self.upload_lease)
                     self._abort(up)
+
+    def _schedule_copies(self, now: float) -> None:
+        """Hand each new copy to its source chunkserver, to go out with its next heartbeat."""
+        for copy in self.replicator.schedule(now):
+            source = self.cluster.servers[copy.source]
+            target = self.cluster.servers[copy.target]
+            source.copies.append([copy.block, copy.gen, target.addr])
+            log.info("re-replicating block %d: %s -> %s", copy.block, source.addr, target.addr)
 
     def _durable(self, record: list[Any], reply: dict[str, Any]) -> Awaitable[dict[str, Any]]:
         fut = self.journal.append(record)
@@ -201,10 +213,15 @@ class MetaService:
         self.cluster.heartbeat(cs, *stats, time.monotonic())
         if received:
             self.cluster.block_report(cs, received)
+            for entry in received:
+                self.replicator.arrived(entry[0], cs.id)
         commands: list[dict[str, Any]] = []
         if cs.deletes:
             commands.append({"op": "delete", "blocks": cs.deletes})
             cs.deletes = []
+        if cs.copies:
+            commands.append({"op": "replicate", "blocks": cs.copies})
+            cs.copies = []
         return {"commands": commands}
 
     # uploads --------------------------------------------------------------------------
@@ -331,6 +348,8 @@ class MetaService:
             self._garbage([old])
         under = [str(b.id) for b in blocks
                  if len(self.cluster.live_replicas(b.id)) < up.replication]
+        for block_id in under:
+            self.replicator.check(int(block_id))
         record = ["publish", up.path, [b.to_list() for b in blocks], up.replication,
                   up.block_size, now]
         return self._durable(record, {"path": up.path, "under_replicated": under})
@@ -422,7 +441,11 @@ class MetaService:
 
     def handle_report_bad(self, h: dict[str, Any], payload: memoryview,
                           conn: ServerConnection) -> dict[str, Any]:
-        return {"removed": self.cluster.bad_replica(_int(h, "block"), _str(h, "replica"))}
+        block_id = _int(h, "block")
+        removed = self.cluster.bad_replica(block_id, _str(h, "replica"))
+        if removed:
+            self.replicator.check(block_id)
+        return {"removed": removed}
 
     def handle_status(self, h: dict[str, Any], payload: memoryview,
                       conn: ServerConnection) -> dict[str, Any]:

@@ -123,3 +123,37 @@ def test_restarted_chunkserver_is_listed_again(cluster: Cluster) -> None:
                5, "the restarted chunkserver's replicas to be listed again")
     cluster.kill("chunk0")
     assert client.get_bytes("/back.bin") == data
+
+
+def test_lost_replicas_are_re_replicated(make_cluster) -> None:
+    """A dead chunkserver's blocks are copied from the surviving replica to the spare server,
+    so that after the dead timeout every block has 2 live replicas again and losing a second
+    original server loses nothing."""
+    cluster = make_cluster(3)
+    client = cluster.client()
+    data = data_of(12 * MiB + 3, 3)
+    client.put_bytes(data, "/r/file.bin", block_size=MiB)
+    st = client.stat("/r/file.bin")
+    counts: dict[str, int] = {}
+    for b in st["blocks"]:
+        for a in b["replicas"]:
+            counts[a] = counts.get(a, 0) + 1
+    victim = cluster.by_addr(max(counts, key=lambda a: counts[a]))
+    cluster.kill(victim.name)
+    cluster.wait_state(victim.name, "dead", timeout=8)
+
+    def healed() -> bool:
+        blocks = client.stat("/r/file.bin")["blocks"]
+        return all(len(b["replicas"]) == 2 and victim.addr not in b["replicas"]
+                   for b in blocks)
+    wait_until(healed, 15, "every block back to 2 live replicas after a chunkserver died")
+    st = client.stat("/r/file.bin")
+    for b in st["blocks"]:  # the new copies are real, complete files on disk
+        for addr in b["replicas"]:
+            names = [p.name for p in cluster.block_files(cluster.by_addr(addr).name, b["id"])]
+            assert f"blk_{int(b['id']):016x}_{b['gen']}" in names, (b, addr, names)
+    # Kill one of the two original holders that are left: the third server has every block.
+    second = next(d for d in cluster.chunkservers
+                  if d.name != victim.name and d.addr in counts)
+    cluster.kill(second.name)
+    assert client.get_bytes("/r/file.bin") == data

@@ -1,0 +1,124 @@
+"""Re-replication: which blocks lack copies, and which copies to start now.
+
+Owns the set of blocks that may be under-replicated and the copies in flight; it never does
+I/O and never touches the namespace. The metadata service feeds it events (a chunkserver died,
+a commit or a corrupt replica left a block short, a replica arrived) and, once a second, asks
+`schedule()` for copy commands, which it hands to the source chunkservers in heartbeat replies.
+
+Rules: blocks with the fewest live replicas go first; a copy goes from a live replica to a
+live server that holds no copy and has room (placement's rules); each server takes part in at
+most `max_copies` copies at once as a source and as many as a target, so repair never crowds
+out client traffic; a copy that has not arrived by its deadline is forgotten and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .cluster import Cluster
+from .placement import Candidate, choose_targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Copy:
+    block: int
+    gen: int
+    source: str  # chunkserver id
+    target: str  # chunkserver id
+    deadline: float
+
+
+class Replicator:
+    def __init__(self, cluster: Cluster, max_copies: int = 2, copy_timeout: float = 120.0
+                 ) -> None:
+        self.cluster = cluster
+        self.max_copies = max_copies
+        self.copy_timeout = copy_timeout
+        self.needy: set[int] = set()
+        self.inflight: dict[int, Copy] = {}
+        self.sending: dict[str, int] = {}  # chunkserver id -> copies it is sending
+        self.receiving: dict[str, int] = {}  # chunkserver id -> copies it is receiving
+
+    # events -----------------------------------------------------------------------------
+    def check(self, block_id: int) -> None:
+        """The block may have lost a replica: look at it at the next schedule."""
+        self.needy.add(block_id)
+
+    def server_lost(self, server_id: str) -> None:
+        cs = self.cluster.servers.get(server_id)
+        if cs is not None:
+            self.needy.update(cs.blocks)
+        for block_id, copy in list(self.inflight.items()):
+            if server_id in (copy.source, copy.target):
+                self._finish(block_id)
+                self.needy.add(block_id)
+
+    def arrived(self, block_id: int, server_id: str) -> None:
+        """A replica of the block was reported by `server_id` (maybe the copy we ordered)."""
+        copy = self.inflight.get(block_id)
+        if copy is not None and copy.target == server_id:
+            self._finish(block_id)
+            self.needy.add(block_id)  # it may still need more copies
+
+    def _finish(self, block_id: int) -> None:
+        copy = self.inflight.pop(block_id)
+        self.sending[copy.source] = self.sending.get(copy.source, 1) - 1
+        self.receiving[copy.target] = self.receiving.get(copy.target, 1) - 1
+
+    # decisions --------------------------------------------------------------------------
+    def live_count(self, block_id: int) -> int:
+        return len(self.cluster.live_replicas(block_id))
+
+    def schedule(self, now: float) -> list[Copy]:
+        """Copies to start now, most urgent first."""
+        for block_id, copy in list(self.inflight.items()):
+            if now > copy.deadline:
+                log.warning("copy of block %d to %s did not arrive in time; will retry",
+                            block_id, copy.target)
+                self._finish(block_id)
+                self.needy.add(block_id)
+        work: list[tuple[int, int]] = []
+        for block_id in list(self.needy):
+            info = self.cluster.blocks.get(block_id)
+            if info is None or info.upload:
+                self.needy.discard(block_id)  # deleted, or not committed yet
+                continue
+            live = self.live_count(block_id)
+            if live >= info.replication:
+                self.needy.discard(block_id)
+            elif live and block_id not in self.inflight:
+                work.append((live, block_id))
+        work.sort()
+        started: list[Copy] = []
+        for _, block_id in work:
+            planned = self._plan(block_id, now)
+            if planned is not None:
+                started.append(planned)
+        return started
+
+    def _plan(self, block_id: int, now: float) -> Copy | None:
+        info = self.cluster.blocks[block_id]
+        holders = [self.cluster.servers[sid] for sid in info.replicas
+                   if sid in self.cluster.servers]
+        sources = [cs for cs in holders if cs.state == "live"
+                   and self.sending.get(cs.id, 0) < self.max_copies]
+        if not sources:
+            return None
+        source = min(sources, key=lambda cs: self.sending.get(cs.id, 0))
+        held = {cs.addr for cs in holders}
+        candidates = [Candidate(cs.addr, cs.free - cs.pending, cs.writing)
+                      for cs in self.cluster.live()
+                      if self.receiving.get(cs.id, 0) < self.max_copies]
+        chosen = choose_targets(candidates, 1, max(info.size, 1), held)
+        if not chosen:
+            return None
+        target = self.cluster.by_addr[chosen[0].addr]
+        target.pending += info.size
+        copy = Copy(block_id, info.gen, source.id, target.id, now + self.copy_timeout)
+        self.inflight[block_id] = copy
+        self.sending[source.id] = self.sending.get(source.id, 0) + 1
+        self.receiving[target.id] = self.receiving.get(target.id, 0) + 1
+        return copy

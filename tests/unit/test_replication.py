@@ -1,0 +1,88 @@
+"""dfs.meta.replication: which copies start, in what order, within which caps."""
+
+from __future__ import annotations
+
+from dfs.meta.cluster import BlockInfo, Cluster
+from dfs.meta.replication import Replicator
+
+MiB = 1 << 20
+
+
+def make(n: int) -> Cluster:
+    cluster = Cluster(dead_timeout=30.0)
+    for i in range(n):
+        cs = cluster.register(f"s{i}", f"127.0.0.1:{6000 + i}", now=0.0)
+        cluster.heartbeat(cs, 100 * MiB * 1024, 0, 100 * MiB * 1024, 0, 0, now=0.0)
+    return cluster
+
+
+def add(cluster: Cluster, block_id: int, holders: list[str], replication: int = 2) -> None:
+    cluster.add_block(block_id, BlockInfo(1, MiB, replication))
+    for sid in holders:
+        cluster.block_report(cluster.servers[sid], [[block_id, 1, MiB]])
+
+
+def test_a_lost_server_makes_its_blocks_copied_from_a_survivor_to_a_spare() -> None:
+    cluster = make(3)
+    add(cluster, 1, ["s0", "s1"])
+    add(cluster, 2, ["s0", "s2"])
+    rep = Replicator(cluster)
+    cluster.servers["s0"].state = "dead"
+    rep.server_lost("s0")
+    copies = {c.block: c for c in rep.schedule(now=1.0)}
+    assert set(copies) == {1, 2}
+    assert (copies[1].source, copies[1].target) == ("s1", "s2")
+    assert (copies[2].source, copies[2].target) == ("s2", "s1")
+    assert rep.schedule(now=2.0) == []  # in flight: not started twice
+
+
+def test_fewest_live_replicas_first_and_caps_per_server() -> None:
+    cluster = make(4)
+    for b in range(10, 20):
+        add(cluster, b, ["s0", "s1"], replication=3)  # one copy short each
+    add(cluster, 99, ["s0"], replication=3)  # two copies short: most urgent
+    rep = Replicator(cluster, max_copies=1)
+    for b in list(range(10, 20)) + [99]:
+        rep.check(b)
+    started = rep.schedule(now=0.0)
+    assert started[0].block == 99
+    per_source: dict[str, int] = {}
+    per_target: dict[str, int] = {}
+    for c in started:
+        per_source[c.source] = per_source.get(c.source, 0) + 1
+        per_target[c.target] = per_target.get(c.target, 0) + 1
+        assert c.target not in ("s0", "s1") or c.block == 99  # never onto a holder
+    assert max(per_source.values()) == 1 and max(per_target.values()) == 1
+
+
+def test_arrival_frees_the_slot_and_a_healthy_block_leaves_the_queue() -> None:
+    cluster = make(3)
+    add(cluster, 1, ["s0"])
+    rep = Replicator(cluster)
+    rep.check(1)
+    (copy,) = rep.schedule(now=0.0)
+    cluster.block_report(cluster.servers[copy.target], [[1, 1, MiB]])
+    rep.arrived(1, copy.target)
+    assert rep.inflight == {} and rep.sending[copy.source] == 0
+    assert rep.schedule(now=1.0) == [] and rep.needy == set()
+
+
+def test_a_copy_that_never_arrives_is_retried_after_its_deadline() -> None:
+    cluster = make(3)
+    add(cluster, 1, ["s0"])
+    rep = Replicator(cluster, copy_timeout=10.0)
+    rep.check(1)
+    assert len(rep.schedule(now=0.0)) == 1
+    assert rep.schedule(now=5.0) == []
+    assert len(rep.schedule(now=11.0)) == 1
+
+
+def test_missing_uncommitted_and_deleted_blocks_start_no_copy() -> None:
+    cluster = make(2)
+    add(cluster, 1, [])  # no live replica at all: nothing to copy from
+    cluster.add_block(2, BlockInfo(1, MiB, 2, upload=7))  # still being written
+    rep = Replicator(cluster)
+    for b in (1, 2, 3):  # 3 does not exist
+        rep.check(b)
+    assert rep.schedule(now=0.0) == []
+    assert rep.needy == {1}  # kept: a replica may come back
