@@ -28,7 +28,7 @@ _VALUE_OPTIONS = {"--meta", "-r", "--replication", "--block-size"}
 # Positionals each command needs before a trailing HOST:PORT can be the meta address (ls's
 # path is optional, and a remote path is absolute, so HOST:PORT is never an ls path).
 _POSITIONALS = {"put": 2, "get": 2, "cat": 1, "ls": 0, "stat": 1, "mkdir": 1, "rm": 1,
-                "mv": 2, "status": 0}
+                "mv": 2, "status": 0, "fsck": 0}
 
 
 class UsageError(Exception):
@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("mv", "rename or move a file or directory")
     sp.add_argument("src")
     sp.add_argument("dst")
+    sp = cmd("fsck", "check the health of every block under PATH (exit 1 unless all healthy)")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("path", nargs="?", default="/")
     sp = cmd("status", "show the cluster: chunkservers, their state and capacity")
     sp.add_argument("--json", action="store_true")
     return p
@@ -287,9 +290,27 @@ async def cmd_status(c: AsyncClient, a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_fsck(c: AsyncClient, a: argparse.Namespace) -> int:
+    report = await c.fsck(a.path)
+    sick = report["blocks"] - report["healthy"]
+    if a.json:
+        _print_json(report)
+    else:
+        print(f"{report['path']}: {report['files']} files, {report['blocks']} blocks: "
+              f"{report['healthy']} healthy, {report['under_replicated']} under-replicated, "
+              f"{report['missing']} missing, {report['corrupt']} corrupt")
+        for p in report["problems"]:
+            where = ", ".join(p["replicas"]) or "no live replica"
+            print(f"  {p['state']:<17} block {p['block']} of {p['path']} ({where})")
+        if report.get("problems_truncated"):
+            print("  ... more problems not listed")
+        print("HEALTHY" if not sick else "NOT HEALTHY")
+    return EXIT_OK if not sick else EXIT_ERROR
+
+
 COMMANDS: dict[str, Callable[[AsyncClient, argparse.Namespace], Any]] = {
     "put": cmd_put, "get": cmd_get, "cat": cmd_cat, "ls": cmd_ls, "stat": cmd_stat,
-    "mkdir": cmd_mkdir, "rm": cmd_rm, "mv": cmd_mv, "status": cmd_status,
+    "mkdir": cmd_mkdir, "rm": cmd_rm, "mv": cmd_mv, "status": cmd_status, "fsck": cmd_fsck,
 }
 
 

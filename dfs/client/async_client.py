@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 
 # Requests that change nothing may be retried once on a fresh connection after meta restarts.
-_IDEMPOTENT = frozenset({"stat", "ls", "status", "renew"})
+_IDEMPOTENT = frozenset({"stat", "ls", "status", "fsck", "renew"})
 
 
 def meta_address(meta: str | None) -> str:
@@ -195,6 +195,10 @@ class AsyncClient:
         """Rename a file or directory; into `dst` if it is a directory. Returns the new path."""
         reply = await self.meta_call("mv", src=src, dst=dst)
         return str(reply["path"])
+
+    async def fsck(self, path: str = "/") -> dict[str, Any]:
+        """Health of every block under `path`, shaped like `dfs-cli fsck --json`."""
+        return await self.meta_call("fsck", path=path)
 
     async def status(self) -> dict[str, Any]:
         """Cluster summary shaped like `dfs-cli status --json`."""

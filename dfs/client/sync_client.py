@@ -117,6 +117,9 @@ class Client:
     def rm(self, path: str, recursive: bool = False) -> int:
         return self._run(self._async.rm(path, recursive))
 
+    def fsck(self, path: str = "/") -> dict[str, Any]:
+        return self._run(self._async.fsck(path))
+
     def status(self) -> dict[str, Any]:
         return self._run(self._async.status())
 

@@ -38,7 +38,7 @@ class ChunkServer:
 class BlockInfo:
     """The expected state of one block and where its good replicas are."""
 
-    __slots__ = ("gen", "size", "replication", "replicas", "upload")
+    __slots__ = ("gen", "size", "replication", "replicas", "upload", "corrupt")
 
     def __init__(self, gen: int, size: int, replication: int, upload: int = 0) -> None:
         self.gen = gen
@@ -46,6 +46,7 @@ class BlockInfo:
         self.replication = replication
         self.replicas: set[str] = set()  # chunkserver ids with this gen, finalized
         self.upload = upload  # nonzero while the block belongs to an uncommitted upload
+        self.corrupt: set[str] | None = None  # chunkserver ids whose replica had bad bytes
 
 
 class Cluster:
@@ -137,10 +138,22 @@ class Cluster:
         if cs is None or info is None or cs.id not in info.replicas:
             return False
         info.replicas.discard(cs.id)
+        if info.corrupt is None:
+            info.corrupt = set()
+        info.corrupt.add(cs.id)
         cs.blocks.discard(block_id)
         cs.deletes.append([block_id, info.gen])
         log.warning("replica of block %d on %s reported corrupt; removed", block_id, addr)
         return True
+
+    def health(self, block_id: int) -> tuple[str, list[str]]:
+        """(state, live replicas): healthy, under_replicated, missing, or corrupt (no good
+        replica is left and at least one was found corrupt)."""
+        info = self.blocks.get(block_id)
+        live = self.live_replicas(block_id)
+        if info is None or not live:
+            return ("corrupt" if info is not None and info.corrupt else "missing"), live
+        return ("healthy" if len(live) >= info.replication else "under_replicated"), live
 
     def drop_block(self, block_id: int) -> None:
         """The block is garbage: every holder deletes it."""

@@ -128,9 +128,9 @@ class MetaService:
         else:
             raise ValueError(f"unknown journal record {op!r}")
 
-    def _all_files(self) -> list[tuple[str, File]]:
+    def _all_files(self, root: Dir | None = None, prefix: str = "") -> list[tuple[str, File]]:
         out: list[tuple[str, File]] = []
-        stack: list[tuple[str, Dir]] = [("", self.ns.root)]
+        stack: list[tuple[str, Dir]] = [(prefix, root or self.ns.root)]
         while stack:
             prefix, d = stack.pop()
             for name, child in d.children.items():
@@ -446,6 +446,36 @@ class MetaService:
         if removed:
             self.replicator.check(block_id)
         return {"removed": removed}
+
+    def handle_fsck(self, h: dict[str, Any], payload: memoryview,
+                    conn: ServerConnection) -> dict[str, Any]:
+        """Health of every block under a path (shape of `dfs-cli fsck --json`)."""
+        path = normalise(h.get("path") or "/")
+        node = self.ns.lookup(path)
+        counts = {"healthy": 0, "under_replicated": 0, "missing": 0, "corrupt": 0}
+        problems: list[dict[str, Any]] = []
+        budget = config.MAX_HEADER // 2  # the reply must fit in one frame; counts stay exact
+        files = blocks = 0
+        if isinstance(node, File):
+            found: list[tuple[str, File]] = [(path, node)]
+        else:
+            found = [(p, f) for p, f in self._all_files(node, "" if path == "/" else path)]
+        for fpath, f in sorted(found, key=lambda t: t[0]):
+            files += 1
+            for b in f.blocks:
+                blocks += 1
+                state, live = self.cluster.health(b.id)
+                counts[state] += 1
+                if state != "healthy":
+                    budget -= len(fpath) + 64 + sum(len(a) + 4 for a in live)
+                    if budget > 0:
+                        problems.append({"path": fpath, "block": str(b.id), "state": state,
+                                         "replicas": live})
+        out: dict[str, Any] = {"path": path, "files": files, "blocks": blocks, **counts,
+                               "problems": problems}
+        if sum(counts.values()) - counts["healthy"] > len(problems):
+            out["problems_truncated"] = True
+        return out
 
     def handle_status(self, h: dict[str, Any], payload: memoryview,
                       conn: ServerConnection) -> dict[str, Any]:

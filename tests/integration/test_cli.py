@@ -807,3 +807,37 @@ def test_dfs_demo_exits_0_and_ends_with_ok(wd: Path) -> None:
     assert "Traceback" not in out + err, err
     assert list(wd.iterdir()) == [], "dfs-demo left files in the current directory"
 
+
+
+# -- fsck -------------------------------------------------------------------------------------
+
+FSCK_KEYS = {"files", "blocks", "healthy", "under_replicated", "missing", "corrupt", "problems"}
+
+
+def test_fsck_reports_health_and_exits_by_it(cluster: Cluster) -> None:
+    meta = cluster.meta_addr
+    ok(cli("put", "-", "/f/a.bin", "--block-size", "64KiB", meta=meta,
+           stdin=data_of(200 * KiB, 21)))
+    ok(cli("put", "-", "/f/sub/b.bin", meta=meta, stdin=b"small"))
+    ok(cli("put", "-", "/g.bin", "-r", "1", meta=meta, stdin=b"one copy"))
+    healthy = cli("fsck", "--json", "/f", meta=meta).json()
+    assert FSCK_KEYS <= set(healthy)
+    assert (healthy["files"], healthy["blocks"], healthy["healthy"]) == (2, 5, 5)
+    assert healthy["problems"] == []
+    plain = cli("fsck", meta=meta)
+    assert plain.code == 0 and "HEALTHY" in plain.text, plain
+
+    g_holder = cli("stat", "--json", "/g.bin", meta=meta).json()["blocks"][0]["replicas"][0]
+    other = next(d for d in cluster.chunkservers if d.addr != g_holder)
+    cluster.kill(cluster.by_addr(g_holder).name)
+    cluster.wait_state(cluster.by_addr(g_holder).name, "dead", timeout=10)
+    run = cli("fsck", "--json", meta=meta)
+    assert run.code == 1, run
+    report = json.loads(run.out)
+    assert report["files"] == 3 and report["blocks"] == 6
+    assert report["missing"] == 1 and report["under_replicated"] == 5, report
+    states = {(p["path"], p["state"]) for p in report["problems"]}
+    assert ("/g.bin", "missing") in states and ("/f/a.bin", "under_replicated") in states
+    for p in report["problems"]:
+        assert isinstance(p["block"], str) and p["replicas"] in ([], [other.addr]), p
+    assert cli("fsck", "/nope", meta=meta).code == 2
