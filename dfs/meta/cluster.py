@@ -123,6 +123,21 @@ class Cluster:
                 continue
             info.replicas.add(cs.id)
             cs.blocks.add(block_id)
+            if not info.upload and len(info.replicas) > info.replication:
+                self._trim(block_id, info)
+
+    def _trim(self, block_id: int, info: BlockInfo) -> None:
+        """More live replicas than asked (a server came back after its blocks were copied
+        elsewhere): delete the extras, from the fullest servers first. Never below R live."""
+        live = [self.servers[sid] for sid in info.replicas
+                if sid in self.servers and self.servers[sid].state == "live"]
+        extra = len(live) - info.replication
+        for cs in sorted(live, key=lambda c: c.free)[:max(0, extra)]:
+            info.replicas.discard(cs.id)
+            cs.blocks.discard(block_id)
+            cs.deletes.append([block_id, info.gen])
+            log.info("block %d has %d live replicas, %d wanted: deleting the one on %s",
+                     block_id, len(live), info.replication, cs.addr)
 
     def add_replica(self, block_id: int, gen: int, addr: str) -> None:
         cs = self.by_addr.get(addr)

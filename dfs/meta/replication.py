@@ -109,6 +109,10 @@ class Replicator:
             return None
         source = min(sources, key=lambda cs: self.sending.get(cs.id, 0))
         held = {cs.addr for cs in holders}
+        # A server whose copy was found corrupt has a delete on its way for this block: a new
+        # copy there could be deleted by it, so it is never a target for this block.
+        held.update(self.cluster.servers[sid].addr for sid in info.corrupt or ()
+                    if sid in self.cluster.servers)
         candidates = [Candidate(cs.addr, cs.free - cs.pending, cs.writing)
                       for cs in self.cluster.live()
                       if self.receiving.get(cs.id, 0) < self.max_copies]

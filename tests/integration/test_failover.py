@@ -152,6 +152,18 @@ def test_lost_replicas_are_re_replicated(make_cluster) -> None:
         for addr in b["replicas"]:
             names = [p.name for p in cluster.block_files(cluster.by_addr(addr).name, b["id"])]
             assert f"blk_{int(b['id']):016x}_{b['gen']}" in names, (b, addr, names)
+    # The dead server comes back with its old replicas: the extra copies are trimmed to 2.
+    cluster.restart(victim.name)
+
+    def trimmed() -> bool:
+        blocks = client.stat("/r/file.bin")["blocks"]
+        on_disk = sum(len(cluster.block_files(d.name)) for d in cluster.chunkservers)
+        return all(len(b["replicas"]) == 2 for b in blocks) and on_disk == 2 * len(blocks)
+    wait_until(trimmed, 15, "extra replicas deleted after the dead server came back")
+    assert client.get_bytes("/r/file.bin") == data
+    cluster.kill(victim.name)
+    cluster.wait_state(victim.name, "dead", timeout=8)
+    wait_until(healed, 15, "every block back to 2 live replicas after the second loss")
     # Kill one of the two original holders that are left: the third server has every block.
     second = next(d for d in cluster.chunkservers
                   if d.name != victim.name and d.addr in counts)

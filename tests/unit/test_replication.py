@@ -86,3 +86,20 @@ def test_missing_uncommitted_and_deleted_blocks_start_no_copy() -> None:
         rep.check(b)
     assert rep.schedule(now=0.0) == []
     assert rep.needy == {1}  # kept: a replica may come back
+
+
+def test_a_returning_server_makes_extra_replicas_trimmed_back_to_r() -> None:
+    cluster = make(3)
+    add(cluster, 1, ["s0", "s1"])
+    cluster.servers["s0"].state = "dead"
+    rep = Replicator(cluster)
+    rep.server_lost("s0")
+    (copy,) = rep.schedule(now=0.0)
+    cluster.block_report(cluster.servers[copy.target], [[1, 1, MiB]])
+    assert len(cluster.live_replicas(1)) == 2
+    cluster.servers["s2"].free -= 10 * MiB  # the fullest server loses its copy
+    back = cluster.register("s0", "127.0.0.1:6000", now=5.0)  # s0 returns with its replica
+    cluster.block_report(back, [[1, 1, MiB]])
+    assert len(cluster.live_replicas(1)) == 2
+    assert cluster.servers["s2"].deletes == [[1, 1]]
+    assert "127.0.0.1:6002" not in cluster.live_replicas(1)
