@@ -58,10 +58,12 @@ READ_TIMEOUT = 15.0
 DEFAULT_HEARTBEAT_INTERVAL = 3.0
 DEFAULT_DEAD_TIMEOUT = 30.0
 UPLOAD_LEASE = 30.0  # an upload that shows no sign of life for this long is aborted
+DEFAULT_SCRUB_RATE = 8 * MiB  # bytes per second the scrubber re-reads
+DEFAULT_SCRUB_INTERVAL = 7 * 24 * 3600.0  # one full scrub pass a week
 BACKGROUND_SYNC_BYTES = 8 * MiB  # chunkserver flushes a block being written every this many bytes
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 
 
 def parse_size(text: str | int) -> int:
@@ -80,13 +82,13 @@ def parse_size(text: str | int) -> int:
 
 
 def parse_duration(text: str | float) -> float:
-    """Parse `500ms`, `3s`, `2m`, `1h` or plain seconds into seconds."""
+    """Parse `500ms`, `3s`, `2m`, `1h`, `7d` or plain seconds into seconds."""
     if isinstance(text, (int, float)):
         return float(text)
     m = _DURATION_RE.match(text)
     if not m:
         raise ValueError(f"not a duration: {text!r} (try 500ms, 3s, 2m)")
-    scale = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[
+    scale = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[
         m.group(2).lower() if m.group(2) else None
     ]
     return float(m.group(1)) * scale

@@ -20,6 +20,7 @@ from typing import Any
 from . import config
 from .chunk.blockstore import BlockStore
 from .chunk.heartbeat import MetaLink
+from .chunk.scrubber import Scrubber
 from .chunk.service import ChunkService
 from .meta.journal import FileJournal, JournalCorrupt
 from .meta.service import MetaService
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                    default=config.DEFAULT_HEARTBEAT_INTERVAL)
     p.add_argument("--dead-timeout", type=config.parse_duration,
                    default=config.DEFAULT_DEAD_TIMEOUT)
+    p.add_argument("--scrub-rate", type=config.parse_size, default=config.DEFAULT_SCRUB_RATE,
+                   help="chunk: bytes per second the scrubber re-reads (default 8MiB)")
+    p.add_argument("--scrub-interval", type=config.parse_duration,
+                   default=config.DEFAULT_SCRUB_INTERVAL,
+                   help="chunk: start a full scrub pass this often (default 7d)")
     p.add_argument("--upload-lease", type=config.parse_duration, default=config.UPLOAD_LEASE,
                    help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO")
@@ -168,8 +174,12 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
     log.info("chunkserver %s listening on port %d, %d blocks in %s", store.server_id,
              args.port, len(store.index), path)
     link.start()
+    scrubber = Scrubber(store, args.scrub_rate, args.scrub_interval, link.block_corrupt,
+                        service.disk)
+    scrubber.start()
     await stop.wait()
     log.info("chunkserver shutting down")
+    await scrubber.stop()
     await server.close()
     await link.stop()
 

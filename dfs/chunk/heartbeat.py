@@ -32,6 +32,7 @@ class MetaLink:
         self.conn: Connection | None = None
         self.registered = False
         self._received: list[list[int]] = []
+        self._corrupt: list[list[int]] = []  # [block, gen] found bad here, for meta
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -51,6 +52,11 @@ class MetaLink:
     def block_received(self, block_id: int, gen: int, size: int) -> None:
         """A replica was finalized: tell meta soon (it need not wait for the next beat)."""
         self._received.append([block_id, gen, size])
+        self._wake.set()
+
+    def block_corrupt(self, block_id: int, gen: int) -> None:
+        """A replica here failed its checksums: tell meta with the next heartbeat (soon)."""
+        self._corrupt.append([block_id, gen])
         self._wake.set()
 
     def _stats(self) -> dict[str, Any]:
@@ -104,10 +110,13 @@ class MetaLink:
     async def _beat(self) -> None:
         assert self.conn is not None
         received, self._received = self._received, []
+        corrupt, self._corrupt = self._corrupt, []
         try:
-            reply = await self.conn.call("heartbeat", received=received, **self._stats())
+            reply = await self.conn.call("heartbeat", received=received, corrupt=corrupt,
+                                         **self._stats())
         except DFSError:
             self._received = received + self._received
+            self._corrupt = corrupt + self._corrupt
             raise
         if reply.header.get("reregister"):
             log.info("meta asked us to register again (it restarted)")

@@ -210,7 +210,15 @@ class MetaService:
             return {"reregister": True}
         stats = self._stats(h)
         received = _report(h, "received")
+        corrupt = h.get("corrupt") or []
+        if not isinstance(corrupt, list) or not all(
+                isinstance(e, list) and len(e) == 2 and all(isinstance(x, int) for x in e)
+                for e in corrupt):
+            raise BadRequest("field 'corrupt' must be a list of [id, gen]")
         self.cluster.heartbeat(cs, *stats, time.monotonic())
+        for block_id, _gen in corrupt:  # found by the chunkserver's scrubber
+            if self.cluster.bad_replica(block_id, cs.addr):
+                self.replicator.check(block_id)
         if received:
             self.cluster.block_report(cs, received)
             for entry in received:

@@ -169,3 +169,28 @@ def test_lost_replicas_are_re_replicated(make_cluster) -> None:
                   if d.name != victim.name and d.addr in counts)
     cluster.kill(second.name)
     assert client.get_bytes("/r/file.bin") == data
+
+
+def test_scrubber_finds_rot_nobody_reads_and_it_is_repaired(make_cluster) -> None:
+    """Flip a byte in one replica on disk and read nothing: the scrubber finds it, meta stops
+    listing it, a good copy is made on the spare server, and the bad file is deleted."""
+    cluster = make_cluster(3, chunk_args=["--scrub-rate", "64MiB", "--scrub-interval", "1s"])
+    client = cluster.client()
+    data = data_of(3 * MiB + 5, 8)
+    client.put_bytes(data, "/rot.bin", block_size=MiB)
+    block = client.stat("/rot.bin")["blocks"][1]
+    holder = cluster.by_addr(block["replicas"][0])
+    (path,) = cluster.block_files(holder.name, block["id"])
+    raw = bytearray(path.read_bytes())
+    raw[1000] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+    def repaired() -> bool:
+        b = client.stat("/rot.bin")["blocks"][1]
+        return (len(b["replicas"]) == 2 and holder.addr not in b["replicas"]
+                and not cluster.block_files(holder.name, block["id"]))
+    wait_until(repaired, 20, "the rotten replica to be found, replaced and deleted")
+    assert client.fsck("/")["healthy"] == 4
+    cluster.kill(next(d.name for d in cluster.chunkservers if d.name != holder.name
+                      and d.addr in client.stat("/rot.bin")["blocks"][1]["replicas"]))
+    assert client.get_bytes("/rot.bin") == data

@@ -50,6 +50,7 @@ def test_parse_size_errors(text: str) -> None:
     ("3s", 3.0),
     ("2m", 120.0),
     ("1h", 3600.0),
+    ("7d", 604800.0),
     ("3", 3.0),
     ("0", 0.0),
     ("1.5s", 1.5),
@@ -65,7 +66,7 @@ def test_parse_duration(text, seconds: float) -> None:
     assert isinstance(parse_duration(text), float)
 
 
-@pytest.mark.parametrize("text", ["", "s", "ms", "-1s", "3d", "3 s s", "1e3", "3sec", "abc"])
+@pytest.mark.parametrize("text", ["", "s", "ms", "-1s", "3w", "3 s s", "1e3", "3sec", "abc"])
 def test_parse_duration_errors(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
