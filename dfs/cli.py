@@ -28,7 +28,7 @@ _VALUE_OPTIONS = {"--meta", "-r", "--replication", "--block-size"}
 # Positionals each command needs before a trailing HOST:PORT can be the meta address (ls's
 # path is optional, and a remote path is absolute, so HOST:PORT is never an ls path).
 _POSITIONALS = {"put": 2, "get": 2, "cat": 1, "ls": 0, "stat": 1, "mkdir": 1, "rm": 1,
-                "mv": 2, "status": 0, "fsck": 0}
+                "mv": 2, "status": 0, "fsck": 0, "decommission": 1}
 
 
 class UsageError(Exception):
@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("fsck", "check the health of every block under PATH (exit 1 unless all healthy)")
     sp.add_argument("--json", action="store_true")
     sp.add_argument("path", nargs="?", default="/")
+    sp = cmd("decommission", "drain a chunkserver's blocks elsewhere, then mark it "
+             "decommissioned (returns at once; watch `status`)")
+    sp.add_argument("addr", metavar="HOST:PORT")
     sp = cmd("status", "show the cluster: chunkservers, their state and capacity")
     sp.add_argument("--json", action="store_true")
     return p
@@ -308,9 +311,16 @@ async def cmd_fsck(c: AsyncClient, a: argparse.Namespace) -> int:
     return EXIT_OK if not sick else EXIT_ERROR
 
 
+async def cmd_decommission(c: AsyncClient, a: argparse.Namespace) -> int:
+    r = await c.decommission(a.addr)
+    print(f"{r['addr']}: {r['state']} ({r['blocks']} blocks to keep elsewhere)")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[AsyncClient, argparse.Namespace], Any]] = {
     "put": cmd_put, "get": cmd_get, "cat": cmd_cat, "ls": cmd_ls, "stat": cmd_stat,
     "mkdir": cmd_mkdir, "rm": cmd_rm, "mv": cmd_mv, "status": cmd_status, "fsck": cmd_fsck,
+    "decommission": cmd_decommission,
 }
 
 

@@ -200,6 +200,10 @@ class AsyncClient:
         """Health of every block under `path`, shaped like `dfs-cli fsck --json`."""
         return await self.meta_call("fsck", path=path)
 
+    async def decommission(self, addr: str) -> dict[str, Any]:
+        """Start draining the chunkserver at HOST:PORT; returns at once (see `status`)."""
+        return await self.meta_call("decommission", addr=addr)
+
     async def status(self) -> dict[str, Any]:
         """Cluster summary shaped like `dfs-cli status --json`."""
         return await self.meta_call("status")

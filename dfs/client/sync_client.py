@@ -120,6 +120,9 @@ class Client:
     def fsck(self, path: str = "/") -> dict[str, Any]:
         return self._run(self._async.fsck(path))
 
+    def decommission(self, addr: str) -> dict[str, Any]:
+        return self._run(self._async.decommission(addr))
+
     def status(self) -> dict[str, Any]:
         return self._run(self._async.status())
 

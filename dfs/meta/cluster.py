@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 class ChunkServer:
     __slots__ = ("id", "addr", "capacity", "used", "free", "load", "state", "last_heartbeat",
-                 "blocks", "pending", "writing", "deletes", "copies")
+                 "blocks", "pending", "writing", "deletes", "copies", "decommission")
 
     def __init__(self, id: str, addr: str, now: float) -> None:
         self.id = id
@@ -33,6 +33,21 @@ class ChunkServer:
         self.writing = 0
         self.deletes: list[list[int]] = []  # [block, gen] to delete, sent with the next reply
         self.copies: list[list[int | str]] = []  # [block, gen, target addr] to send a copy to
+        # "" (in service), "decommissioning" (draining: serves reads, takes no new blocks,
+        # its replicas do not count toward R) or "decommissioned" (drained).
+        self.decommission = ""
+
+    @property
+    def shown_state(self) -> str:
+        """The state operators see: dead wins, then the decommission state, else live."""
+        if self.state == "dead":
+            return "dead"
+        return self.decommission or "live"
+
+    @property
+    def in_service(self) -> bool:
+        """Live and not being drained: may take new replicas, and its replicas count."""
+        return self.state == "live" and not self.decommission
 
 
 class BlockInfo:
@@ -103,7 +118,9 @@ class Cluster:
         return [cs for cs in self.servers.values() if cs.state == "live"]
 
     def candidates(self) -> list[Candidate]:
-        return [Candidate(cs.addr, cs.free - cs.pending, cs.writing) for cs in self.live()]
+        """Servers that may take new blocks (live and not decommissioned or draining)."""
+        return [Candidate(cs.addr, cs.free - cs.pending, cs.writing) for cs in self.live()
+                if not cs.decommission]
 
     # block map ------------------------------------------------------------------------
     def add_block(self, block_id: int, info: BlockInfo) -> None:
@@ -130,7 +147,7 @@ class Cluster:
         """More live replicas than asked (a server came back after its blocks were copied
         elsewhere): delete the extras, from the fullest servers first. Never below R live."""
         live = [self.servers[sid] for sid in info.replicas
-                if sid in self.servers and self.servers[sid].state == "live"]
+                if sid in self.servers and self.servers[sid].in_service]
         extra = len(live) - info.replication
         for cs in sorted(live, key=lambda c: c.free)[:max(0, extra)]:
             info.replicas.discard(cs.id)
@@ -192,6 +209,14 @@ class Cluster:
         info.replicas = set()
         info.gen += 1
         return info.gen
+
+    def counted_replicas(self, block_id: int) -> int:
+        """Replicas that count toward the block's replication: on servers in service."""
+        info = self.blocks.get(block_id)
+        if info is None:
+            return 0
+        return sum(1 for sid in info.replicas
+                   if sid in self.servers and self.servers[sid].in_service)
 
     def live_replicas(self, block_id: int) -> list[str]:
         info = self.blocks.get(block_id)

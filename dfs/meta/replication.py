@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 
 from .cluster import Cluster
-from .placement import Candidate, choose_targets
+from .placement import choose_targets
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,17 @@ class Replicator:
 
     # decisions --------------------------------------------------------------------------
     def live_count(self, block_id: int) -> int:
-        return len(self.cluster.live_replicas(block_id))
+        return self.cluster.counted_replicas(block_id)
+
+    def drained(self, server_id: str) -> bool:
+        """Every block on a decommissioning server has R replicas elsewhere."""
+        cs = self.cluster.servers[server_id]
+        for block_id in cs.blocks:
+            info = self.cluster.blocks.get(block_id)
+            if info is not None and self.live_count(block_id) < info.replication:
+                self.needy.add(block_id)
+                return False
+        return True
 
     def schedule(self, now: float) -> list[Copy]:
         """Copies to start now, most urgent first."""
@@ -89,8 +99,8 @@ class Replicator:
             live = self.live_count(block_id)
             if live >= info.replication:
                 self.needy.discard(block_id)
-            elif live and block_id not in self.inflight:
-                work.append((live, block_id))
+            elif block_id not in self.inflight and self.cluster.live_replicas(block_id):
+                work.append((live, block_id))  # something live (maybe draining) to copy from
         work.sort()
         started: list[Copy] = []
         for _, block_id in work:
@@ -107,15 +117,15 @@ class Replicator:
                    and self.sending.get(cs.id, 0) < self.max_copies]
         if not sources:
             return None
-        source = min(sources, key=lambda cs: self.sending.get(cs.id, 0))
+        # Draining servers first: they have nothing else to do, the rest serve clients.
+        source = min(sources, key=lambda cs: (not cs.decommission, self.sending.get(cs.id, 0)))
         held = {cs.addr for cs in holders}
         # A server whose copy was found corrupt has a delete on its way for this block: a new
         # copy there could be deleted by it, so it is never a target for this block.
         held.update(self.cluster.servers[sid].addr for sid in info.corrupt or ()
                     if sid in self.cluster.servers)
-        candidates = [Candidate(cs.addr, cs.free - cs.pending, cs.writing)
-                      for cs in self.cluster.live()
-                      if self.receiving.get(cs.id, 0) < self.max_copies]
+        candidates = [c for c in self.cluster.candidates()
+                      if self.receiving.get(self.cluster.by_addr[c.addr].id, 0) < self.max_copies]
         chosen = choose_targets(candidates, 1, max(info.size, 1), held)
         if not chosen:
             return None

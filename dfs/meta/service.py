@@ -22,7 +22,7 @@ import time
 from typing import Any, Awaitable
 
 from .. import config
-from ..errors import BadRequest, DFSError, NoSpace, Unavailable
+from ..errors import BadRequest, DFSError, NoSpace, NotFound, Unavailable
 from ..net import ServerConnection
 from .cluster import BlockInfo, Cluster
 from .journal import JournalStore
@@ -148,6 +148,11 @@ class MetaService:
             for cs in self.cluster.expire(now):
                 self.replicator.server_lost(cs.id)
             self._schedule_copies(now)
+            for cs in self.cluster.live():
+                if cs.decommission == "decommissioning" and self.replicator.drained(cs.id):
+                    cs.decommission = "decommissioned"
+                    log.info("chunkserver %s is decommissioned: every block it holds has "
+                             "its replicas elsewhere; it can be taken away", cs.addr)
             for up in list(self.uploads.values()):
                 if now - up.touched > self.upload_lease:
                     log.info("upload of %s expired after %.0fs without renewal; aborting",
@@ -266,8 +271,11 @@ class MetaService:
         return [c.addr for c in chosen]
 
     def _no_targets(self) -> DFSError:
-        if not self.cluster.live():
+        live = self.cluster.live()
+        if not live:
             return Unavailable("no live chunkservers")
+        if all(cs.decommission for cs in live):
+            return Unavailable("every live chunkserver is decommissioned or being drained")
         return NoSpace("no live chunkserver has room for another block")
 
     def handle_add_block(self, h: dict[str, Any], payload: memoryview,
@@ -455,6 +463,25 @@ class MetaService:
             self.replicator.check(block_id)
         return {"removed": removed}
 
+    def handle_decommission(self, h: dict[str, Any], payload: memoryview,
+                            conn: ServerConnection) -> dict[str, Any]:
+        """Start draining a chunkserver: it takes no new blocks and each of its blocks is
+        copied to servers in service; once all are, it is `decommissioned`."""
+        addr = _str(h, "addr")
+        try:
+            host, port = config.parse_addr(addr)
+        except ValueError:
+            raise BadRequest(f"not a chunkserver address: {addr!r}") from None
+        cs = self.cluster.by_addr.get(config.format_addr(host, port))
+        if cs is None:
+            raise NotFound(f"no chunkserver at {addr}")
+        if not cs.decommission:
+            cs.decommission = "decommissioning"
+            self.replicator.needy.update(cs.blocks)
+            log.info("decommissioning chunkserver %s: %d blocks to copy elsewhere", cs.addr,
+                     len(cs.blocks))
+        return {"addr": cs.addr, "state": cs.shown_state, "blocks": len(cs.blocks)}
+
     def handle_fsck(self, h: dict[str, Any], payload: memoryview,
                     conn: ServerConnection) -> dict[str, Any]:
         """Health of every block under a path (shape of `dfs-cli fsck --json`)."""
@@ -488,7 +515,8 @@ class MetaService:
     def handle_status(self, h: dict[str, Any], payload: memoryview,
                       conn: ServerConnection) -> dict[str, Any]:
         now = time.monotonic()
-        servers = [{"id": cs.id, "addr": cs.addr, "state": cs.state, "blocks": len(cs.blocks),
+        servers = [{"id": cs.id, "addr": cs.addr, "state": cs.shown_state,
+                    "blocks": len(cs.blocks),
                     "used": cs.used, "capacity": cs.capacity, "free": cs.free,
                     "last_heartbeat_s": round(now - cs.last_heartbeat, 3)}
                    for cs in sorted(self.cluster.servers.values(), key=lambda c: c.addr)]

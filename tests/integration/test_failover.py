@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -194,3 +196,38 @@ def test_scrubber_finds_rot_nobody_reads_and_it_is_repaired(make_cluster) -> Non
     cluster.kill(next(d.name for d in cluster.chunkservers if d.name != holder.name
                       and d.addr in client.stat("/rot.bin")["blocks"][1]["replicas"]))
     assert client.get_bytes("/rot.bin") == data
+
+
+def test_decommission_drains_a_server_before_it_is_taken_away(make_cluster) -> None:
+    cluster = make_cluster(3)
+    client = cluster.client()
+    data = data_of(10 * MiB + 1, 9)
+    client.put_bytes(data, "/d/file.bin", block_size=MiB)
+    counts: dict[str, int] = {}
+    for b in client.stat("/d/file.bin")["blocks"]:
+        for a in b["replicas"]:
+            counts[a] = counts.get(a, 0) + 1
+    leaving = cluster.by_addr(max(counts, key=lambda a: counts[a]))
+    run = subprocess.run([sys.executable, "-m", "dfs.cli", "--meta", cluster.meta_addr,
+                          "decommission", leaving.addr], capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 0 and "decommissioning" in run.stdout, run
+    deadline = time.monotonic() + 30
+    while True:  # at every moment of the drain, nothing is under-replicated
+        assert client.fsck("/")["healthy"] == 11
+        if cluster.states()[leaving.addr] == "decommissioned":
+            break
+        assert time.monotonic() < deadline, "the drain did not finish in 30 s"
+        time.sleep(0.1)
+    others = [d for d in cluster.chunkservers if d.name != leaving.name]
+    for b in client.stat("/d/file.bin")["blocks"]:
+        assert sum(a in {d.addr for d in others} for a in b["replicas"]) == 2, b
+    client.put_bytes(b"new", "/d/new.bin")  # new blocks avoid the drained server
+    assert leaving.addr not in client.stat("/d/new.bin")["blocks"][0]["replicas"]
+    cluster.kill(leaving.name)
+    assert client.get_bytes("/d/file.bin") == data
+    assert client.fsck("/")["healthy"] == 12
+    bad = subprocess.run([sys.executable, "-m", "dfs.cli", "--meta", cluster.meta_addr,
+                          "decommission", "127.0.0.1:1"], capture_output=True, text=True,
+                         timeout=30)
+    assert bad.returncode != 0 and bad.stderr.startswith("dfs-cli: error:"), bad
