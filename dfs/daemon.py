@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=config.DEFAULT_HEARTBEAT_INTERVAL)
     p.add_argument("--dead-timeout", type=config.parse_duration,
                    default=config.DEFAULT_DEAD_TIMEOUT)
+    p.add_argument("--block-report-interval", type=config.parse_duration, default=3600.0,
+                   help="chunk: send a full block report this often (default 1h)")
     p.add_argument("--scrub-rate", type=config.parse_size, default=config.DEFAULT_SCRUB_RATE,
                    help="chunk: bytes per second the scrubber re-reads (default 8MiB)")
     p.add_argument("--scrub-interval", type=config.parse_duration,
@@ -169,7 +171,8 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
     service = ChunkService(store, addr or f"127.0.0.1:{args.port}",
                            on_block=lambda b, g, s: link.block_received(b, g, s))
     link = MetaLink(store, args.meta, args.heartbeat_interval, advertise,
-                    writing=lambda: service.writing, replicate=service.replicate)
+                    writing=lambda: service.writing, replicate=service.replicate,
+                    block_report_interval=args.block_report_interval)
     await server.start(service)
     log.info("chunkserver %s listening on port %d, %d blocks in %s", store.server_id,
              args.port, len(store.index), path)

@@ -241,6 +241,21 @@ class BlockStore:
         free = max(0, min(capacity - self.used, disk_free))
         return capacity, self.used, free
 
+    def find_missing(self) -> list[tuple[int, int]]:
+        """Replicas whose files have vanished from the disk (an operator, a failed disk).
+        Blocking and read-only (one stat per replica): run it in a worker thread, then
+        `forget` each on the event loop."""
+        return [(bid, gen) for bid, (gen, _) in list(self.index.items())
+                if not os.path.exists(self.path(bid, gen))]
+
+    def forget(self, block_id: int, gen: int) -> None:
+        have = self.index.get(block_id)
+        if have is not None and have[0] == gen and not os.path.exists(self.path(block_id, gen)):
+            del self.index[block_id]
+            self.used -= block_file_size(have[1])
+            log.warning("replica of block %d gen %d has vanished from %s", block_id, gen,
+                        self.root)
+
     def report(self) -> list[list[int]]:
         return [[bid, gen, size] for bid, (gen, size) in self.index.items()]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any, Callable
 
 from ..errors import DFSError
@@ -21,13 +22,16 @@ log = logging.getLogger(__name__)
 class MetaLink:
     def __init__(self, store: BlockStore, meta_addr: str, interval: float,
                  advertise: Callable[[Connection], str], writing: Callable[[], int],
-                 replicate: Callable[[int, int, str], None]) -> None:
+                 replicate: Callable[[int, int, str], None],
+                 block_report_interval: float = 3600.0) -> None:
         self.store = store
         self.meta_addr = meta_addr
         self.interval = interval
         self._advertise = advertise
         self._writing = writing
         self._replicate = replicate
+        self.block_report_interval = block_report_interval
+        self._last_full_report = 0.0
         self.addr = ""
         self.conn: Connection | None = None
         self.registered = False
@@ -104,6 +108,7 @@ class MetaLink:
         if theirs and not mine:
             self.store.write_small("cluster.id", theirs)
         self.registered = True
+        self._last_full_report = time.monotonic()  # registration carried a full report
         log.info("registered with meta %s as %s (%d blocks)", self.meta_addr, self.addr,
                  len(self.store.index))
 
@@ -111,9 +116,20 @@ class MetaLink:
         assert self.conn is not None
         received, self._received = self._received, []
         corrupt, self._corrupt = self._corrupt, []
+        extra: dict[str, Any] = {}
+        now = time.monotonic()
+        if now - self._last_full_report >= self.block_report_interval:
+            # Periodic full block report, checked against the disk: meta reconciles what it
+            # believes we hold.
+            missing = await asyncio.get_running_loop().run_in_executor(
+                None, self.store.find_missing)
+            for block_id, gen in missing:
+                self.store.forget(block_id, gen)
+            extra["full_report"] = self.store.report()
+            self._last_full_report = now
         try:
             reply = await self.conn.call("heartbeat", received=received, corrupt=corrupt,
-                                         **self._stats())
+                                         **extra, **self._stats())
         except DFSError:
             self._received = received + self._received
             self._corrupt = corrupt + self._corrupt

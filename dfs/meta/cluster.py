@@ -143,6 +143,25 @@ class Cluster:
             if not info.upload and len(info.replicas) > info.replication:
                 self._trim(block_id, info)
 
+    def full_report(self, cs: ChunkServer, report: list[list[int]]) -> list[int]:
+        """A periodic full block report replaces what we believed the server holds. Returns
+        the blocks it no longer has (lost to a disk problem or an operator), to repair."""
+        reported = {int(e[0]) for e in report}
+        lost = [b for b in cs.blocks if b not in reported]
+        for block_id in lost:
+            cs.blocks.discard(block_id)
+            info = self.blocks.get(block_id)
+            if info is not None:
+                info.replicas.discard(cs.id)
+        if lost:
+            log.warning("%s no longer has %d replicas it held", cs.addr, len(lost))
+        self.block_report(cs, report)
+        return lost
+
+    def every_block_reported(self) -> bool:
+        """Each committed block has at least one replica reported (safe mode may end)."""
+        return all(info.replicas or info.upload for info in self.blocks.values())
+
     def _trim(self, block_id: int, info: BlockInfo) -> None:
         """More live replicas than asked (a server came back after its blocks were copied
         elsewhere): delete the extras, from the fullest servers first. Never below R live."""

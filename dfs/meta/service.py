@@ -91,6 +91,8 @@ class MetaService:
         self.epoch = 0
         self._next_block = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self.safe_mode = False
+        self.safe_until = 0.0
 
     # start-up -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -105,7 +107,22 @@ class MetaService:
         await self.journal.append(["epoch", self.epoch])
         log.info("meta loaded %d journal records: %d files, %d blocks; epoch %d",
                  len(records), self.ns.files, self.ns.blocks, self.epoch)
+        # Safe mode: locations are rebuilt from chunkservers' reports, so nothing is
+        # declared missing or copied until each block has been reported or the wait is over.
+        self.safe_until = time.monotonic() + self.cluster.dead_timeout
+        self.safe_mode = True
         self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def _check_safe_mode(self, now: float) -> None:
+        if not self.safe_mode:
+            return
+        complete = self.cluster.every_block_reported()
+        if complete or now >= self.safe_until:
+            self.safe_mode = False
+            for block_id in self.cluster.blocks:
+                self.replicator.check(block_id)
+            log.info("leaving safe mode: %s; checking every block's replication",
+                     "every block reported" if complete else "the wait for reports is over")
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -147,7 +164,9 @@ class MetaService:
             now = time.monotonic()
             for cs in self.cluster.expire(now):
                 self.replicator.server_lost(cs.id)
-            self._schedule_copies(now)
+            self._check_safe_mode(now)
+            if not self.safe_mode:
+                self._schedule_copies(now)
             for cs in self.cluster.live():
                 if cs.decommission == "decommissioning" and self.replicator.drained(cs.id):
                     cs.decommission = "decommissioned"
@@ -228,6 +247,9 @@ class MetaService:
             self.cluster.block_report(cs, received)
             for entry in received:
                 self.replicator.arrived(entry[0], cs.id)
+        if "full_report" in h:
+            for block_id in self.cluster.full_report(cs, _report(h, "full_report")):
+                self.replicator.check(block_id)
         commands: list[dict[str, Any]] = []
         if cs.deletes:
             commands.append({"op": "delete", "blocks": cs.deletes})
@@ -521,5 +543,8 @@ class MetaService:
                     "last_heartbeat_s": round(now - cs.last_heartbeat, 3)}
                    for cs in sorted(self.cluster.servers.values(), key=lambda c: c.addr)]
         return {"meta": self.addr, "cluster_id": self.cluster_id, "files": self.ns.files,
+                "safe_mode": self.safe_mode,
+                "safe_mode_s": round(max(0.0, self.safe_until - now), 1) if self.safe_mode
+                else 0.0,
                 "blocks": self.ns.blocks, "uploads": len(self.uploads), "pid": os.getpid(),
                 "chunkservers": servers}

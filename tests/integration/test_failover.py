@@ -231,3 +231,37 @@ def test_decommission_drains_a_server_before_it_is_taken_away(make_cluster) -> N
                           "decommission", "127.0.0.1:1"], capture_output=True, text=True,
                          timeout=30)
     assert bad.returncode != 0 and bad.stderr.startswith("dfs-cli: error:"), bad
+
+
+def test_full_block_report_finds_a_replica_gone_from_disk(make_cluster) -> None:
+    """A replica file removed behind the chunkserver's back is noticed at its next full
+    block report, and meta has the replica made again (on any server without one)."""
+    cluster = make_cluster(3, chunk_args=["--block-report-interval", "1s"])
+    client = cluster.client()
+    data = data_of(2 * MiB + 7, 10)
+    client.put_bytes(data, "/gone.bin", block_size=MiB)
+    block = client.stat("/gone.bin")["blocks"][0]
+    holder = cluster.by_addr(block["replicas"][0])
+    for p in cluster.block_files(holder.name, block["id"]):
+        p.unlink()
+
+    def repaired() -> bool:  # two listed replicas, each a real file again
+        b = client.stat("/gone.bin")["blocks"][0]
+        return len(b["replicas"]) == 2 and all(
+            cluster.block_files(cluster.by_addr(a).name, b["id"]) for a in b["replicas"])
+    wait_until(repaired, 15, "the vanished replica to be noticed and re-created")
+    assert client.fsck("/")["healthy"] == 3
+    assert client.get_bytes("/gone.bin") == data
+
+
+def test_meta_restart_waits_in_safe_mode_for_block_reports(cluster: Cluster) -> None:
+    client = cluster.client()
+    client.put_bytes(data_of(100_000, 11), "/safe.bin")
+    for d in cluster.chunkservers:
+        cluster.kill(d.name)
+    cluster.restart("meta")
+    status = cluster.client().status()
+    assert status["safe_mode"] is True and status["safe_mode_s"] > 0, status
+    wait_until(lambda: not cluster.client().status()["safe_mode"], 10,
+               "safe mode to end when its bounded wait is over")
+    assert cluster.client().fsck("/")["missing"] == 1
