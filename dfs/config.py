@@ -58,6 +58,7 @@ READ_TIMEOUT = 15.0
 DEFAULT_HEARTBEAT_INTERVAL = 3.0
 DEFAULT_DEAD_TIMEOUT = 30.0
 UPLOAD_LEASE = 30.0  # an upload that shows no sign of life for this long is aborted
+DEFAULT_REPLICATION_RATE = 64 * MiB  # bytes/s one chunkserver spends sending copies
 DEFAULT_SCRUB_RATE = 8 * MiB  # bytes per second the scrubber re-reads
 DEFAULT_SCRUB_INTERVAL = 7 * 24 * 3600.0  # one full scrub pass a week
 BACKGROUND_SYNC_BYTES = 8 * MiB  # chunkserver flushes a block being written every this many bytes

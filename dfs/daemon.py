@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=config.DEFAULT_DEAD_TIMEOUT)
     p.add_argument("--block-report-interval", type=config.parse_duration, default=3600.0,
                    help="chunk: send a full block report this often (default 1h)")
+    p.add_argument("--replication-rate", type=config.parse_size,
+                   default=config.DEFAULT_REPLICATION_RATE,
+                   help="chunk: bytes per second for re-replication copies it sends "
+                        "(default 64MiB; 0 = unlimited)")
     p.add_argument("--scrub-rate", type=config.parse_size, default=config.DEFAULT_SCRUB_RATE,
                    help="chunk: bytes per second the scrubber re-reads (default 8MiB)")
     p.add_argument("--scrub-interval", type=config.parse_duration,
@@ -169,7 +173,8 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
         return service.addr
 
     service = ChunkService(store, addr or f"127.0.0.1:{args.port}",
-                           on_block=lambda b, g, s: link.block_received(b, g, s))
+                           on_block=lambda b, g, s: link.block_received(b, g, s),
+                           copy_rate=args.replication_rate)
     link = MetaLink(store, args.meta, args.heartbeat_interval, advertise,
                     writing=lambda: service.writing, replicate=service.replicate,
                     block_report_interval=args.block_report_interval)

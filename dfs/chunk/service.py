@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
@@ -63,7 +64,8 @@ class Stream:
 
 class ChunkService:
     def __init__(self, store: BlockStore, addr: str,
-                 on_block: Callable[[int, int, int], None]) -> None:
+                 on_block: Callable[[int, int, int], None],
+                 copy_rate: int = config.DEFAULT_REPLICATION_RATE) -> None:
         self.store = store
         self.addr = addr  # as advertised to meta and clients
         self.on_block = on_block  # tells meta about a finalized replica
@@ -72,6 +74,8 @@ class ChunkService:
         # Disk threads: packet writes, flushes and fsyncs block here, never the event loop.
         self.disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="disk")
         self.copies: set[asyncio.Future[None]] = set()  # re-replication in progress
+        self.copy_rate = copy_rate  # bytes/s for all copies together (0: unlimited)
+        self._copy_clock = 0.0  # when the copy bandwidth is next free
 
     def _streams(self, conn: ServerConnection) -> dict[int, Stream]:
         """The blocks being written over one connection (dropped when it closes)."""
@@ -324,6 +328,7 @@ class ChunkService:
                 data, crcs, _ = await loop.run_in_executor(
                     self.disk, self.store.read, block_id, gen, offset, n)
                 verify_crcs(memoryview(data), crcs)  # never spread rot to a new replica
+                await self._pace(n)
                 await conn.drain()
                 inflight.append(conn.request("packet", data, block=block_id, offset=offset,
                                              crcs=crcs))
@@ -340,6 +345,16 @@ class ChunkService:
             for fut in inflight:
                 fut.cancel()
             self._abort_downstream(conn, block_id)
+
+    async def _pace(self, n: int) -> None:
+        """Hold all copies together to `copy_rate`, so repair leaves room for clients."""
+        if self.copy_rate <= 0:
+            return
+        now = time.monotonic()
+        start = max(now, self._copy_clock)
+        self._copy_clock = start + n / self.copy_rate
+        if start > now:
+            await asyncio.sleep(start - now)
 
     # reads ----------------------------------------------------------------------------
     def handle_read_block(self, h: dict[str, Any], payload: memoryview,
