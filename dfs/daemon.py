@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=config.DEFAULT_HEARTBEAT_INTERVAL)
     p.add_argument("--dead-timeout", type=config.parse_duration,
                    default=config.DEFAULT_DEAD_TIMEOUT)
+    p.add_argument("--checkpoint-interval", type=config.parse_duration, default=3600.0,
+                   help="meta: checkpoint the namespace this often (default 1h)")
+    p.add_argument("--checkpoint-records", type=int, default=100_000,
+                   help="meta: ... or once the journal holds this many records")
     p.add_argument("--block-report-interval", type=config.parse_duration, default=3600.0,
                    help="chunk: send a full block report this often (default 1h)")
     p.add_argument("--replication-rate", type=config.parse_size,
@@ -138,7 +142,10 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
     journal = FileJournal(os.path.join(path, "journal"), on_fatal=lambda exc: stop.set())
     service = MetaService(journal, addr, cluster_id=cluster_id, dead_timeout=args.dead_timeout,
                           heartbeat_interval=args.heartbeat_interval,
-                          upload_lease=args.upload_lease)
+                          upload_lease=args.upload_lease,
+                          checkpoint_path=os.path.join(path, "checkpoint"),
+                          checkpoint_interval=args.checkpoint_interval,
+                          checkpoint_records=args.checkpoint_records)
     server = Server("meta", args.host, args.port, connection_limit())
     bind(server)
     try:

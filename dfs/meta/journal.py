@@ -111,9 +111,21 @@ def read_records(data: bytes, path: str = "<memory>") -> tuple[list[list[Any]], 
 class JournalStore(Protocol):
     """What the metadata service needs from a journal; tests use MemoryJournal."""
 
+    gen: int  # generation (bumped by each checkpoint's rotation)
+    count: int  # records in this generation
+
     def load(self) -> list[list[Any]]: ...
     def append(self, record: list[Any]) -> asyncio.Future[None]: ...
+    def mark(self) -> tuple[int, int]: ...
+    def unmark(self) -> None: ...
+    def rotate(self) -> asyncio.Future[None]: ...
     async def close(self) -> None: ...
+
+
+def _done() -> asyncio.Future[None]:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fut.set_result(None)
+    return fut
 
 
 class MemoryJournal:
@@ -121,15 +133,31 @@ class MemoryJournal:
 
     def __init__(self) -> None:
         self.records: list[list[Any]] = []
+        self.gen = 0
+        self.count = 0
+        self._mark = 0
 
     def load(self) -> list[list[Any]]:
+        self.count = len(self.records)
         return list(self.records)
 
     def append(self, record: list[Any]) -> asyncio.Future[None]:
         self.records.append(record)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
+        self.count += 1
+        return _done()
+
+    def mark(self) -> tuple[int, int]:
+        self._mark = len(self.records)
+        return self.gen, self.count
+
+    def unmark(self) -> None:
+        return None
+
+    def rotate(self) -> asyncio.Future[None]:
+        self.records = self.records[self._mark:]
+        self.gen += 1
+        self.count = len(self.records)
+        return _done()
 
     async def close(self) -> None:
         return None
@@ -139,11 +167,14 @@ class FileJournal:
     def __init__(self, path: str, on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self.path = path
         self._fd = -1
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._pending: list[tuple[bytes | _Rotation, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
         self._on_fatal = on_fatal
         self.syncs = 0  # fdatasync calls made (group commit makes this << records)
+        self.gen = 0  # journal generation: bumped each time a checkpoint rotates it
+        self.count = 0  # records in this generation (what a checkpoint's `count` refers to)
+        self._tail: list[bytes] | None = None  # records appended since mark()
 
     def load(self) -> list[list[Any]]:
         """Read, validate and open for appending; drops a torn tail."""
@@ -166,6 +197,10 @@ class FileJournal:
         os.lseek(self._fd, good, os.SEEK_SET)
         os.fsync(self._fd)
         fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        if records and records[0][0] == "gen":
+            self.gen = int(records[0][1])
+            records = records[1:]
+        self.count = len(records)
         return records
 
     def append(self, record: list[Any]) -> asyncio.Future[None]:
@@ -174,16 +209,58 @@ class FileJournal:
         if self._failed is not None:
             fut.set_exception(OSError(f"journal failed earlier: {self._failed}"))
             return fut
-        self._pending.append((encode_record(record), fut))
+        data = encode_record(record)
+        self._pending.append((data, fut))
+        self.count += 1
+        if self._tail is not None:
+            self._tail.append(data)
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush())
+        return fut
+
+    def mark(self) -> tuple[int, int]:
+        """The journal position a checkpoint taken right now covers: (generation, records).
+        Records appended from here on are remembered for `rotate`."""
+        self._tail = []
+        return self.gen, self.count
+
+    def unmark(self) -> None:
+        self._tail = None
+
+    def rotate(self) -> asyncio.Future[None]:
+        """After the checkpoint for `mark()` is durable: start generation gen+1 holding only
+        the records appended since the mark. Runs in order with appends (in the flusher)."""
+        assert self._tail is not None, "rotate() without mark()"
+        tail, self._tail = self._tail, None
+        # From this call on, appends belong to the new generation (they queue behind it).
+        self.gen += 1
+        self.count = len(tail)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((_Rotation(self.gen, tail), fut))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
         return fut
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                batch, self._pending = self._pending, []
+                cut = next((i for i, (item, _) in enumerate(self._pending)
+                            if isinstance(item, _Rotation)), len(self._pending))
+                batch = [(item, w) for item, w in self._pending[:cut]
+                         if isinstance(item, bytes)]
+                del self._pending[:cut]
+                if not batch:
+                    rot, fut = self._pending.pop(0)
+                    assert isinstance(rot, _Rotation)
+                    try:
+                        await loop.run_in_executor(None, self._rotate, rot)
+                    except OSError as exc:
+                        self._fail(exc, [])
+                        fut.set_exception(exc)
+                        return
+                    fut.set_result(None)
+                    continue
                 data = b"".join(d for d, _ in batch)
                 try:
                     await loop.run_in_executor(None, self._write, data)
@@ -196,6 +273,25 @@ class FileJournal:
         finally:
             self._flusher = None
 
+    def _rotate(self, rot: "_Rotation") -> None:
+        """Write generation gen+1 beside the journal, then rename it over: a crash leaves
+        either the old journal (the checkpoint's `count` skips what it covers) or the new."""
+        tmp = self.path + ".next"
+        body = MAGIC + encode_record(["gen", rot.gen]) + b"".join(rot.tail)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.rename(tmp, self.path)
+        fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        os.close(self._fd)
+        self._fd = fd
+
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
@@ -204,7 +300,8 @@ class FileJournal:
         os.fdatasync(self._fd)
         self.syncs += 1
 
-    def _fail(self, exc: BaseException, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
+    def _fail(self, exc: BaseException,
+              batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
         """The namespace in memory is now ahead of the disk: refuse everything from here on."""
         self._failed = exc
         log.critical("journal %s: write failed (%s); metadata service must stop", self.path, exc)
@@ -221,6 +318,15 @@ class FileJournal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class _Rotation:
+    """A place in the append queue where the journal moves to a new generation."""
+
+    __slots__ = ("gen", "tail")
+
+    def __init__(self, gen: int, tail: list[bytes]) -> None:
+        self.gen, self.tail = gen, tail
 
 
 def fsync_dir(path: str) -> None:

@@ -24,8 +24,9 @@ from typing import Any, Awaitable
 from .. import config
 from ..errors import BadRequest, DFSError, NoSpace, NotFound, Unavailable
 from ..net import ServerConnection
+from . import checkpoint
 from .cluster import BlockInfo, Cluster
-from .journal import JournalStore
+from .journal import JournalCorrupt, JournalStore
 from .namespace import Block, Dir, File, Namespace, Node, normalise
 from .placement import choose_targets
 from .replication import Replicator
@@ -78,7 +79,9 @@ class MetaService:
     def __init__(self, journal: JournalStore, addr: str, *, cluster_id: str = "",
                  dead_timeout: float = config.DEFAULT_DEAD_TIMEOUT,
                  heartbeat_interval: float = config.DEFAULT_HEARTBEAT_INTERVAL,
-                 upload_lease: float = config.UPLOAD_LEASE) -> None:
+                 upload_lease: float = config.UPLOAD_LEASE,
+                 checkpoint_path: str | None = None, checkpoint_interval: float = 3600.0,
+                 checkpoint_records: int = 100_000) -> None:
         self.journal = journal
         self.addr = addr
         self.cluster_id = cluster_id
@@ -93,11 +96,27 @@ class MetaService:
         self._sweeper: asyncio.Task[None] | None = None
         self.safe_mode = False
         self.safe_until = 0.0
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_interval = checkpoint_interval
+        self.checkpoint_records = checkpoint_records
+        self._last_checkpoint = time.monotonic()
+        self._checkpointing = False
 
     # start-up -------------------------------------------------------------------------
     async def start(self) -> None:
         """Replay the journal, then journal a new epoch so block ids never repeat."""
+        cp = checkpoint.read(self.checkpoint_path) if self.checkpoint_path else None
+        if cp is not None:
+            checkpoint.load(cp, self.ns)
+            self.epoch = cp.epoch
         records = self.journal.load()
+        if cp is not None:
+            if self.journal.gen == cp.gen:  # crashed before the journal was rotated
+                records = records[cp.count:]
+            elif self.journal.gen != cp.gen + 1:
+                raise JournalCorrupt(getattr(self.journal, "path", "journal"), 0,
+                                     f"journal generation {self.journal.gen} does not follow "
+                                     f"checkpoint generation {cp.gen}")
         for rec in records:
             self._replay(rec)
         for _path, f in self._all_files():
@@ -105,8 +124,9 @@ class MetaService:
                 self.cluster.add_block(b.id, BlockInfo(b.gen, b.size, f.replication))
         self.epoch += 1
         await self.journal.append(["epoch", self.epoch])
-        log.info("meta loaded %d journal records: %d files, %d blocks; epoch %d",
-                 len(records), self.ns.files, self.ns.blocks, self.epoch)
+        log.info("meta loaded %s and %d journal records: %d files, %d blocks; epoch %d",
+                 "a checkpoint" if cp else "no checkpoint", len(records), self.ns.files,
+                 self.ns.blocks, self.epoch)
         # Safe mode: locations are rebuilt from chunkservers' reports, so nothing is
         # declared missing or copied until each block has been reported or the wait is over.
         self.safe_until = time.monotonic() + self.cluster.dead_timeout
@@ -124,9 +144,40 @@ class MetaService:
             log.info("leaving safe mode: %s; checking every block's replication",
                      "every block reported" if complete else "the wait for reports is over")
 
+    async def checkpoint(self) -> None:
+        """Write the namespace to the checkpoint file, then start a new journal generation
+        holding only what came after it, so restart time follows the namespace's size, not
+        its history. The snapshot is taken in one step of the event loop: one moment."""
+        if self.checkpoint_path is None or self._checkpointing:
+            return
+        self._checkpointing = True
+        try:
+            gen, count = self.journal.mark()
+            data = checkpoint.snapshot(self.ns, gen, count, self.epoch)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, checkpoint.write, self.checkpoint_path, data)
+            except OSError as exc:
+                self.journal.unmark()
+                log.error("checkpoint failed (the journal keeps everything): %s", exc)
+                return
+            await self.journal.rotate()
+            self._last_checkpoint = time.monotonic()
+            log.info("checkpoint written: %d files, %d bytes; journal generation %d starts",
+                     self.ns.files, len(data), gen + 1)
+        finally:
+            self._checkpointing = False
+
+    def _checkpoint_due(self, now: float) -> bool:
+        count = self.journal.count
+        return self.checkpoint_path is not None and not self._checkpointing and (
+            count >= self.checkpoint_records
+            or (count > 1 and now - self._last_checkpoint >= self.checkpoint_interval))
+
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.checkpoint()
         await self.journal.close()
 
     def _replay(self, rec: list[Any]) -> None:
@@ -167,6 +218,8 @@ class MetaService:
             self._check_safe_mode(now)
             if not self.safe_mode:
                 self._schedule_copies(now)
+            if self._checkpoint_due(now):
+                asyncio.ensure_future(self.checkpoint())
             for cs in self.cluster.live():
                 if cs.decommission == "decommissioning" and self.replicator.drained(cs.id):
                     cs.decommission = "decommissioned"

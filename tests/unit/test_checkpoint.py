@@ -1,0 +1,127 @@
+"""Checkpoints: the namespace round-trips through one, the journal restarts after it, and a
+crash at any step between the checkpoint and the journal rotation loses and repeats nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from dfs.meta import checkpoint
+from dfs.meta.journal import FileJournal, JournalCorrupt
+
+from ._meta import call, new_meta, put, walk
+
+
+async def build(svc, tag: str) -> None:
+    await call(svc, "mkdir", path=f"/{tag}/a/b", parents=True)
+    await put(svc, f"/{tag}/a/f", [65536, 10])
+    await put(svc, f"/{tag}/g", [5])
+    await call(svc, "mv", src=f"/{tag}/g", dst=f"/{tag}/a/b")
+    await put(svc, f"/{tag}/x", [7])
+    await call(svc, "rm", path=f"/{tag}/x")
+
+
+def paths(tmp_path) -> tuple[str, str]:
+    return str(tmp_path / "journal"), str(tmp_path / "checkpoint")
+
+
+def test_namespace_survives_checkpoint_rotation_and_restart(tmp_path) -> None:
+    jpath, cpath = paths(tmp_path)
+
+    async def main() -> None:
+        svc = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        await build(svc, "one")
+        await svc.checkpoint()
+        assert svc.journal.gen == 1 and os.path.exists(cpath)
+        await build(svc, "two")
+        want = await walk(svc)
+        await svc.journal.close()  # a crash: no checkpoint at stop
+        again = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        assert await walk(again) == want
+        assert again.ns.files == svc.ns.files and again.ns.blocks == svc.ns.blocks
+        await again.stop()  # a clean stop checkpoints: the journal is then nearly empty
+        assert os.path.getsize(jpath) < 200
+        third = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        assert await walk(third) == want
+        await third.stop()
+
+    asyncio.run(main())
+
+
+def test_crash_after_the_checkpoint_before_the_rotation_repeats_nothing(tmp_path) -> None:
+    jpath, cpath = paths(tmp_path)
+
+    async def main() -> None:
+        svc = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        await build(svc, "one")
+        gen, count = svc.journal.mark()
+        checkpoint.write(cpath, checkpoint.snapshot(svc.ns, gen, count, svc.epoch))
+        svc.journal.unmark()  # the process "dies" here: the journal still holds everything
+        await build(svc, "two")
+        want = await walk(svc)
+        await svc.journal.close()
+        again = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        assert await walk(again) == want  # replaying records the checkpoint has would fail
+        await again.stop()
+
+    asyncio.run(main())
+
+
+def test_appends_during_a_checkpoint_land_in_the_new_generation(tmp_path) -> None:
+    jpath, cpath = paths(tmp_path)
+
+    async def main() -> None:
+        svc = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        await build(svc, "one")
+        task = asyncio.ensure_future(svc.checkpoint())
+        await asyncio.sleep(0)  # the snapshot is taken; writes go on while it is saved
+        await asyncio.gather(*(call(svc, "mkdir", path=f"/during/{i}", parents=True)
+                               for i in range(50)))
+        await task
+        want = await walk(svc)
+        await svc.journal.close()
+        again = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        assert await walk(again) == want
+        await again.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_checkpoint_stops_start_up(tmp_path, damage: str) -> None:
+    jpath, cpath = paths(tmp_path)
+
+    async def main() -> None:
+        svc = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        await build(svc, "one")
+        await svc.stop()
+        raw = bytearray(open(cpath, "rb").read())
+        if damage == "flip":
+            raw[-5] ^= 0xFF
+        else:
+            del raw[-5:]
+        open(cpath, "wb").write(bytes(raw))
+        with pytest.raises(JournalCorrupt) as ei:
+            await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        assert cpath in str(ei.value)
+
+    asyncio.run(main())
+
+
+def test_a_journal_from_another_generation_stops_start_up(tmp_path) -> None:
+    jpath, cpath = paths(tmp_path)
+
+    async def main() -> None:
+        svc = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        await build(svc, "one")
+        await svc.checkpoint()
+        await svc.checkpoint()  # generation 2 now
+        await svc.journal.close()
+        os.unlink(jpath)
+        open(jpath, "wb").write(b"DFSJRNL1")  # a fresh journal: generation 0
+        with pytest.raises(JournalCorrupt, match="does not follow"):
+            await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+
+    asyncio.run(main())
