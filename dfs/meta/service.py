@@ -15,6 +15,7 @@ Journal records (see meta.journal for the framing):
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -105,6 +106,26 @@ class MetaService:
     # start-up -------------------------------------------------------------------------
     async def start(self) -> None:
         """Replay the journal, then journal a new epoch so block ids never repeat."""
+        # Millions of long-lived objects are about to be made: the cyclic GC would rescan
+        # them over and over while they are created, so it waits until they exist.
+        gc.disable()
+        try:
+            records = self._load()
+        finally:
+            gc.enable()
+            gc.freeze()  # what was loaded lives as long as the process: stop rescanning it
+        self.epoch += 1
+        await self.journal.append(["epoch", self.epoch])
+        log.info("meta loaded %d journal records after its checkpoint: %d files, %d blocks; "
+                 "epoch %d", len(records), self.ns.files, self.ns.blocks, self.epoch)
+        # Safe mode: locations are rebuilt from chunkservers' reports, so nothing is
+        # declared missing or copied until each block has been reported or the wait is over.
+        self.safe_until = time.monotonic() + self.cluster.dead_timeout
+        self.safe_mode = True
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def _load(self) -> list[list[Any]]:
+        """Checkpoint, then the journal since; returns the journal records replayed."""
         cp = checkpoint.read(self.checkpoint_path) if self.checkpoint_path else None
         if cp is not None:
             checkpoint.load(cp, self.ns)
@@ -122,16 +143,7 @@ class MetaService:
         for _path, f in self._all_files():
             for b in f.blocks:
                 self.cluster.add_block(b.id, BlockInfo(b.gen, b.size, f.replication))
-        self.epoch += 1
-        await self.journal.append(["epoch", self.epoch])
-        log.info("meta loaded %s and %d journal records: %d files, %d blocks; epoch %d",
-                 "a checkpoint" if cp else "no checkpoint", len(records), self.ns.files,
-                 self.ns.blocks, self.epoch)
-        # Safe mode: locations are rebuilt from chunkservers' reports, so nothing is
-        # declared missing or copied until each block has been reported or the wait is over.
-        self.safe_until = time.monotonic() + self.cluster.dead_timeout
-        self.safe_mode = True
-        self._sweeper = asyncio.ensure_future(self._sweep())
+        return records
 
     def _check_safe_mode(self, now: float) -> None:
         if not self.safe_mode:
