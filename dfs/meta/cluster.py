@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 class ChunkServer:
     __slots__ = ("id", "addr", "capacity", "used", "free", "load", "state", "last_heartbeat",
-                 "blocks", "pending", "writing", "deletes", "copies", "decommission")
+                 "blocks", "pending", "writing", "deletes", "copies", "decommission", "beats")
 
     def __init__(self, id: str, addr: str, now: float) -> None:
         self.id = id
@@ -36,6 +36,9 @@ class ChunkServer:
         # "" (in service), "decommissioning" (draining: serves reads, takes no new blocks,
         # its replicas do not count toward R) or "decommissioned" (drained).
         self.decommission = ""
+        # Heartbeats and registrations processed: a delete handed out in the reply to beat n
+        # has been carried out before beat n+1 is sent.
+        self.beats = 0
 
     @property
     def shown_state(self) -> str:
@@ -50,6 +53,9 @@ class ChunkServer:
         return self.state == "live" and not self.decommission
 
 
+KEEP = -1  # a corrupt replica kept because no good one exists yet
+
+
 class BlockInfo:
     """The expected state of one block and where its good replicas are."""
 
@@ -61,7 +67,10 @@ class BlockInfo:
         self.replication = replication
         self.replicas: set[str] = set()  # chunkserver ids with this gen, finalized
         self.upload = upload  # nonzero while the block belongs to an uncommitted upload
-        self.corrupt: set[str] | None = None  # chunkserver ids whose replica had bad bytes
+        # Chunkservers whose replica had bad bytes -> the heartbeat count of that server from
+        # which its delete has surely been carried out (KEEP: not deleted yet, it is the last
+        # copy there is). Until then the server is no target for a new copy of this block.
+        self.corrupt: dict[str, int] | None = None
 
 
 class Cluster:
@@ -70,6 +79,8 @@ class Cluster:
         self.servers: dict[str, ChunkServer] = {}
         self.by_addr: dict[str, ChunkServer] = {}
         self.blocks: dict[int, BlockInfo] = {}
+        self.orphans: dict[tuple[str, int], tuple[int, float]] = {}  # (server, block): (gen, seen)
+        self.now = 0.0  # the service's clock at the last sweep (for orphan ages)
 
     # membership -----------------------------------------------------------------------
     def register(self, sid: str, addr: str, now: float) -> ChunkServer:
@@ -92,10 +103,12 @@ class Cluster:
         cs.last_heartbeat = now
         cs.deletes = []
         cs.copies = []
+        cs.beats += 1
         return cs
 
     def heartbeat(self, cs: ChunkServer, capacity: int, used: int, free: int, load: int,
                   writing: int, now: float) -> None:
+        cs.beats += 1
         if cs.state == "dead":
             log.info("chunkserver %s (%s) is live again", cs.addr, cs.id)
         cs.state = "live"
@@ -131,9 +144,17 @@ class Cluster:
         for entry in report:
             block_id, gen = int(entry[0]), int(entry[1])
             info = self.blocks.get(block_id)
-            if info is None or gen < info.gen:
-                cs.deletes.append([block_id, gen])  # orphan, or stale after a rewrite
+            if info is None:
+                # No file refers to it: deleted after a grace period if that still holds.
+                self.orphans.setdefault((cs.id, block_id), (gen, self.now))
                 continue
+            if gen < info.gen:
+                cs.deletes.append([block_id, gen])  # stale: the block was rewritten
+                continue
+            if info.corrupt and cs.id in info.corrupt:
+                if not self.bad_copy_gone(info, cs):
+                    continue  # the known bad copy: never served again
+                del info.corrupt[cs.id]  # deleted since: this is a new, good copy
             if gen > info.gen:
                 log.warning("%s reports block %d gen %d newer than expected %d; ignoring",
                             cs.addr, block_id, gen, info.gen)
@@ -183,19 +204,64 @@ class Cluster:
             cs.blocks.add(block_id)
 
     def bad_replica(self, block_id: int, addr: str) -> bool:
-        """A client read bad bytes from this replica: stop serving it and delete it."""
+        """A reader or the scrubber found bad bytes in this replica: stop serving it. It is
+        deleted at once if a good replica exists elsewhere, else kept (it may be the only
+        copy of most of the block) until the block is whole again."""
         cs = self.by_addr.get(addr)
         info = self.blocks.get(block_id)
         if cs is None or info is None or cs.id not in info.replicas:
             return False
         info.replicas.discard(cs.id)
-        if info.corrupt is None:
-            info.corrupt = set()
-        info.corrupt.add(cs.id)
         cs.blocks.discard(block_id)
-        cs.deletes.append([block_id, info.gen])
-        log.warning("replica of block %d on %s reported corrupt; removed", block_id, addr)
+        if info.corrupt is None:
+            info.corrupt = {}
+        info.corrupt[cs.id] = KEEP
+        if self.live_replicas(block_id):
+            self._delete_bad(block_id, info, cs)
+        log.warning("replica of block %d on %s reported corrupt: no longer served", block_id,
+                    addr)
         return True
+
+    def _delete_bad(self, block_id: int, info: BlockInfo, cs: ChunkServer) -> None:
+        assert info.corrupt is not None
+        cs.deletes.append([block_id, info.gen])
+        # Handed out with the reply to the next beat, carried out before the one after it.
+        info.corrupt[cs.id] = cs.beats + 2
+
+    def bad_copy_gone(self, info: BlockInfo, cs: ChunkServer) -> bool:
+        """The server's corrupt copy of this block has surely been deleted."""
+        until = (info.corrupt or {}).get(cs.id)
+        return until is None or (until != KEEP and cs.beats >= until)
+
+    def delete_corrupt(self, block_id: int) -> None:
+        """The block is whole again: delete the corrupt copies that were kept."""
+        info = self.blocks.get(block_id)
+        if info is None or not info.corrupt:
+            return
+        for sid, until in list(info.corrupt.items()):
+            cs = self.servers.get(sid)
+            if cs is None:
+                del info.corrupt[sid]
+            elif until == KEEP:
+                self._delete_bad(block_id, info, cs)
+            elif cs.beats >= until:
+                del info.corrupt[sid]
+        if not info.corrupt:
+            info.corrupt = None
+
+    def sweep_orphans(self, now: float, grace: float) -> int:
+        """Delete replicas no file has referred to for `grace` seconds."""
+        done = []
+        for (sid, block_id), (gen, seen) in self.orphans.items():
+            if now - seen < grace:
+                continue
+            done.append((sid, block_id))
+            cs = self.servers.get(sid)
+            if cs is not None and block_id not in self.blocks:
+                cs.deletes.append([block_id, gen])
+        for key in done:
+            del self.orphans[key]
+        return len(done)
 
     def health(self, block_id: int) -> tuple[str, list[str]]:
         """(state, live replicas): healthy, under_replicated, missing, or corrupt (no good

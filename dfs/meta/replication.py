@@ -99,6 +99,7 @@ class Replicator:
             live = self.live_count(block_id)
             if live >= info.replication:
                 self.needy.discard(block_id)
+                self.cluster.delete_corrupt(block_id)  # whole again: bad copies can go
             elif block_id not in self.inflight and self.cluster.live_replicas(block_id):
                 work.append((live, block_id))  # something live (maybe draining) to copy from
         work.sort()
@@ -120,10 +121,11 @@ class Replicator:
         # Draining servers first: they have nothing else to do, the rest serve clients.
         source = min(sources, key=lambda cs: (not cs.decommission, self.sending.get(cs.id, 0)))
         held = {cs.addr for cs in holders}
-        # A server whose copy was found corrupt has a delete on its way for this block: a new
-        # copy there could be deleted by it, so it is never a target for this block.
-        held.update(self.cluster.servers[sid].addr for sid in info.corrupt or ()
-                    if sid in self.cluster.servers)
+        # A server whose corrupt copy is kept, or whose delete of it may not have run yet,
+        # is no target for this block: that delete could remove the new copy.
+        held.update(cs.addr for sid in info.corrupt or {}
+                    if (cs := self.cluster.servers.get(sid)) is not None
+                    and not self.cluster.bad_copy_gone(info, cs))
         candidates = [c for c in self.cluster.candidates()
                       if self.receiving.get(self.cluster.by_addr[c.addr].id, 0) < self.max_copies]
         chosen = choose_targets(candidates, 1, max(info.size, 1), held)

@@ -82,7 +82,8 @@ class MetaService:
                  heartbeat_interval: float = config.DEFAULT_HEARTBEAT_INTERVAL,
                  upload_lease: float = config.UPLOAD_LEASE,
                  checkpoint_path: str | None = None, checkpoint_interval: float = 3600.0,
-                 checkpoint_records: int = 100_000) -> None:
+                 checkpoint_records: int = 100_000,
+                 orphan_grace: float = config.UPLOAD_LEASE) -> None:
         self.journal = journal
         self.addr = addr
         self.cluster_id = cluster_id
@@ -98,6 +99,7 @@ class MetaService:
         self.safe_mode = False
         self.safe_until = 0.0
         self.checkpoint_path = checkpoint_path
+        self.orphan_grace = orphan_grace
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_records = checkpoint_records
         self._last_checkpoint = time.monotonic()
@@ -120,7 +122,8 @@ class MetaService:
                  "epoch %d", len(records), self.ns.files, self.ns.blocks, self.epoch)
         # Safe mode: locations are rebuilt from chunkservers' reports, so nothing is
         # declared missing or copied until each block has been reported or the wait is over.
-        self.safe_until = time.monotonic() + self.cluster.dead_timeout
+        self.cluster.now = time.monotonic()
+        self.safe_until = self.cluster.now + self.cluster.dead_timeout
         self.safe_mode = True
         self._sweeper = asyncio.ensure_future(self._sweep())
 
@@ -225,6 +228,9 @@ class MetaService:
         while True:
             await asyncio.sleep(min(1.0, self.heartbeat_interval))
             now = time.monotonic()
+            self.cluster.now = now
+            if not self.safe_mode:
+                self.cluster.sweep_orphans(now, self.orphan_grace)
             for cs in self.cluster.expire(now):
                 self.replicator.server_lost(cs.id)
             self._check_safe_mode(now)

@@ -265,3 +265,26 @@ def test_meta_restart_waits_in_safe_mode_for_block_reports(cluster: Cluster) -> 
     wait_until(lambda: not cluster.client().status()["safe_mode"], 10,
                "safe mode to end when its bounded wait is over")
     assert cluster.client().fsck("/")["missing"] == 1
+
+
+def test_corrupt_replica_is_replaced_even_with_no_spare_server(cluster: Cluster) -> None:
+    """Two chunkservers, R=2: the bad copy is deleted first, then a good copy is made on the
+    same server again (never before its delete has run), and fsck is healthy."""
+    client = cluster.client()
+    data = data_of(MiB + 3, 12)
+    client.put_bytes(data, "/fix.bin", block_size=MiB)
+    block = client.stat("/fix.bin")["blocks"][0]
+    holder = cluster.by_addr(block["replicas"][0])
+    (path,) = cluster.block_files(holder.name, block["id"])
+    raw = bytearray(path.read_bytes())
+    raw[5] ^= 0x01
+    path.write_bytes(bytes(raw))
+    assert client.get_bytes("/fix.bin") == data  # reads the other copy, reports this one
+
+    def whole_again() -> bool:
+        b = client.stat("/fix.bin")["blocks"][0]
+        files = cluster.block_files(holder.name, block["id"])
+        return (len(b["replicas"]) == 2 and len(files) == 1
+                and files[0].read_bytes()[:MiB] == data[:MiB])
+    wait_until(whole_again, 15, "a good copy back on the server whose copy was corrupt")
+    assert client.fsck("/")["healthy"] == 2  # both blocks

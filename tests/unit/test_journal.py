@@ -349,7 +349,12 @@ def test_replay_rebuilds_the_same_namespace(kind: str, tmp_path) -> None:
         await register(again, 0, blocks=report + [[12345, 1, 10]])
         st = await call(again, "stat", path="/a/b/c/f1")
         assert st["blocks"][0]["replicas"] == ["127.0.0.1:6001"]
-        assert again.cluster.servers["cs0"].deletes == [[12345, 1]]  # an orphan
+        # An orphan: remembered now, deleted once it has stayed one for the grace period.
+        assert again.cluster.servers["cs0"].deletes == []
+        assert ("cs0", 12345) in again.cluster.orphans
+        again.cluster.sweep_orphans(again.cluster.now + again.orphan_grace + 1,
+                                    again.orphan_grace)
+        assert again.cluster.servers["cs0"].deletes == [[12345, 1]]
         # New block ids never collide with journaled ones.
         up = (await call(again, "create", path="/new", block_size=BLOCK))["upload"]
         b = await call(again, "add_block", upload=up)

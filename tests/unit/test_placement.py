@@ -137,9 +137,14 @@ def test_block_report_keeps_good_replicas_and_queues_deletes() -> None:
     cl.block_report(cs, [[1, 1, 10], [2, 2, 10], [3, 5, 10], [99, 1, 10]])
     assert cl.blocks[1].replicas == {"id0"}
     assert cs.blocks == {1}
-    assert cs.deletes == [[2, 2], [99, 1]]  # stale generation, unknown block
+    assert cs.deletes == [[2, 2]]  # stale generation: deleted at once
+    assert cl.orphans == {("id0", 99): (1, cl.now)}  # unknown: only after a grace period
     assert cl.blocks[3].replicas == set()  # newer than expected: ignored, not deleted
     assert cl.live_replicas(1) == ["h:0"]
+    cl.sweep_orphans(cl.now + 10, grace=30)
+    assert cs.deletes == [[2, 2]] and cl.orphans
+    cl.sweep_orphans(cl.now + 31, grace=30)
+    assert cs.deletes == [[2, 2], [99, 1]] and not cl.orphans
 
 
 def test_reregistering_forgets_old_replicas_until_reported_again() -> None:
@@ -221,8 +226,13 @@ def test_bad_replica() -> None:
     cl.add_block(1, BlockInfo(3, 10, 2))
     cl.block_report(cl.servers["id0"], [[1, 3, 10]])
     assert cl.bad_replica(1, "h:0") is True
-    assert cl.servers["id0"].deletes == [[1, 3]]
+    assert cl.servers["id0"].deletes == []  # kept until the block is whole again
     assert cl.live_replicas(1) == []
+    assert cl.health(1) == ("corrupt", [])
+    cl.block_report(cl.servers["id0"], [[1, 3, 10]])  # reported again: still not served
+    assert cl.live_replicas(1) == []
+    cl.delete_corrupt(1)
+    assert cl.servers["id0"].deletes == [[1, 3]]
     assert cl.bad_replica(1, "h:0") is False
     assert cl.bad_replica(1, "h:1") is False
     assert cl.bad_replica(2, "h:0") is False
