@@ -288,3 +288,22 @@ def test_corrupt_replica_is_replaced_even_with_no_spare_server(cluster: Cluster)
                 and files[0].read_bytes()[:MiB] == data[:MiB])
     wait_until(whole_again, 15, "a good copy back on the server whose copy was corrupt")
     assert client.fsck("/")["healthy"] == 2  # both blocks
+
+
+def test_a_brief_absence_copies_nothing(make_cluster) -> None:
+    """A chunkserver restarted within the dead timeout is never declared dead, so none of
+    its blocks is copied: no replication storm for a quick restart."""
+    cluster = make_cluster(3)
+    client = cluster.client()
+    client.put_bytes(data_of(8 * MiB, 13), "/brief.bin", block_size=MiB)
+    blocks = client.stat("/brief.bin")["blocks"]
+    on_disk = sum(len(cluster.block_files(d.name)) for d in cluster.chunkservers)
+    assert on_disk == 2 * len(blocks)
+    victim = cluster.by_addr(blocks[0]["replicas"][0])
+    cluster.kill(victim.name)
+    cluster.restart(victim.name)  # back well within the 3 s dead timeout
+    time.sleep(4)  # past the dead timeout since the kill
+    assert cluster.states()[victim.addr] == "live"
+    assert sum(len(cluster.block_files(d.name)) for d in cluster.chunkservers) == on_disk
+    assert "re-replicating" not in (cluster.base / "meta.log").read_text()
+    assert all(len(b["replicas"]) == 2 for b in client.stat("/brief.bin")["blocks"])
