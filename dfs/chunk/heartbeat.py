@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import DFSError
-from ..net import Connection
+from ..net import Connection, cancel_and_wait
 from .blockstore import BlockStore
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,7 @@ class MetaLink:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
         if self.conn is not None:
             self.conn.close()
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 from .. import config
 from ..errors import ChecksumError, DFSError
+from ..net import cancel_and_wait
 from .blockstore import BlockStore
 from .service import verify_crcs
 
@@ -38,12 +39,7 @@ class Scrubber:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -1,7 +1,7 @@
 """asyncio transport layer: connections, the request shape, the server. Logic lives elsewhere."""
 
-from .connection import Connection, ConnectionPool, FrameProtocol, wait_reply
+from .connection import Connection, ConnectionPool, FrameProtocol, cancel_and_wait, wait_reply
 from .server import Server, ServerConnection
 
 __all__ = ["Connection", "ConnectionPool", "FrameProtocol", "Server", "ServerConnection",
-           "wait_reply"]
+           "cancel_and_wait", "wait_reply"]

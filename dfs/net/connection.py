@@ -256,6 +256,17 @@ async def wait_reply(fut: asyncio.Future[Frame], timeout: float, what: str) -> F
     return reply
 
 
+async def cancel_and_wait(task: "asyncio.Task[None] | None") -> None:
+    """Stop a background loop (heartbeats, scrubbing) and wait until it has stopped."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+
+
 class ConnectionPool:
     """One shared connection per address, reopened when it breaks."""
 
