@@ -32,7 +32,7 @@ import crc32c
 import msgpack
 
 from .journal import JournalCorrupt, fsync_dir
-from .namespace import Block, Dir, File, Namespace
+from .namespace import Block, Dir, File, Namespace, walk
 
 MAGIC = b"DFSCKPT1"
 HEAD = struct.Struct(">IQ")
@@ -51,17 +51,12 @@ def snapshot(ns: Namespace, gen: int, count: int, epoch: int) -> bytes:
     """Serialise the namespace (on the event loop, so it is one consistent moment)."""
     dirs: list[list[Any]] = []
     files: list[list[Any]] = []
-    stack: list[tuple[str, Dir]] = [("", ns.root)]
-    while stack:
-        prefix, d = stack.pop()
-        for name, child in d.children.items():
-            path = f"{prefix}/{name}"
-            if isinstance(child, Dir):
-                dirs.append([path, child.mtime])
-                stack.append((path, child))
-            else:
-                files.append([path, [b.to_list() for b in child.blocks], child.replication,
-                              child.block_size, child.mtime])
+    for path, node in walk(ns.root):
+        if isinstance(node, Dir):
+            dirs.append([path, node.mtime])
+        else:
+            files.append([path, [b.to_list() for b in node.blocks], node.replication,
+                          node.block_size, node.mtime])
     body = msgpack.packb({"gen": gen, "count": count, "epoch": epoch, "dirs": dirs,
                           "files": files}, use_bin_type=True)
     return MAGIC + HEAD.pack(crc32c.crc32c(body), len(body)) + body

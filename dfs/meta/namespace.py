@@ -278,15 +278,23 @@ class Namespace:
         self.blocks -= len(f.blocks)
 
 
+def walk(d: Dir, prefix: str = "") -> Iterator[tuple[str, Node]]:
+    """Every directory and file under `d` with its full path (`prefix` is d's own path, ""
+    for the root), each directory before what it holds."""
+    stack = [(prefix, d)]
+    while stack:
+        base, cur = stack.pop()
+        for name, child in cur.children.items():
+            path = f"{base}/{name}"
+            yield path, child
+            if isinstance(child, Dir):
+                stack.append((path, child))
+
+
 def iter_files(node: Node) -> Iterator[File]:
     if isinstance(node, File):
         yield node
         return
-    stack = [node]
-    while stack:
-        d = stack.pop()
-        for child in d.children.values():
-            if isinstance(child, Dir):
-                stack.append(child)
-            else:
-                yield child
+    for _, child in walk(node):
+        if isinstance(child, File):
+            yield child

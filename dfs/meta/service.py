@@ -28,7 +28,7 @@ from ..net import ServerConnection
 from . import checkpoint
 from .cluster import BlockInfo, Cluster
 from .journal import JournalCorrupt, JournalStore
-from .namespace import Block, Dir, File, Namespace, Node, normalise
+from .namespace import Block, Dir, File, Namespace, Node, normalise, walk
 from .placement import choose_targets
 from .replication import Replicator
 
@@ -59,13 +59,14 @@ def _addrs(header: dict[str, Any], key: str) -> list[str]:
     return v
 
 
-def _report(header: dict[str, Any], key: str) -> list[list[int]]:
-    """A block report: a list of [id, gen, size] integer triples."""
+def _report(header: dict[str, Any], key: str,
+            fields: tuple[str, ...] = ("id", "gen", "size")) -> list[list[int]]:
+    """A block report: a list of integer lists shaped like `fields` ([id, gen, size])."""
     v = header.get(key) or []
     if not isinstance(v, list) or not all(
-            isinstance(e, list) and len(e) == 3 and all(isinstance(x, int) for x in e)
+            isinstance(e, list) and len(e) == len(fields) and all(isinstance(x, int) for x in e)
             for e in v):
-        raise BadRequest(f"field {key!r} must be a list of [id, gen, size]")
+        raise BadRequest(f"field {key!r} must be a list of [{', '.join(fields)}]")
     return v
 
 
@@ -212,16 +213,8 @@ class MetaService:
             raise ValueError(f"unknown journal record {op!r}")
 
     def _all_files(self, root: Dir | None = None, prefix: str = "") -> list[tuple[str, File]]:
-        out: list[tuple[str, File]] = []
-        stack: list[tuple[str, Dir]] = [(prefix, root or self.ns.root)]
-        while stack:
-            prefix, d = stack.pop()
-            for name, child in d.children.items():
-                if isinstance(child, Dir):
-                    stack.append((f"{prefix}/{name}", child))
-                else:
-                    out.append((f"{prefix}/{name}", child))
-        return out
+        return [(path, node) for path, node in walk(root or self.ns.root, prefix)
+                if isinstance(node, File)]
 
     async def _sweep(self) -> None:
         """Liveness and upload leases, once a second."""
@@ -305,11 +298,7 @@ class MetaService:
             return {"reregister": True}
         stats = self._stats(h)
         received = _report(h, "received")
-        corrupt = h.get("corrupt") or []
-        if not isinstance(corrupt, list) or not all(
-                isinstance(e, list) and len(e) == 2 and all(isinstance(x, int) for x in e)
-                for e in corrupt):
-            raise BadRequest("field 'corrupt' must be a list of [id, gen]")
+        corrupt = _report(h, "corrupt", ("id", "gen"))
         self.cluster.heartbeat(cs, *stats, time.monotonic())
         for block_id, _gen in corrupt:  # found by the chunkserver's scrubber
             if self.cluster.bad_replica(block_id, cs.addr):
@@ -587,7 +576,7 @@ class MetaService:
         if isinstance(node, File):
             found: list[tuple[str, File]] = [(path, node)]
         else:
-            found = [(p, f) for p, f in self._all_files(node, "" if path == "/" else path)]
+            found = self._all_files(node, "" if path == "/" else path)
         for fpath, f in sorted(found, key=lambda t: t[0]):
             files += 1
             for b in f.blocks:
