@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,11 @@ def test_restarted_chunkserver_is_listed_again(cluster: Cluster) -> None:
     assert client.get_bytes("/back.bin") == data
 
 
+def replicas_per_server(st: dict) -> dict[str, int]:
+    """How many of a file's replicas each chunkserver holds, from `stat`."""
+    return dict(Counter(a for b in st["blocks"] for a in b["replicas"]))
+
+
 def test_lost_replicas_are_re_replicated(make_cluster) -> None:
     """A dead chunkserver's blocks are copied from the surviving replica to the spare server,
     so that after the dead timeout every block has 2 live replicas again and losing a second
@@ -135,11 +141,7 @@ def test_lost_replicas_are_re_replicated(make_cluster) -> None:
     client = cluster.client()
     data = data_of(12 * MiB + 3, 3)
     client.put_bytes(data, "/r/file.bin", block_size=MiB)
-    st = client.stat("/r/file.bin")
-    counts: dict[str, int] = {}
-    for b in st["blocks"]:
-        for a in b["replicas"]:
-            counts[a] = counts.get(a, 0) + 1
+    counts = replicas_per_server(client.stat("/r/file.bin"))
     victim = cluster.by_addr(max(counts, key=lambda a: counts[a]))
     cluster.kill(victim.name)
     cluster.wait_state(victim.name, "dead", timeout=8)
@@ -203,10 +205,7 @@ def test_decommission_drains_a_server_before_it_is_taken_away(make_cluster) -> N
     client = cluster.client()
     data = data_of(10 * MiB + 1, 9)
     client.put_bytes(data, "/d/file.bin", block_size=MiB)
-    counts: dict[str, int] = {}
-    for b in client.stat("/d/file.bin")["blocks"]:
-        for a in b["replicas"]:
-            counts[a] = counts.get(a, 0) + 1
+    counts = replicas_per_server(client.stat("/d/file.bin"))
     leaving = cluster.by_addr(max(counts, key=lambda a: counts[a]))
     run = subprocess.run([sys.executable, "-m", "dfs.cli", "--meta", cluster.meta_addr,
                           "decommission", leaving.addr], capture_output=True, text=True,
