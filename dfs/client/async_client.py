@@ -301,7 +301,17 @@ class AsyncClient:
 
     async def get(self, remote: str, local: str, *, progress: Progress | None = None,
                   on_open: Callable[[int], None] | None = None) -> int:
-        """Download to a local file, which appears only once complete (temp file + rename)."""
+        """Download to a local file, which appears only once complete (temp file + rename).
+
+        A local path that is not a regular file (/dev/null, a FIFO, a terminal) is written
+        straight through: renaming over a device node would replace the device itself."""
+        try:
+            mode = os.stat(local).st_mode
+        except FileNotFoundError:
+            mode = stat_mod.S_IFREG
+        if not stat_mod.S_ISREG(mode) and not stat_mod.S_ISDIR(mode):
+            with open(local, "wb") as out:
+                return await self.get_stream(remote, out, progress, on_open)
         directory = os.path.dirname(os.path.abspath(local))
         fd, tmp = tempfile.mkstemp(prefix=".dfs-get-", dir=directory)
         try:

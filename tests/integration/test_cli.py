@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -550,6 +551,24 @@ def test_get_into_a_missing_local_directory_is_one_line(meta: str, root: str,
     run = cli("get", f"{root}/f", str(wd / "no" / "such" / "out"), meta=meta)
     one_error_line(run, "no/such/out")
     assert run.code != 2, run
+
+
+def test_get_into_a_fifo_writes_through_it(meta: str, root: str, wd: Path) -> None:
+    """A local path that is not a regular file (a FIFO here, /dev/null in dfs-bench) is
+    written through, not replaced by a renamed temp file (which, as root, would have
+    replaced /dev/null itself)."""
+    data = os.urandom(3 * MiB + 5)
+    ok(cli("put", "-", f"{root}/f", meta=meta, stdin=data))
+    fifo = wd / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    ok(cli("get", f"{root}/f", str(fifo), meta=meta))
+    reader.join(timeout=30)
+    assert got == [data]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert os.listdir(wd) == ["pipe"]  # no temp file left beside it
 
 
 def test_rm_of_non_empty_directory_needs_r(meta: str, root: str) -> None:
