@@ -23,6 +23,7 @@ setup(
             "dfsd=dfs.daemon:main",
             "dfs-cli=dfs.cli:main",
             "dfs-demo=dfs.demo:main",
+            "dfs-bench=dfs.bench.cli:main",
         ],
     },
 )

@@ -52,6 +52,9 @@ class Client:
         return self._thread.run(coro)
 
     def close(self) -> None:
+        """Close connections and stop the loop thread; closing twice is harmless."""
+        if self._thread.loop.is_closed():
+            return
         self._run(self._async.close())
         self._thread.stop()
 

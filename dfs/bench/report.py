@@ -1,0 +1,68 @@
+"""The human-readable form of a dfs-bench result: one line per figure with its ratio to the
+machine's limit and to the peer from the same run. Pure formatting; the JSON form is the
+result dict itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# figure key -> (label, unit, limit key or None)
+_FIGURES = [
+    ("put_MBps", "put", "MB/s", "fsync_write_MBps"),
+    ("get_MBps", "get to a local file", "MB/s", "loopback_MBps"),
+    ("get_warm_MBps", "get, warm cache, discarded", "MB/s", "loopback_MBps"),
+    ("put_ops", "put", "files/s", None),
+    ("get_ops", "get", "files/s", None),
+    ("create_ops", "create", "ops/s", None),
+    ("stat_ops", "stat", "ops/s", None),
+    ("rm_ops", "rm", "ops/s", None),
+]
+_LIMIT_NAMES = {"fsync_write_MBps": "fsync'd local write", "loopback_MBps": "loopback stream"}
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [_title(r)]
+    lim = r.get("limits", {})
+    peer = r.get("seaweedfs", {})
+    for key, label, unit, limit_key in _FIGURES:
+        if key not in r:
+            continue
+        value = r[key]
+        line = f"  {label:<28}{value:>10.1f} {unit:<8}"
+        if limit_key and lim.get(limit_key):
+            line += f"  {100 * value / lim[limit_key]:5.0f}% of {_LIMIT_NAMES[limit_key]}"
+        if peer.get(key):
+            line += f"  {value / peer[key]:5.2f}x seaweedfs ({peer[key]:.1f})"
+        lines.append(line)
+    if "ls_s" in r:
+        lines.append(f"  {'ls of ' + str(r['ls_entries']) + ' entries':<28}{r['ls_s']:>10.3f} s")
+    for kind, q in r.get("latency", {}).items():
+        text = f"  {kind + ' latency':<28}p50 {q['p50_ms']:.2f} ms  p99 {q['p99_ms']:.2f} ms"
+        peer_q = peer.get("latency", {}).get(kind)
+        if peer_q:
+            text += f"   seaweedfs p50 {peer_q['p50_ms']:.2f} ms  p99 {peer_q['p99_ms']:.2f} ms"
+        lines.append(text)
+    if lim:
+        lines.append("  limits: " + ", ".join(
+            f"{k.removesuffix('_MBps').replace('_', ' ')} {v:.0f} MB/s" for k, v in lim.items()))
+    lines.append("  peak RSS: " + _rss(r.get("rss_mib", {})))
+    if peer.get("rss_mib"):
+        lines.append("  seaweedfs peak RSS: " + _rss(peer["rss_mib"]))
+    if peer.get("skipped"):
+        lines.append(f"  seaweedfs: not compared ({peer['skipped']})")
+    lines.append(f"  ({r.get('seconds', 0):.0f} s in all)")
+    return "\n".join(lines)
+
+
+def _title(r: dict[str, Any]) -> str:
+    kind = r.get("workload")
+    if kind == "large":
+        return f"dfs-bench large: one {r['size'] / 2**20:.0f} MiB file, R={r['replication']}"
+    if kind == "small":
+        return (f"dfs-bench small: {r['files']} files of {r['size']} bytes, "
+                f"{r['concurrency']} clients, R={r['replication']}")
+    return f"dfs-bench meta: {r.get('ops')} ops, {r.get('concurrency')} clients"
+
+
+def _rss(rss: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items()) or "not measured"

@@ -1,0 +1,99 @@
+"""`dfs-bench` in smoke mode (tiny sizes, no peer), so the tool cannot rot. These tests check the
+tool works and reports what INTERFACE.md names; they never judge a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster import Cluster
+
+import dfs
+
+BENCH = [sys.executable, "-m", "dfs.bench.cli"]
+ROLES = {"client", "meta", "chunk1", "chunk2"}
+
+
+def bench(*args: str, tmp: Path) -> dict[str, Any]:
+    proc = subprocess.run(BENCH + list(args) + ["--json", "--dir", str(tmp)],
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"Traceback" not in proc.stderr, proc.stderr.decode()
+    result: dict[str, Any] = json.loads(proc.stdout)
+    assert os.listdir(tmp) == [], "dfs-bench left its data dir behind"
+    return result
+
+
+def no_dfsd_under(tmp: Path) -> bool:
+    """No process is still running with a data dir under tmp (bench stops what it starts)."""
+    out = subprocess.run(["pgrep", "-af", "dfs.daemon"], capture_output=True, text=True).stdout
+    return str(tmp) not in out
+
+
+def positive(result: dict[str, Any], *keys: str) -> None:
+    for k in keys:
+        assert isinstance(result[k], (int, float)) and result[k] > 0, (k, result)
+
+
+def latencies(result: dict[str, Any], *kinds: str) -> None:
+    for kind in kinds:
+        q = result["latency"][kind]
+        assert 0 < q["p50_ms"] <= q["p99_ms"], (kind, q)
+
+
+def test_large_smoke(tmp_path: Path) -> None:
+    r = bench("large", "--size", "3MiB", tmp=tmp_path)
+    assert r["workload"] == "large" and r["size"] == 3 * 2**20 and r["replication"] == 2
+    positive(r, "put_MBps", "get_MBps", "get_warm_MBps")
+    positive(r["limits"], "loopback_MBps", "fsync_write_MBps", "cached_read_MBps")
+    assert set(r["rss_mib"]) == ROLES and all(v > 0 for v in r["rss_mib"].values()), r
+    assert no_dfsd_under(tmp_path)
+
+
+def test_small_smoke(tmp_path: Path) -> None:
+    r = bench("small", "--files", "40", "--size", "1KiB", "--concurrency", "4", tmp=tmp_path)
+    assert (r["files"], r["size"], r["concurrency"]) == (40, 1024, 4)
+    positive(r, "put_ops", "get_ops")
+    latencies(r, "put", "get")
+    assert set(r["rss_mib"]) == ROLES, r
+    assert no_dfsd_under(tmp_path)
+
+
+def test_meta_smoke(tmp_path: Path) -> None:
+    r = bench("meta", "--ops", "60", "--ls-entries", "100", "--concurrency", "3", tmp=tmp_path)
+    positive(r, "create_ops", "stat_ops", "rm_ops")
+    assert r["ls_entries"] == 100 and r["ls_s"] > 0
+    latencies(r, "create", "stat", "rm")
+    assert no_dfsd_under(tmp_path)
+
+
+def test_against_a_running_cluster_leaves_nothing_behind(shared_cluster: Cluster,
+                                                         tmp_path: Path) -> None:
+    """--meta uses the given cluster: only the client's RSS is known, and the workload's
+    files are removed afterwards."""
+    r = bench("small", "--files", "10", "--concurrency", "2", "--meta",
+              shared_cluster.meta_addr, tmp=tmp_path)
+    assert set(r["rss_mib"]) == {"client"}, r
+    with shared_cluster.client() as c:
+        with pytest.raises(dfs.NotFound):
+            c.stat("/bench/small")
+
+
+def test_human_report_and_bad_arguments(tmp_path: Path) -> None:
+    proc = subprocess.run(BENCH + ["meta", "--ops", "20", "--ls-entries", "20", "--dir",
+                                   str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "create" in proc.stdout and "ops/s" in proc.stdout and "peak RSS" in proc.stdout
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(proc.stdout)
+    bad = subprocess.run(BENCH + ["large", "--size", "lots"], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "dfs-bench: error:" in \
+        bad.stderr, bad.stderr
+    unknown = subprocess.run(BENCH + ["nope"], capture_output=True, text=True)
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
