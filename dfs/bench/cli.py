@@ -32,6 +32,10 @@ from .measure import peak_rss_mib, reset_peak_rss, run_timed
 from .report import render
 
 ROLES = ("meta", "chunk1", "chunk2")
+# Downloads to a local file per system, keeping the fastest: on this VM the first write of
+# fresh page-cache pages runs at a third of the speed of later ones, and would otherwise
+# penalise whichever system happens to go first. Both systems get the same treatment.
+GETS = 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -161,13 +165,16 @@ def run_large(args: argparse.Namespace, base: str) -> dict[str, Any]:
         _log(f"dfs: put {size / config.MiB:.0f} MiB")
         with _peaks(pids, rss):
             put_s, rss["client"], _ = run_timed(_cli(servers.addr, "put", src, remote))
-        _log("dfs: get to a local file")
-        with _peaks(pids, rss):
-            get_s, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, out))
-        rss["client"] = max(rss["client"], client_rss)
-        if not _same_file(src, out):
-            raise RuntimeError("the file read back from dfs differs from the one put")
-        os.unlink(out)
+        get_s = float("inf")
+        for _ in range(GETS):
+            _log("dfs: get to a local file")
+            with _peaks(pids, rss):
+                seconds, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, out))
+            get_s = min(get_s, seconds)
+            rss["client"] = max(rss["client"], client_rss)
+            if not _same_file(src, out):
+                raise RuntimeError("the file read back from dfs differs from the one put")
+            os.unlink(out)
         _log("dfs: get from warm page cache to /dev/null")
         with _peaks(pids, rss):
             warm_s, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, os.devnull))
@@ -180,7 +187,7 @@ def run_large(args: argparse.Namespace, base: str) -> dict[str, Any]:
                    "get_warm_MBps": round(size / warm_s / 1e6, 1),
                    "rss_mib": rss})
     if args.compare == "seaweedfs":
-        result["seaweedfs"] = _seaweed(args, base, lambda sw: sw.large(src, base))
+        result["seaweedfs"] = _seaweed(args, base, lambda sw: sw.large(src, base, GETS))
     # The disk is shared and its rate swings from minute to minute: measure the fsync'd write
     # limit again after dfs's run and keep the better figure, so no ratio flatters dfs.
     again, _ = limits.fsync_write_MBps(base, size)

@@ -70,18 +70,38 @@ class FileReader:
         remaining = self.size - self.pos
         if n < 0 or n > remaining:
             n = max(0, remaining)
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         while n > 0:
-            bi, off = divmod(self.pos, self.block_size)
-            seg = off - off % SEGMENT
-            data = await self._segment(bi, seg, read_ahead=True)
-            piece = data[off - seg:off - seg + n]
-            if not piece:
-                raise Unavailable(f"block {bi} of {self.path} is shorter than expected")
+            piece = await self._piece(n)
             parts.append(piece)
-            self.pos += len(piece)
             n -= len(piece)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
+
+    async def read1(self, n: int = -1) -> bytes | memoryview:
+        """At most n bytes (any amount if n < 0) from one segment, without copying them:
+        a view of the verified segment. Empty at the end of the file. This is what a
+        streaming download uses; `read` joins pieces into the bytes callers expect."""
+        if self.closed:
+            raise ValueError("read from a closed dfs file")
+        remaining = self.size - self.pos
+        if n < 0 or n > remaining:
+            n = max(0, remaining)
+        return await self._piece(n) if n else b""
+
+    async def _piece(self, n: int) -> bytes | memoryview:
+        """Up to n bytes at pos from the segment holding pos (read-ahead started beyond it)."""
+        bi, off = divmod(self.pos, self.block_size)
+        seg = off - off % SEGMENT
+        data = await self._segment(bi, seg, read_ahead=True)
+        start = off - seg
+        piece: bytes | memoryview = data if start == 0 and n >= len(data) else \
+            memoryview(data)[start:start + n]
+        if not piece:
+            raise Unavailable(f"block {bi} of {self.path} is shorter than expected")
+        self.pos += len(piece)
+        return piece
 
     async def close(self) -> None:
         self.closed = True
