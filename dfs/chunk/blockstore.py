@@ -16,8 +16,9 @@ A finalized block file (integers big-endian)::
                8         size        u64 data size
 
 Block file names come from the block id and generation only: no client string is ever a path.
-A replica is written to .tmp, fsynced, renamed into place, and its directory fsynced before the
-write is acknowledged, so an acknowledged block survives a crash.
+A replica is written to .tmp and renamed into place; before the write is acknowledged the file
+and its directory are fsynced (or, for a small block, one group syncfs covers both: see
+groupsync.py), so an acknowledged block survives a crash.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import uuid
 from .. import config
 from ..errors import ChecksumError, NoSpace, NotFound, StaleGeneration
 from ..meta.journal import fsync_dir
+from .groupsync import GroupSync
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,12 @@ class BlockWriter:
     def __init__(self, store: "BlockStore", block_id: int, gen: int) -> None:
         self.store, self.block_id, self.gen = store, block_id, gen
         self.tmp = store.path(block_id, gen) + ".tmp"
-        os.makedirs(os.path.dirname(self.tmp), exist_ok=True)
-        self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            self.fd = os.open(self.tmp, flags, 0o644)
+        except FileNotFoundError:  # its sub-directory was removed under us: make it again
+            os.makedirs(os.path.dirname(self.tmp), exist_ok=True)
+            self.fd = os.open(self.tmp, flags, 0o644)
         self.crcs: list[int] = []
         self.written = 0
         self.unsynced = 0
@@ -119,23 +125,40 @@ class BlockWriter:
         self.store.added(self.block_id, self.gen, size)
 
     def seal(self, size: int) -> None:
-        """Append checksums and footer, fsync, rename into place, fsync the directory.
-        Blocking: call from a worker thread, then `BlockStore.added` on the event loop."""
+        """Append checksums and footer, make the replica durable under its final name.
+        Blocking: call from a worker thread, then `BlockStore.added` on the event loop.
+
+        A large block: fsync the file, rename it into place, fsync the directory. A small one
+        (up to GROUP_SYNC_MAX_BYTES, when the store has a GroupSync): rename first, then one
+        syncfs shared with every other seal in flight (see groupsync.py). Either way nothing
+        returns, so nothing is acknowledged, before data, checksums and name are on disk."""
         if size != self.written:
             raise ValueError(f"block ends at {size} but {self.written} bytes were written")
         trailer = struct.pack(f">{len(self.crcs)}I", *self.crcs) + FOOTER.pack(MAGIC, CHUNK, size)
+        group = self.store.group if size <= config.GROUP_SYNC_MAX_BYTES else None
+        final = self.store.path(self.block_id, self.gen)
         with self.lock:
             if self.closed:
                 raise ValueError("block write was aborted")
             try:
                 os.pwrite(self.fd, trailer, size)
-                os.fsync(self.fd)
+                if group is None:
+                    os.fsync(self.fd)
                 os.close(self.fd)
                 self.closed = True
-                final = self.store.path(self.block_id, self.gen)
                 os.rename(self.tmp, final)
-                fsync_dir(os.path.dirname(final))
+                if group is None:
+                    fsync_dir(os.path.dirname(final))
             except OSError as exc:
+                raise self.store.disk_error(exc) from None
+        if group is not None:
+            try:
+                group.sync()
+            except OSError as exc:
+                try:  # not durable, never indexed: do not leave it to look like a replica
+                    os.unlink(final)
+                except OSError:
+                    pass
                 raise self.store.disk_error(exc) from None
 
     def abort(self) -> None:
@@ -151,10 +174,12 @@ class BlockWriter:
 
 
 class BlockStore:
-    def __init__(self, root: str, capacity: int = 0) -> None:
+    def __init__(self, root: str, capacity: int = 0, group_sync: bool = True) -> None:
         self.root = root
         self.blocks_dir = os.path.join(root, "blocks")
-        os.makedirs(self.blocks_dir, exist_ok=True)
+        for i in range(256):  # made once here, not checked on every block write
+            os.makedirs(os.path.join(self.blocks_dir, f"{i:02x}"), exist_ok=True)
+        self.group = GroupSync.create(self.blocks_dir) if group_sync else None
         self.index: dict[int, tuple[int, int]] = {}  # block id -> (gen, size)
         self.used = 0
         self.capacity_flag = capacity

@@ -62,6 +62,12 @@ class Stream:
         self.done = False
 
 
+def _abort_opened(fut: "asyncio.Future[BlockWriter]") -> None:
+    """Drop a replica file that was opened for a write that failed or went away meanwhile."""
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().abort()
+
+
 class ChunkService:
     def __init__(self, store: BlockStore, addr: str,
                  on_block: Callable[[int, int, int], None],
@@ -72,7 +78,7 @@ class ChunkService:
         self.writing = 0  # streams open across all connections
         self.pool = ConnectionPool(role="chunk")  # to downstream chunkservers
         # Disk threads: packet writes, flushes and fsyncs block here, never the event loop.
-        self.disk = ThreadPoolExecutor(max_workers=4, thread_name_prefix="disk")
+        self.disk = ThreadPoolExecutor(max_workers=config.DISK_THREADS, thread_name_prefix="disk")
         self.copies: set[asyncio.Future[None]] = set()  # re-replication in progress
         self.copy_rate = copy_rate  # bytes/s for all copies together (0: unlimited)
         self._copy_clock = 0.0  # when the copy bandwidth is next free
@@ -104,20 +110,30 @@ class ChunkService:
 
     async def _open_stream(self, streams: dict[int, Stream], block_id: int, gen: int,
                            chain: list[str]) -> dict[str, Any]:
+        # The local file is created in a disk thread (creating a file can wait on the
+        # filesystem journal while a sync runs; on the loop that would stall every
+        # connection), at the same time as the downstream server opens its own.
+        local = asyncio.get_running_loop().run_in_executor(
+            self.disk, self.store.open_write, block_id, gen)
         downstream = None
-        if chain:
-            try:
-                downstream = await self.pool.get(chain[0])
-                await downstream.call("write_block", block=block_id, gen=gen,
-                                      targets=chain[1:], timeout=config.RPC_TIMEOUT)
-            except DFSError as exc:
-                bad = exc.details.get("bad") or chain[0]
-                raise Unavailable(f"pipeline to {chain[0]} failed: {exc}", bad=bad) from None
         try:
-            writer = self.store.open_write(block_id, gen)
-        except DFSError as exc:
-            self._abort_downstream(downstream, block_id)
-            exc.details["bad"] = self.addr
+            if chain:
+                try:
+                    downstream = await self.pool.get(chain[0])
+                    await downstream.call("write_block", block=block_id, gen=gen,
+                                          targets=chain[1:], timeout=config.RPC_TIMEOUT)
+                except DFSError as exc:
+                    bad = exc.details.get("bad") or chain[0]
+                    raise Unavailable(f"pipeline to {chain[0]} failed: {exc}",
+                                      bad=bad) from None
+            try:
+                writer = await asyncio.shield(local)
+            except DFSError as exc:
+                self._abort_downstream(downstream, block_id)
+                exc.details["bad"] = self.addr
+                raise
+        except BaseException:
+            local.add_done_callback(_abort_opened)  # never leave an open .tmp behind
             raise
         streams[block_id] = Stream(writer, downstream, chain)
         self.writing += 1
