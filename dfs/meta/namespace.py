@@ -41,7 +41,8 @@ class File:
     def __init__(self, blocks: list[Block], replication: int, block_size: int,
                  mtime: float) -> None:
         self.blocks = blocks
-        self.size = sum(b.size for b in blocks)
+        # One block (most files): share its size object rather than make an equal int.
+        self.size = blocks[0].size if len(blocks) == 1 else sum(b.size for b in blocks)
         self.replication = replication
         self.block_size = block_size
         self.mtime = mtime

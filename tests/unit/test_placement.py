@@ -135,11 +135,11 @@ def test_block_report_keeps_good_replicas_and_queues_deletes() -> None:
     cl.add_block(2, BlockInfo(gen=3, size=10, replication=2))
     cl.add_block(3, BlockInfo(gen=1, size=10, replication=2))
     cl.block_report(cs, [[1, 1, 10], [2, 2, 10], [3, 5, 10], [99, 1, 10]])
-    assert cl.blocks[1].replicas == {"id0"}
+    assert set(cl.blocks[1].replicas) == {"id0"}
     assert cs.blocks == {1}
     assert cs.deletes == [[2, 2]]  # stale generation: deleted at once
     assert cl.orphans == {("id0", 99): (1, cl.now)}  # unknown: only after a grace period
-    assert cl.blocks[3].replicas == set()  # newer than expected: ignored, not deleted
+    assert cl.blocks[3].replicas == ()  # newer than expected: ignored, not deleted
     assert cl.live_replicas(1) == ["h:0"]
     cl.sweep_orphans(cl.now + 10, grace=30)
     assert cs.deletes == [[2, 2]] and cl.orphans
@@ -155,7 +155,7 @@ def test_reregistering_forgets_old_replicas_until_reported_again() -> None:
     cs.deletes.append([7, 1])
     again = cl.register("id0", "h:0", now=200.0)
     assert again is cs and cs.blocks == set() and cs.deletes == []
-    assert cl.blocks[1].replicas == set()
+    assert cl.blocks[1].replicas == ()
 
 
 def test_another_server_taking_an_address_replaces_the_old_one() -> None:
@@ -164,7 +164,7 @@ def test_another_server_taking_an_address_replaces_the_old_one() -> None:
     cl.block_report(cl.servers["id0"], [[1, 1, 10]])
     new = cl.register("fresh", "h:0", now=200.0)
     assert "id0" not in cl.servers and cl.by_addr["h:0"] is new
-    assert cl.blocks[1].replicas == set()
+    assert cl.blocks[1].replicas == ()
 
 
 def test_a_server_moving_to_a_new_address() -> None:
@@ -189,7 +189,7 @@ def test_bump_generation_makes_old_replicas_stale() -> None:
     cl.block_report(cl.servers["id0"], [[1, 1, 10]])
     cl.block_report(cl.servers["id1"], [[1, 1, 10]])
     assert cl.bump_generation(1) == 2
-    assert cl.blocks[1].gen == 2 and cl.blocks[1].replicas == set()
+    assert cl.blocks[1].gen == 2 and cl.blocks[1].replicas == ()
     for sid in ("id0", "id1"):
         assert cl.servers[sid].deletes == [[1, 1]]
         assert 1 not in cl.servers[sid].blocks
@@ -237,3 +237,15 @@ def test_bad_replica() -> None:
     assert cl.bad_replica(1, "h:1") is False
     assert cl.bad_replica(2, "h:0") is False
     assert cl.bad_replica(1, "nowhere:1") is False
+
+
+def test_block_info_replicas_behave_as_a_set() -> None:
+    info = BlockInfo(1, 10, 2)
+    assert info.replicas == ()
+    info.add("a")
+    info.add("b")
+    info.add("a")
+    assert info.replicas == ("a", "b")
+    info.discard("zz")
+    info.discard("a")
+    assert info.replicas == ("b",)
