@@ -38,6 +38,15 @@ def _int(h: dict[str, Any], key: str) -> int:
     return v
 
 
+def _chain(h: dict[str, Any]) -> list[str]:
+    """The servers after this one in a write pipeline."""
+    chain = h.get("targets") or []
+    if not isinstance(chain, list) or not all(isinstance(a, str) for a in chain) or \
+            len(chain) > config.MAX_REPLICATION:
+        raise BadRequest("targets must be a list of addresses")
+    return chain
+
+
 def verify_crcs(data: memoryview, crcs: Any) -> None:
     """Check one CRC32C per CHUNK of data; raise ChecksumError on the first mismatch."""
     n = (len(data) + CHUNK - 1) // CHUNK
@@ -99,10 +108,7 @@ class ChunkService:
     def handle_write_block(self, h: dict[str, Any], payload: memoryview,
                            conn: ServerConnection) -> Awaitable[dict[str, Any]]:
         block_id, gen = _int(h, "block"), _int(h, "gen")
-        chain = h.get("targets") or []
-        if not isinstance(chain, list) or not all(isinstance(a, str) for a in chain) or \
-                len(chain) > config.MAX_REPLICATION:
-            raise BadRequest("targets must be a list of addresses")
+        chain = _chain(h)
         streams = self._streams(conn)
         # Re-opening a block on the same connection means the writer gave up on the old try.
         self._close_stream(streams, block_id)
@@ -157,6 +163,66 @@ class ChunkService:
             fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         except DFSError:
             pass
+
+    def handle_write_small(self, h: dict[str, Any], payload: memoryview,
+                           conn: ServerConnection) -> Awaitable[dict[str, Any]]:
+        """A whole block in one frame (a small file, or a file's short last block): checked,
+        forwarded down the chain as one frame, and written, sealed and made durable here in
+        one disk-thread call, so a small block costs one frame and one thread hop per hop."""
+        block_id, gen, size = _int(h, "block"), _int(h, "gen"), _int(h, "size")
+        chain = _chain(h)
+        if size != len(payload) or not 0 < size <= config.MAX_PAYLOAD:
+            raise BadRequest(f"write_small carries the whole block: size {size} but "
+                             f"{len(payload)} bytes of payload")
+        crcs = h.get("crcs") or []
+        verify_crcs(payload, crcs)
+        return self._write_small(block_id, gen, chain, crcs, conn.detach_payload())
+
+    async def _write_small(self, block_id: int, gen: int, chain: list[str], crcs: list[int],
+                           frame: Frame) -> dict[str, Any]:
+        size = len(frame.payload)
+        local = asyncio.get_running_loop().run_in_executor(
+            self.disk, self.store.write_whole, block_id, gen, frame.payload, crcs)
+        down: asyncio.Future[Frame] | None = None
+        try:
+            if chain:
+                try:
+                    downstream = await self.pool.get(chain[0])
+                    down = downstream.request("write_small", frame.payload, block=block_id,
+                                              gen=gen, targets=chain[1:], crcs=crcs, size=size)
+                except DFSError as exc:
+                    raise Unavailable(f"pipeline to {chain[0]} failed: {exc}",
+                                      bad=exc.details.get("bad") or chain[0]) from None
+            try:
+                await asyncio.shield(local)
+            except (OSError, ValueError, DFSError) as exc:
+                raise self._local_error(exc) from None
+            self.store.added(block_id, gen, size)
+            self.on_block(block_id, gen, size)
+            replicas = [self.addr]
+            if down is not None:
+                try:
+                    reply = await wait_reply(down, config.packet_timeout(len(chain) - 1),
+                                             f"block to {chain[0]}")
+                except DFSError as exc:
+                    raise self._chain_error(chain[0], exc) from None
+                replicas += reply.header.get("replicas", [])
+                reply.release()
+        except BaseException:
+            if down is not None:
+                down.cancel()
+            if not local.done():  # still being written: index it if it lands
+                local.add_done_callback(lambda f: self._landed(f, block_id, gen, size))
+            raise  # the buffer is not reused: a transport may still hold it
+        frame.release()
+        return {"replicas": replicas}
+
+    def _landed(self, fut: "asyncio.Future[None]", block_id: int, gen: int, size: int) -> None:
+        """A whole-block write finished after its request went away: it is durable, so index
+        and report it like any replica (meta deletes it if the upload never commits)."""
+        if not fut.cancelled() and fut.exception() is None:
+            self.store.added(block_id, gen, size)
+            self.on_block(block_id, gen, size)
 
     def handle_abort_block(self, h: dict[str, Any], payload: memoryview,
                            conn: ServerConnection) -> dict[str, Any]:
@@ -272,12 +338,17 @@ class ChunkService:
         return {"replicas": [self.addr] + reply.header.get("replicas", [])}
 
     def _downstream_error(self, stream: Stream, exc: DFSError) -> DFSError:
-        bad = exc.details.get("bad") or stream.chain[0]
+        return self._chain_error(stream.chain[0], exc)
+
+    @staticmethod
+    def _chain_error(next_addr: str, exc: DFSError) -> DFSError:
+        """An error from further down the chain, naming the server that failed."""
+        bad = exc.details.get("bad") or next_addr
         if isinstance(exc, ChecksumError):
             return ChecksumError(str(exc), bad=bad)
         if isinstance(exc, NoSpace):
             return NoSpace(str(exc), bad=bad)
-        return Unavailable(f"downstream {stream.chain[0]}: {exc}", bad=bad)
+        return Unavailable(f"downstream {next_addr}: {exc}", bad=bad)
 
     async def _finish(self, streams: dict[int, Stream], stream: Stream, h: dict[str, Any],
                       down_fut: asyncio.Future[Frame] | None) -> dict[str, Any]:

@@ -290,8 +290,9 @@ class AsyncClient:
         return FileReader(self, info)
 
     async def open_write(self, path: str, replication: int = config.DEFAULT_REPLICATION,
-                         block_size: int = config.DEFAULT_BLOCK_SIZE) -> FileWriter:
-        return await FileWriter(self, path, replication, block_size).open()
+                         block_size: int = config.DEFAULT_BLOCK_SIZE,
+                         empty: bool = False) -> FileWriter:
+        return await FileWriter(self, path, replication, block_size).open(not empty)
 
     async def put_stream(self, f: BinaryIO, remote: str, *,
                          replication: int = config.DEFAULT_REPLICATION,
@@ -333,7 +334,7 @@ class AsyncClient:
                         replication: int = config.DEFAULT_REPLICATION,
                         block_size: int = config.DEFAULT_BLOCK_SIZE) -> dict[str, Any]:
         """Upload bytes held in memory; replaces `remote` atomically."""
-        writer = await self.open_write(remote, replication, block_size)
+        writer = await self.open_write(remote, replication, block_size, empty=not data)
         try:
             view = memoryview(data)
             for i in range(0, len(view), config.PACKET_SIZE):

@@ -4,6 +4,8 @@ For each block the client asks meta for a block id and an ordered chain of chunk
 the stream at the head of the chain and sends packets of PACKET_SIZE bytes, WRITE_WINDOW of them
 in flight, each with one CRC32C per CHECKSUM_CHUNK computed here once. An empty packet marked
 `last` ends the block; its ack comes after every replica has fsynced and renamed the block.
+A block that ends within its first packet (small files, short last blocks) skips the stream:
+it goes down the chain whole in one `write_small` frame, written and sealed in one step.
 
 If anything in the chain fails, the block's packets (kept in memory until the block is acked, so
 memory is bounded by one block plus the window) are resent to a new chain that meta builds
@@ -59,6 +61,7 @@ class BlockWrite:
         self.inflight: deque[asyncio.Future[Frame]] = deque()
         self.error: DFSError | None = None
         self.excluded: set[str] = set()
+        self.started = False  # the pipeline is open (not while a lone packet is held)
 
     async def _open(self) -> None:
         self.conn = await self.client.pool.get(self.targets[0])
@@ -67,6 +70,7 @@ class BlockWrite:
         reply.release()
 
     async def start(self) -> None:
+        self.started = True
         try:
             await self._open()
         except DFSError as exc:
@@ -91,10 +95,21 @@ class BlockWrite:
         return self.conn.request("packet", data, **fields)
 
     async def add(self, data: bytes, crcs: list[int]) -> None:
-        """Keep the packet for a possible resend, and send it unless the chain is broken."""
+        """Keep the packet for a possible resend, and send it unless the chain is broken.
+
+        A block's first packet is held until a second one comes: if the block ends first,
+        it travels whole in one `write_small` frame (see finish)."""
         offset = self.size
         self.packets.append((data, crcs))
         self.size += len(data)
+        if not self.started:
+            if len(self.packets) == 1 and len(data) <= config.PACKET_SIZE:
+                return
+            await self.start()
+            offset = 0
+            for held, held_crcs in self.packets[:-1]:
+                await self._send(offset, held, held_crcs)
+                offset += len(held)
         await self._send(offset, data, crcs)
 
     async def _send(self, offset: int, data: bytes, crcs: list[int]) -> None:
@@ -115,10 +130,11 @@ class BlockWrite:
     async def finish(self) -> list[str]:
         """End the block; rebuild the pipeline and resend as often as needed. Returns the
         servers that hold the block durably."""
+        complete = self._complete if self.started else self._write_small
         for attempt in range(MAX_PIPELINE_RETRIES + 1):
             if self.error is None:
                 try:
-                    return await self._complete()
+                    return await complete()
                 except DFSError as exc:
                     self._broken(exc)
             _settle(self.inflight)
@@ -142,6 +158,17 @@ class BlockWrite:
         reply.release()
         return replicas
 
+    async def _write_small(self) -> list[str]:
+        """The whole block in one frame down the chain; the ack means durable everywhere."""
+        (data, crcs), = self.packets
+        conn = await self.client.pool.get(self.targets[0])
+        fut = conn.request("write_small", data, block=self.block_id, gen=self.gen,
+                           targets=self.targets[1:], crcs=crcs, size=len(data))
+        reply = await wait_reply(fut, self._timeout, f"block to {self.targets[0]}")
+        replicas: list[str] = reply.header.get("replicas") or [self.targets[0]]
+        reply.release()
+        return replicas
+
     async def _recover(self) -> None:
         """Ask meta for a new generation and chain without the failed server, then resend."""
         assert self.error is not None
@@ -160,6 +187,8 @@ class BlockWrite:
         self.gen, self.targets = reply["gen"], reply["targets"]
         log.info("block %d: resending to %s as gen %d", self.block_id, self.targets, self.gen)
         self.error = None
+        if not self.started:
+            return  # a whole-block write: finish() sends it again to the new chain
         await self.start()
         offset = 0
         for data, crcs in self.packets:
@@ -184,13 +213,17 @@ class FileWriter:
         self.result: dict[str, Any] = {}
         self.excluded: set[str] = set()  # servers that failed a pipeline of this upload
         self._renewer: asyncio.Task[None] | None = None
+        self._first: dict[str, Any] | None = None  # a block meta placed along with create
         self.closed = False
 
-    async def open(self) -> "FileWriter":
+    async def open(self, first_block: bool = True) -> "FileWriter":
+        """Start the upload. With first_block, meta places the first block in the same round
+        trip (pass False for a file known to be empty: nothing to place)."""
         reply = await self.client.meta_call("create", path=self.path,
                                             replication=self.replication,
-                                            block_size=self.block_size)
+                                            block_size=self.block_size, first_block=first_block)
         self.upload = reply["upload"]
+        self._first = reply.get("first")
         self._renewer = asyncio.ensure_future(self._renew())
         return self
 
@@ -235,12 +268,13 @@ class FileWriter:
     async def _new_block(self) -> None:
         # Servers that failed an earlier block of this upload are avoided for the rest of it,
         # so a dead server is not retried block after block before meta notices it is gone.
-        reply = await self.client.meta_call("add_block", upload=self.upload,
-                                            exclude=sorted(self.excluded))
+        reply, self._first = self._first, None
+        if reply is None or self.excluded:
+            reply = await self.client.meta_call("add_block", upload=self.upload,
+                                                exclude=sorted(self.excluded))
         self.block = BlockWrite(self.client, self.upload, reply["block"], reply["gen"],
                                 reply["targets"])
         self.block.excluded = self.excluded
-        await self.block.start()
 
     async def _end_block(self) -> None:
         block, self.block = self.block, None

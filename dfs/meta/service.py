@@ -333,8 +333,14 @@ class MetaService:
                              f"between {config.MIN_BLOCK_SIZE} and {config.MAX_BLOCK_SIZE}")
         self.ns.check_file_path(path)
         uid = secrets.randbits(63) or 1
-        self.uploads[uid] = Upload(uid, path, replication, block_size, time.monotonic())
-        return {"upload": uid, "path": path}
+        up = self.uploads[uid] = Upload(uid, path, replication, block_size, time.monotonic())
+        reply: dict[str, Any] = {"upload": uid, "path": path}
+        if h.get("first_block"):  # saves a small file's writer a round trip to add_block
+            try:
+                reply["first"] = self._allocate(up, set())
+            except DFSError:
+                pass  # no room or no server now: the writer's add_block reports it, if needed
+        return reply
 
     def _upload(self, h: dict[str, Any]) -> Upload:
         up = self.uploads.get(_int(h, "upload"))
@@ -362,8 +368,10 @@ class MetaService:
 
     def handle_add_block(self, h: dict[str, Any], payload: memoryview,
                          conn: ServerConnection) -> dict[str, Any]:
-        up = self._upload(h)
-        exclude = set(_addrs(h, "exclude"))
+        return self._allocate(self._upload(h), set(_addrs(h, "exclude")))
+
+    def _allocate(self, up: Upload, exclude: set[str]) -> dict[str, Any]:
+        """A new block for the upload and the chain of servers to write it to."""
         targets = self._place(up, up.replication, exclude)
         if not targets:
             raise self._no_targets()
@@ -438,6 +446,9 @@ class MetaService:
             info.size, info.upload = b.size, 0
             for addr in replicas:
                 self.cluster.add_replica(b.id, b.gen, addr)
+                cs = self.cluster.by_addr.get(addr)
+                if cs is not None:  # a whole block was promised; only `size` was used
+                    cs.pending = max(0, cs.pending - (up.block_size - b.size))
         kept = {b.id for b in blocks}
         for block_id in up.blocks:
             if block_id not in kept:
