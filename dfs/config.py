@@ -58,6 +58,9 @@ READ_TIMEOUT = 15.0
 DEFAULT_HEARTBEAT_INTERVAL = 3.0
 DEFAULT_DEAD_TIMEOUT = 30.0
 UPLOAD_LEASE = 30.0  # an upload that shows no sign of life for this long is aborted
+# Blocks of a removed or replaced file stay on disk this long, so a reader that opened the old
+# version just before (its stat listed those blocks) can still finish.
+DELETE_GRACE = 3.0
 DEFAULT_REPLICATION_RATE = 64 * MiB  # bytes/s one chunkserver spends sending copies
 DEFAULT_SCRUB_RATE = 8 * MiB  # bytes per second the scrubber re-reads
 DEFAULT_SCRUB_INTERVAL = 7 * 24 * 3600.0  # one full scrub pass a week

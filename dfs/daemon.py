@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=config.DEFAULT_DEAD_TIMEOUT)
     p.add_argument("--orphan-grace", type=config.parse_duration, default=config.UPLOAD_LEASE,
                    help="meta: delete a replica no file refers to after this long (default 30s)")
+    p.add_argument("--delete-grace", type=config.parse_duration, default=config.DELETE_GRACE,
+                   help="meta: keep the blocks of a removed or replaced file this long for "
+                        "readers that opened it (default 3s)")
     p.add_argument("--checkpoint-interval", type=config.parse_duration, default=3600.0,
                    help="meta: checkpoint the namespace this often (default 1h)")
     p.add_argument("--checkpoint-records", type=int, default=100_000,
@@ -148,7 +151,7 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
                           checkpoint_path=os.path.join(path, "checkpoint"),
                           checkpoint_interval=args.checkpoint_interval,
                           checkpoint_records=args.checkpoint_records,
-                          orphan_grace=args.orphan_grace)
+                          orphan_grace=args.orphan_grace, delete_grace=args.delete_grace)
     server = Server("meta", args.host, args.port, connection_limit())
     bind(server)
     try:

@@ -165,8 +165,11 @@ class FileReader:
                 except DFSError as exc:
                     self._slow.add(addr)  # dead or slow: try it last from now on
                     errors.append(f"{addr}: {exc}")
-            if delay is None or not await self._refresh(bi, delay):
+            if delay is None:
                 break
+            if not await self._refresh(bi, delay):
+                raise Unavailable(f"{self.path} was replaced or removed while being read "
+                                  f"({'; '.join(errors[-2:])})")
         detail = "; ".join(errors[-4:]) or "no live replica"
         raise Unavailable(f"no replica of block {self.blocks[bi]['id']} of {self.path} could "
                           f"be read ({detail})")
@@ -186,7 +189,8 @@ class FileReader:
 
     async def _refresh(self, bi: int, delay: float) -> bool:
         """Wait, then reload the block's locations from meta. False when the file was
-        replaced or removed meanwhile (keep the version we opened, or give up)."""
+        replaced or removed meanwhile: its old blocks are being deleted (after meta's delete
+        grace), so the version we opened cannot be finished."""
         await asyncio.sleep(delay)
         try:
             info = await self.client.stat(self.path)

@@ -8,6 +8,7 @@ the service feeds it messages and carries its commands back in heartbeat replies
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Iterable
 
 from .placement import Candidate
@@ -92,6 +93,8 @@ class Cluster:
         self.blocks: dict[int, BlockInfo] = {}
         self.orphans: dict[tuple[str, int], tuple[int, float]] = {}  # (server, block): (gen, seen)
         self.now = 0.0  # the service's clock at the last sweep (for orphan ages)
+        # Deletes held back for readers of a removed or replaced file: (due, server, block, gen).
+        self.doomed: deque[tuple[float, str, int, int]] = deque()
 
     # membership -----------------------------------------------------------------------
     def register(self, sid: str, addr: str, now: float) -> ChunkServer:
@@ -283,8 +286,9 @@ class Cluster:
             return ("corrupt" if info is not None and info.corrupt else "missing"), live
         return ("healthy" if len(live) >= info.replication else "under_replicated"), live
 
-    def drop_block(self, block_id: int) -> None:
-        """The block is garbage: every holder deletes it."""
+    def drop_block(self, block_id: int, due: float = 0.0) -> None:
+        """The block is garbage: every holder deletes it, at once or from time `due` on
+        (monotonic; deletes keep the order they were asked in, so `due` must not decrease)."""
         info = self.blocks.pop(block_id, None)
         if info is None:
             return
@@ -292,7 +296,19 @@ class Cluster:
             cs = self.servers.get(sid)
             if cs is not None:
                 cs.blocks.discard(block_id)
-                cs.deletes.append([block_id, info.gen])
+                if due:
+                    self.doomed.append((due, sid, block_id, info.gen))
+                else:
+                    cs.deletes.append([block_id, info.gen])
+
+    def sweep_doomed(self, now: float) -> None:
+        """Send the held-back deletes whose grace has run out. Ids are never reused, so a
+        late delete cannot hit a newer block."""
+        while self.doomed and self.doomed[0][0] <= now:
+            _, sid, block_id, gen = self.doomed.popleft()
+            cs = self.servers.get(sid)
+            if cs is not None and block_id not in self.blocks:
+                cs.deletes.append([block_id, gen])
 
     def bump_generation(self, block_id: int) -> int:
         """The block is being rewritten (pipeline recovery): old replicas become stale."""

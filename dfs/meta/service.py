@@ -84,7 +84,8 @@ class MetaService:
                  upload_lease: float = config.UPLOAD_LEASE,
                  checkpoint_path: str | None = None, checkpoint_interval: float = 3600.0,
                  checkpoint_records: int = 100_000,
-                 orphan_grace: float = config.UPLOAD_LEASE) -> None:
+                 orphan_grace: float = config.UPLOAD_LEASE,
+                 delete_grace: float = config.DELETE_GRACE) -> None:
         self.journal = journal
         self.addr = addr
         self.cluster_id = cluster_id
@@ -101,6 +102,7 @@ class MetaService:
         self.safe_until = 0.0
         self.checkpoint_path = checkpoint_path
         self.orphan_grace = orphan_grace
+        self.delete_grace = delete_grace
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_records = checkpoint_records
         self._last_checkpoint = time.monotonic()
@@ -222,6 +224,7 @@ class MetaService:
             await asyncio.sleep(min(1.0, self.heartbeat_interval))
             now = time.monotonic()
             self.cluster.now = now
+            self.cluster.sweep_doomed(now)
             if not self.safe_mode:
                 self.cluster.sweep_orphans(now, self.orphan_grace)
             for cs in self.cluster.expire(now):
@@ -476,9 +479,13 @@ class MetaService:
             self.cluster.drop_block(block_id)
 
     def _garbage(self, files: list[File]) -> None:
+        """Blocks of removed or replaced files: deleted after `delete_grace`, so a reader
+        that opened the old version just before can finish (HDFS deletes at the next
+        heartbeat and such a reader fails; we keep the common race harmless)."""
+        due = time.monotonic() + self.delete_grace if self.delete_grace > 0 else 0.0
         for f in files:
             for b in f.blocks:
-                self.cluster.drop_block(b.id)
+                self.cluster.drop_block(b.id, due)
 
     # namespace ------------------------------------------------------------------------
     def _entry(self, path: str, node: Node, blocks: bool) -> dict[str, Any]:

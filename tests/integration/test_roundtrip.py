@@ -403,3 +403,26 @@ def test_async_client_shared_by_many_tasks(shared_cluster: Cluster, root: str) -
             with pytest.raises(dfs.NotFound):
                 await ac.stat(f"{root}/nope")
     asyncio.run(main())
+
+
+def test_a_reader_of_the_old_version_finishes_within_the_delete_grace(
+        shared_cluster: Cluster, root: str) -> None:
+    """A file replaced (or removed) while a reader has it open: its old blocks stay on disk
+    for meta's delete grace (3 s), so the reader gets the whole old version, never a mix and
+    never an error, although several heartbeats (0.5 s here) pass in between."""
+    path = f"{root}/f"
+    # Larger than the read-ahead window (8 segments of 1 MiB), so most is read after.
+    old, new = data_of(12 * MiB + 11, 31), data_of(2 * MiB, 32)
+
+    async def main() -> None:
+        async with dfs.AsyncClient(shared_cluster.meta_addr) as ac:
+            await ac.put_bytes(old, path, block_size=MiB)
+            reader = await ac.open_read(path)  # the stat: the old version's blocks
+            first = await reader.read(1000)
+            await ac.put_bytes(new, path, block_size=MiB)
+            await asyncio.sleep(1.5)
+            rest = await reader.read()
+            await reader.close()
+            assert first + rest == old
+            assert await ac.get_bytes(path) == new
+    asyncio.run(main())

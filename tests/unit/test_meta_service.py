@@ -4,6 +4,7 @@ fields docs/PROTOCOL.md describes, and the rules that tie namespace, uploads and
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -203,13 +204,16 @@ def test_abort_and_replace_queue_deletes_through_heartbeats() -> None:
             hb = await beat(svc, i)
             assert hb == {"commands": [{"op": "delete", "blocks": [[b["block"], 1]]}]}
             assert await beat(svc, i) == {"commands": []}
-        # Replacing a file garbage-collects the old file's blocks.
+        # Replacing a file garbage-collects the old file's blocks, after the delete grace
+        # (readers that opened the old version may still be reading them).
         await put(svc, "/g", [10])
         old = int((await call(svc, "stat", path="/g"))["blocks"][0]["id"])
         await put(svc, "/g", [20])
+        assert old not in svc.cluster.blocks
+        assert [(await beat(svc, i))["commands"] for i in range(2)] == [[], []]
+        svc.cluster.sweep_doomed(time.monotonic() + svc.delete_grace)
         deletes = [cmd for i in range(2) for cmd in (await beat(svc, i))["commands"]]
         assert [c["blocks"] for c in deletes] == [[[old, 1]], [[old, 1]]]
-        assert old not in svc.cluster.blocks
         await svc.stop()
 
     run(main())
