@@ -1,16 +1,21 @@
 """A small pool of reusable payload buffers, so bulk bytes land in memory that is already mapped.
 
-Owns free bytearrays by size; never does I/O. A buffer may be returned only when nothing else
-still refers to it (see `net.connection` for the rule used when a buffer was also written to a
-socket). Returning is optional: a buffer that is never returned is simply garbage collected.
+Owns free buffers by size; never does I/O. Buffers are anonymous mmaps, not bytearrays, so they
+start on a page boundary: a chunkserver can hand a received packet straight to an O_DIRECT
+write, which needs aligned memory (see chunk/blockstore.py). A buffer may be returned only when
+nothing else still refers to it (see `net.connection` for the rule used when a buffer was also
+written to a socket). Returning is optional: a buffer never returned is garbage collected.
 """
 
 from __future__ import annotations
 
+import mmap
+
+Buffer = bytearray | mmap.mmap
 
 class BufferPool:
     def __init__(self, max_free_bytes: int = 64 * 1024 * 1024) -> None:
-        self._free: dict[int, list[bytearray]] = {}
+        self._free: dict[int, list[Buffer]] = {}
         self._free_bytes = 0
         self._max_free_bytes = max_free_bytes
 
@@ -22,15 +27,15 @@ class BufferPool:
             size <<= 1
         return size
 
-    def get(self, n: int) -> bytearray:
+    def get(self, n: int) -> Buffer:
         size = self.size_class(n)
         free = self._free.get(size)
         if free:
             self._free_bytes -= size
             return free.pop()
-        return bytearray(size)
+        return mmap.mmap(-1, size)
 
-    def put(self, buf: bytearray) -> None:
+    def put(self, buf: Buffer) -> None:
         size = len(buf)
         if size != self.size_class(size) or self._free_bytes + size > self._max_free_bytes:
             return

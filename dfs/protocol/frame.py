@@ -23,7 +23,7 @@ import msgpack
 
 from ..config import MAX_HEADER, MAX_PAYLOAD
 from ..errors import ProtocolViolation
-from .buffers import POOL, BufferPool
+from .buffers import POOL, Buffer, BufferPool
 
 PREFIX = struct.Struct(">II")
 PREFIX_SIZE = PREFIX.size
@@ -41,7 +41,7 @@ class Frame:
     __slots__ = ("header", "payload", "_buf", "_pool")
 
     def __init__(self, header: dict[str, Any], payload: memoryview,
-                 buf: bytearray | None = None, pool: BufferPool | None = None) -> None:
+                 buf: Buffer | None = None, pool: BufferPool | None = None) -> None:
         self.header = header
         self.payload = payload
         self._buf = buf
@@ -113,7 +113,7 @@ class FrameReader:
         self._end = 0  # end of received bytes in _stage
         self._need = 0  # bytes the current large header or payload still needs
         self._header: dict[str, Any] | None = None  # header of the payload being filled
-        self._payload: bytearray | None = None
+        self._payload: Buffer | None = None
         self._plen = 0
         self._filled = 0
         self._frames: list[Frame] = []

@@ -6,6 +6,8 @@ split: all at once, one byte at a time, at every cut point of small frames, and 
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import random
 import struct
 from typing import Any
@@ -205,7 +207,10 @@ def test_large_payload_lands_in_a_pooled_buffer_and_release_returns_it() -> None
     n = _DIRECT_PAYLOAD + 1
     [f] = reader.feed(encode_frame({"id": 1}, rand_bytes(n)))
     buf = f.payload.obj
-    assert isinstance(buf, bytearray) and len(buf) == BufferPool.size_class(n)
+    assert isinstance(buf, mmap.mmap) and len(buf) == BufferPool.size_class(n)
+    # Page-aligned, so a chunkserver can write it with O_DIRECT.
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    assert addr % mmap.PAGESIZE == 0
     assert pool.free_bytes == 0
     f.release()
     assert pool.free_bytes == len(buf)
