@@ -167,6 +167,22 @@ class _Drain:
         self._items.put(None)
 
 
+def _ls_rows(page: dict[str, Any]) -> list[dict[str, Any]]:
+    """A columnar `ls` page (see docs/PROTOCOL.md) as the dicts `ls --json` shows."""
+    base = "" if page["path"] == "/" else page["path"]
+    rows: list[dict[str, Any]] = []
+    for name, is_dir, size, mtime, repl, bsize in zip(
+            page["names"], page["dir"], page["size"], page["mtime"], page["replication"],
+            page["block_size"], strict=True):
+        if is_dir:
+            rows.append({"path": f"{base}/{name}", "type": "dir", "size": 0, "mtime": mtime,
+                         "entries": size})
+        else:
+            rows.append({"path": f"{base}/{name}", "type": "file", "size": size,
+                         "replication": repl, "block_size": bsize, "mtime": mtime})
+    return rows
+
+
 class AsyncClient:
     """Talks to one dfs cluster. Use as `async with dfs.AsyncClient(addr) as c:`."""
 
@@ -241,12 +257,15 @@ class AsyncClient:
         start_after = ""
         while True:
             reply = await self.meta_call("ls", path=path, start_after=start_after,
-                                         limit=config.MAX_LS_PAGE)
-            entries = reply["entries"]
-            out.extend(entries)
-            if not reply.get("more") or not entries:
+                                         limit=config.MAX_LS_PAGE, columns=True)
+            if "names" not in reply:  # not a directory: the entry itself
+                out.extend(reply["entries"])
                 return out
-            start_after = entries[-1]["path"].rsplit("/", 1)[-1]
+            names = reply["names"]
+            out.extend(_ls_rows(reply))
+            if not reply.get("more") or not names:
+                return out
+            start_after = names[-1]
 
     async def mkdir(self, path: str, parents: bool = False) -> None:
         """Create a directory; with parents=True, missing parents too and no error if it exists."""

@@ -517,6 +517,8 @@ class MetaService:
         if not isinstance(node, Dir):
             return {"entries": [self._entry(path, node, False)], "more": False}
         entries, more = self.ns.listdir(path, start_after, limit)
+        if h.get("columns"):
+            return self._ls_columns(path, entries, more)
         base = "" if path == "/" else path
         out: list[dict[str, Any]] = []
         budget = config.MAX_HEADER // 2  # a page must always fit in one reply frame
@@ -527,6 +529,38 @@ class MetaService:
                 break
             out.append(self._entry(f"{base}/{name}", node, False))
         return {"entries": out, "more": more}
+
+    @staticmethod
+    def _ls_columns(path: str, entries: list[tuple[str, Node]], more: bool) -> dict[str, Any]:
+        """A page of a listing as columns of plain values: names relative to the directory,
+        no repeated keys. About 4x more entries per frame than a list of maps, and far less
+        to build and encode: a 100,000-entry `ls` is a few pages, not 35."""
+        names: list[str] = []
+        is_dir: list[bool] = []
+        size: list[int] = []
+        mtime: list[float] = []
+        replication: list[int] = []
+        block_size: list[int] = []
+        budget = config.MAX_HEADER // 2
+        for name, node in entries:
+            budget -= len(name.encode()) + 40  # a name, a bool, four numbers of <= 9 bytes
+            if budget < 0 and names:
+                more = True
+                break
+            names.append(name)
+            mtime.append(node.mtime)
+            if isinstance(node, Dir):
+                is_dir.append(True)
+                size.append(len(node.children))  # for a directory: how many entries
+                replication.append(0)
+                block_size.append(0)
+            else:
+                is_dir.append(False)
+                size.append(node.size)
+                replication.append(node.replication)
+                block_size.append(node.block_size)
+        return {"path": path, "names": names, "dir": is_dir, "size": size, "mtime": mtime,
+                "replication": replication, "block_size": block_size, "more": more}
 
     def handle_mkdir(self, h: dict[str, Any], payload: memoryview,
                      conn: ServerConnection) -> Awaitable[dict[str, Any]] | dict[str, Any]:
