@@ -444,8 +444,9 @@ class ChunkService:
             await asyncio.sleep(start - now)
 
     # reads ----------------------------------------------------------------------------
-    def handle_read_block(self, h: dict[str, Any], payload: memoryview,
-                          conn: ServerConnection) -> tuple[dict[str, Any], bytes]:
+    def handle_read_block(self, h: dict[str, Any], payload: memoryview, conn: ServerConnection
+                          ) -> tuple[dict[str, Any], bytes] | Awaitable[tuple[dict[str, Any],
+                                                                               bytes]]:
         block_id, gen = _int(h, "block"), _int(h, "gen")
         offset, length = _int(h, "offset"), _int(h, "length")
         size = self.store.lookup(block_id, gen)
@@ -453,6 +454,15 @@ class ChunkService:
                 (length % CHUNK and offset + length < size):
             raise BadRequest(f"reads cover whole {CHUNK}-byte chunks (up to the block's end) "
                              f"and are at most {config.MAX_PAYLOAD} bytes")
+        if length <= CHUNK:  # small: likely cached, and cheaper here than a thread hop
+            return self._read(block_id, gen, offset, length)
+        # Large reads may go to the disk (blocks are written around the page cache), which
+        # must not stall the loop.
+        return asyncio.get_running_loop().run_in_executor(
+            self.disk, self._read, block_id, gen, offset, length)
+
+    def _read(self, block_id: int, gen: int, offset: int,
+              length: int) -> tuple[dict[str, Any], bytes]:
         try:
             data, crcs, size = self.store.read(block_id, gen, offset, length)
         except OSError as exc:
