@@ -329,6 +329,9 @@ class BlockStore:
 
     # writes and reads -----------------------------------------------------------------
     def open_write(self, block_id: int, gen: int) -> BlockWriter:
+        have = self.index.get(block_id)
+        if have is not None and have[0] > gen:
+            raise StaleGeneration(f"block {block_id} has gen {have[0]} here, newer than {gen}")
         try:
             return BlockWriter(self, block_id, gen)
         except OSError as exc:
@@ -360,8 +363,16 @@ class BlockStore:
             raise
 
     def added(self, block_id: int, gen: int, size: int) -> None:
-        """A replica was finalized: index it and drop older generations of it."""
+        """A replica was finalized: index it and drop older generations of it. A late
+        replica of an older generation than the one indexed is dropped instead (a hung
+        server's queued write that arrives after the pipeline was rebuilt)."""
         prev = self.index.get(block_id)
+        if prev is not None and prev[0] > gen:
+            try:
+                os.unlink(self.path(block_id, gen))
+            except FileNotFoundError:
+                pass
+            return
         if prev is not None and prev[0] != gen:
             try:
                 os.unlink(self.path(block_id, prev[0]))

@@ -184,6 +184,7 @@ class ChunkService:
         local = asyncio.get_running_loop().run_in_executor(
             self.disk, self.store.write_whole, block_id, gen, frame.payload, crcs)
         down: asyncio.Future[Frame] | None = None
+        indexed = False
         try:
             if chain:
                 try:
@@ -197,6 +198,7 @@ class ChunkService:
                 await asyncio.shield(local)
             except (OSError, ValueError, DFSError) as exc:
                 raise self._local_error(exc) from None
+            indexed = True
             self.store.added(block_id, gen, size)
             self.on_block(block_id, gen, size)
             replicas = [self.addr]
@@ -211,7 +213,7 @@ class ChunkService:
         except BaseException:
             if down is not None:
                 down.cancel()
-            if not local.done():  # still being written: index it if it lands
+            if not indexed:  # written, or still being written: index it when it lands
                 local.add_done_callback(lambda f: self._landed(f, block_id, gen, size))
             raise  # the buffer is not reused: a transport may still hold it
         frame.release()

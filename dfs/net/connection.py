@@ -268,11 +268,15 @@ async def cancel_and_wait(task: "asyncio.Task[None] | None") -> None:
 
 
 class ConnectionPool:
-    """One shared connection per address, reopened when it breaks."""
+    """One shared connection per address, reopened when it breaks.
+
+    Callers that want an address while a connect to it is under way share that one attempt:
+    queued one after another, N requests to a hung server would fail at 5, 10, 15 ... s, and
+    the last ones would outlive their own timeouts and blame the wrong server."""
 
     def __init__(self, role: str = "client", **hello: Any) -> None:
         self._conns: dict[str, Connection] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._opening: dict[str, asyncio.Future[Connection]] = {}
         self._role = role
         self._hello = hello
 
@@ -280,13 +284,19 @@ class ConnectionPool:
         conn = self._conns.get(addr)
         if conn is not None and not conn.closed:
             return conn
-        lock = self._locks.setdefault(addr, asyncio.Lock())
-        async with lock:
-            conn = self._conns.get(addr)
-            if conn is None or conn.closed:
-                conn = await Connection.open(addr, role=self._role, **self._hello)
-                self._conns[addr] = conn
-            return conn
+        opening = self._opening.get(addr)
+        if opening is None:
+            opening = asyncio.ensure_future(Connection.open(addr, role=self._role,
+                                                            **self._hello))
+            self._opening[addr] = opening
+
+            def opened(f: asyncio.Future[Connection]) -> None:
+                if self._opening.get(addr) is f:
+                    del self._opening[addr]
+                if not f.cancelled() and f.exception() is None:
+                    self._conns[addr] = f.result()
+            opening.add_done_callback(opened)
+        return await asyncio.shield(opening)
 
     def discard(self, addr: str) -> None:
         conn = self._conns.pop(addr, None)
@@ -294,6 +304,9 @@ class ConnectionPool:
             conn.close()
 
     def close(self) -> None:
+        for fut in self._opening.values():
+            fut.cancel()
+        self._opening.clear()
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
