@@ -24,7 +24,8 @@ EXIT_OK, EXIT_ERROR, EXIT_NOT_FOUND = 0, 1, 2
 
 # A trailing meta address, as in the seed's `dfs-cli put a /a http://127.0.0.1:5000`.
 _URL = re.compile(r"^(https?://)[^/\s]+/?$|^[A-Za-z0-9_.\-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
-_VALUE_OPTIONS = {"--meta", "-r", "--replication", "--block-size"}
+_VALUE_OPTIONS = {"--meta", "-r", "--replication", "--block-size", "--secret-file",
+                  "--tls-cert", "--tls-key", "--tls-ca"}
 # Positionals each command needs before a trailing HOST:PORT can be the meta address (ls's
 # path is optional, and a remote path is absolute, so HOST:PORT is never an ls path).
 _POSITIONALS = {"put": 2, "get": 2, "cat": 1, "ls": 0, "stat": 1, "mkdir": 1, "rm": 1,
@@ -55,6 +56,11 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
     p.add_argument("--meta", default=default, metavar="HOST:PORT",
                    help="meta server (default: $DFS_META, else 127.0.0.1:5000)")
+    p.add_argument("--secret-file", default=default, metavar="PATH",
+                   help="the cluster secret (default: $DFS_SECRET_FILE)")
+    p.add_argument("--tls-cert", default=default, metavar="PEM", help="TLS: our certificate")
+    p.add_argument("--tls-key", default=default, metavar="PEM", help="TLS: its private key")
+    p.add_argument("--tls-ca", default=default, metavar="PEM", help="TLS: the cluster's CA")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,6 +251,8 @@ async def cmd_ls(c: AsyncClient, a: argparse.Namespace) -> int:
 
 async def cmd_stat(c: AsyncClient, a: argparse.Namespace) -> int:
     info = await c.stat(a.path)
+    for b in info.get("blocks", []):
+        b.pop("token", None)  # a read credential: not for printing
     if a.json:
         _print_json(info)
         return EXIT_OK
@@ -324,8 +332,13 @@ COMMANDS: dict[str, Callable[[AsyncClient, argparse.Namespace], Any]] = {
 }
 
 
+def _client(args: argparse.Namespace) -> AsyncClient:
+    return AsyncClient(args.meta, secret_file=args.secret_file, tls_cert=args.tls_cert,
+                       tls_key=args.tls_key, tls_ca=args.tls_ca)
+
+
 async def run(args: argparse.Namespace) -> int:
-    async with AsyncClient(args.meta) as client:
+    async with _client(args) as client:
         code: int = await COMMANDS[args.command](client, args)
         return code
 
@@ -337,8 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     if seed and not args.meta:
         args.meta = seed
     try:
-        args.meta = AsyncClient(args.meta).meta_addr  # validate the address early
+        args.meta = _client(args).meta_addr  # validate the address and files early
     except ValueError as exc:
+        return _fail(str(exc), EXIT_ERROR)
+    except DFSError as exc:
         return _fail(str(exc), EXIT_ERROR)
     try:
         try:

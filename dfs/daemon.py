@@ -24,7 +24,7 @@ from .chunk.scrubber import Scrubber
 from .chunk.service import ChunkService
 from .meta.journal import FileJournal, JournalCorrupt
 from .meta.service import MetaService
-from .net import Connection, Server
+from .net import Connection, Security, SecurityError, Server, security
 
 log = logging.getLogger("dfsd")
 
@@ -71,8 +71,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chunk: start a full scrub pass this often (default 7d)")
     p.add_argument("--upload-lease", type=config.parse_duration, default=config.UPLOAD_LEASE,
                    help=argparse.SUPPRESS)
+    p.add_argument("--secret-file", help="the cluster secret (default: $DFS_SECRET_FILE); "
+                   "without one, anyone who can reach the port can read and write")
+    p.add_argument("--token-lifetime", type=config.parse_duration,
+                   default=security.TOKEN_LIFETIME,
+                   help="meta: how long a block token stays valid (default 10m)")
+    p.add_argument("--tls-cert", help="this server's certificate (PEM); TLS on every connection")
+    p.add_argument("--tls-key", help="its private key (PEM)")
+    p.add_argument("--tls-ca", help="the CA that signed every member's certificate (PEM)")
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def load_security(args: argparse.Namespace) -> Security:
+    """The secret and TLS files, or one clear start-up error."""
+    try:
+        return Security.from_options(args.secret_file, args.tls_cert, args.tls_key,
+                                     args.tls_ca, token_lifetime=args.token_lifetime)
+    except SecurityError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def warn_if_open(sec: Security, args: argparse.Namespace) -> None:
+    """One warning once listening (a dfsd that cannot start prints only its error line)."""
+    if not sec.authenticating:
+        log.warning("no --secret-file (or $DFS_SECRET_FILE): this cluster does not "
+                    "authenticate; anyone who can reach port %d can read, write and delete "
+                    "data", args.port)
 
 
 def data_dir(args: argparse.Namespace) -> str:
@@ -132,6 +157,7 @@ def bind(server: Server) -> None:
 
 
 async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    sec = load_security(args)
     path = data_dir(args)
     id_file = os.path.join(path, "cluster.id")
     if not os.path.exists(id_file):
@@ -151,8 +177,9 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
                           checkpoint_path=os.path.join(path, "checkpoint"),
                           checkpoint_interval=args.checkpoint_interval,
                           checkpoint_records=args.checkpoint_records,
-                          orphan_grace=args.orphan_grace, delete_grace=args.delete_grace)
-    server = Server("meta", args.host, args.port, connection_limit())
+                          orphan_grace=args.orphan_grace, delete_grace=args.delete_grace,
+                          security=sec)
+    server = Server("meta", args.host, args.port, connection_limit(), security=sec)
     bind(server)
     try:
         await service.start()
@@ -160,6 +187,7 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
         raise StartupError(str(exc)) from None
     await server.start(service)
     log.info("meta listening on %s, data in %s", addr, path)
+    warn_if_open(sec, args)
     await stop.wait()
     log.info("meta shutting down")
     await server.close()
@@ -167,8 +195,9 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
 
 async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    sec = load_security(args)
     path = data_dir(args)
-    server = Server("chunk", args.host, args.port, connection_limit())
+    server = Server("chunk", args.host, args.port, connection_limit(), security=sec)
     bind(server)
     try:
         store = BlockStore(path, capacity=args.capacity)
@@ -187,13 +216,14 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
     service = ChunkService(store, addr or f"127.0.0.1:{args.port}",
                            on_block=lambda b, g, s: link.block_received(b, g, s),
-                           copy_rate=args.replication_rate)
+                           copy_rate=args.replication_rate, security=sec)
     link = MetaLink(store, args.meta, args.heartbeat_interval, advertise,
                     writing=lambda: service.writing, replicate=service.replicate,
-                    block_report_interval=args.block_report_interval)
+                    block_report_interval=args.block_report_interval, security=sec)
     await server.start(service)
     log.info("chunkserver %s listening on port %d, %d blocks in %s", store.server_id,
              args.port, len(store.index), path)
+    warn_if_open(sec, args)
     link.start()
     scrubber = Scrubber(store, args.scrub_rate, args.scrub_interval, link.block_corrupt,
                         service.disk)

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import DFSError
-from ..net import Connection, cancel_and_wait
+from ..net import NO_SECURITY, Connection, Security, cancel_and_wait
 from .blockstore import BlockStore
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 class MetaLink:
     def __init__(self, store: BlockStore, meta_addr: str, interval: float,
                  advertise: Callable[[Connection], str], writing: Callable[[], int],
-                 replicate: Callable[[int, int, str], None],
-                 block_report_interval: float = 3600.0) -> None:
+                 replicate: Callable[[int, int, str, Any], None],
+                 block_report_interval: float = 3600.0,
+                 security: Security = NO_SECURITY) -> None:
         self.store = store
         self.meta_addr = meta_addr
         self.interval = interval
@@ -31,6 +32,7 @@ class MetaLink:
         self._writing = writing
         self._replicate = replicate
         self.block_report_interval = block_report_interval
+        self.security = security
         self._last_full_report = 0.0
         self.addr = ""
         self.conn: Connection | None = None
@@ -69,7 +71,8 @@ class MetaLink:
         while True:
             try:
                 if self.conn is None or self.conn.closed:
-                    self.conn = await Connection.open(self.meta_addr, role="chunk")
+                    self.conn = await Connection.open(self.meta_addr, role="chunk",
+                                                      security=self.security)
                     self.addr = self._advertise(self.conn)
                     self.registered = False
                 if not self.registered:
@@ -146,7 +149,9 @@ class MetaLink:
             if deleted:
                 log.info("deleted %d blocks on meta's request", deleted)
         elif cmd.get("op") == "replicate":
-            for block_id, gen, target in cmd.get("blocks") or []:
-                self._replicate(int(block_id), int(gen), str(target))
+            for entry in cmd.get("blocks") or []:
+                block_id, gen, target = entry[:3]
+                token = entry[3] if len(entry) > 3 else None
+                self._replicate(int(block_id), int(gen), str(target), token)
         else:
             log.warning("ignoring unknown command from meta: %r", cmd.get("op"))

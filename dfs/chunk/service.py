@@ -23,7 +23,7 @@ import crc32c
 
 from .. import config
 from ..errors import BadRequest, ChecksumError, DFSError, NoSpace, Unavailable
-from ..net import ConnectionPool, ServerConnection, wait_reply
+from ..net import NO_SECURITY, ConnectionPool, Security, ServerConnection, wait_reply
 from ..net.connection import Connection
 from ..protocol import Frame
 from .blockstore import CHUNK, BlockStore, BlockWriter
@@ -80,12 +80,14 @@ def _abort_opened(fut: "asyncio.Future[BlockWriter]") -> None:
 class ChunkService:
     def __init__(self, store: BlockStore, addr: str,
                  on_block: Callable[[int, int, int], None],
-                 copy_rate: int = config.DEFAULT_REPLICATION_RATE) -> None:
+                 copy_rate: int = config.DEFAULT_REPLICATION_RATE,
+                 security: Security = NO_SECURITY) -> None:
         self.store = store
         self.addr = addr  # as advertised to meta and clients
         self.on_block = on_block  # tells meta about a finalized replica
         self.writing = 0  # streams open across all connections
-        self.pool = ConnectionPool(role="chunk")  # to downstream chunkservers
+        self.security = security  # checks block tokens; authenticates to other servers
+        self.pool = ConnectionPool(role="chunk", security=security)  # to downstream servers
         # Disk threads: packet writes, flushes and fsyncs block here, never the event loop.
         self.disk = ThreadPoolExecutor(max_workers=config.DISK_THREADS, thread_name_prefix="disk")
         self.copies: set[asyncio.Future[None]] = set()  # re-replication in progress
@@ -109,13 +111,15 @@ class ChunkService:
                            conn: ServerConnection) -> Awaitable[dict[str, Any]]:
         block_id, gen = _int(h, "block"), _int(h, "gen")
         chain = _chain(h)
+        token = h.get("token")
+        self.security.check(token, block_id, gen, "w")
         streams = self._streams(conn)
         # Re-opening a block on the same connection means the writer gave up on the old try.
         self._close_stream(streams, block_id)
-        return self._open_stream(streams, block_id, gen, chain)
+        return self._open_stream(streams, block_id, gen, chain, token)
 
     async def _open_stream(self, streams: dict[int, Stream], block_id: int, gen: int,
-                           chain: list[str]) -> dict[str, Any]:
+                           chain: list[str], token: Any) -> dict[str, Any]:
         # The local file is created in a disk thread (creating a file can wait on the
         # filesystem journal while a sync runs; on the loop that would stall every
         # connection), at the same time as the downstream server opens its own.
@@ -127,7 +131,8 @@ class ChunkService:
                 try:
                     downstream = await self.pool.get(chain[0])
                     await downstream.call("write_block", block=block_id, gen=gen,
-                                          targets=chain[1:], timeout=config.RPC_TIMEOUT)
+                                          targets=chain[1:], token=token,
+                                          timeout=config.RPC_TIMEOUT)
                 except DFSError as exc:
                     bad = exc.details.get("bad") or chain[0]
                     raise Unavailable(f"pipeline to {chain[0]} failed: {exc}",
@@ -174,12 +179,14 @@ class ChunkService:
         if size != len(payload) or not 0 < size <= config.MAX_PAYLOAD:
             raise BadRequest(f"write_small carries the whole block: size {size} but "
                              f"{len(payload)} bytes of payload")
+        token = h.get("token")
+        self.security.check(token, block_id, gen, "w")
         crcs = h.get("crcs") or []
         verify_crcs(payload, crcs)
-        return self._write_small(block_id, gen, chain, crcs, conn.detach_payload())
+        return self._write_small(block_id, gen, chain, crcs, token, conn.detach_payload())
 
     async def _write_small(self, block_id: int, gen: int, chain: list[str], crcs: list[int],
-                           frame: Frame) -> dict[str, Any]:
+                           token: Any, frame: Frame) -> dict[str, Any]:
         size = len(frame.payload)
         local = asyncio.get_running_loop().run_in_executor(
             self.disk, self.store.write_whole, block_id, gen, frame.payload, crcs)
@@ -190,7 +197,8 @@ class ChunkService:
                 try:
                     downstream = await self.pool.get(chain[0])
                     down = downstream.request("write_small", frame.payload, block=block_id,
-                                              gen=gen, targets=chain[1:], crcs=crcs, size=size)
+                                              gen=gen, targets=chain[1:], crcs=crcs, size=size,
+                                              token=token)
                 except DFSError as exc:
                     raise Unavailable(f"pipeline to {chain[0]} failed: {exc}",
                                       bad=exc.details.get("bad") or chain[0]) from None
@@ -228,7 +236,8 @@ class ChunkService:
 
     def handle_abort_block(self, h: dict[str, Any], payload: memoryview,
                            conn: ServerConnection) -> dict[str, Any]:
-        """The upstream gave up on this block: drop the partial replica (and downstream's)."""
+        """The upstream gave up on this block: drop the partial replica (and downstream's).
+        Needs no token: it only touches a stream this connection opened, with one."""
         self._close_stream(self._streams(conn), _int(h, "block"))
         return {}
 
@@ -395,14 +404,15 @@ class ChunkService:
         return err
 
     # re-replication -------------------------------------------------------------------
-    def replicate(self, block_id: int, gen: int, target: str) -> None:
+    def replicate(self, block_id: int, gen: int, target: str, token: Any = None) -> None:
         """Meta asked for a copy of a replica we hold: stream it to `target` in the
-        background. The target reports the block to meta itself when it is durable."""
-        task = asyncio.ensure_future(self._copy(block_id, gen, target))
+        background (with meta's write token for it). The target reports the block to meta
+        itself when it is durable."""
+        task = asyncio.ensure_future(self._copy(block_id, gen, target, token))
         self.copies.add(task)
         task.add_done_callback(self.copies.discard)
 
-    async def _copy(self, block_id: int, gen: int, target: str) -> None:
+    async def _copy(self, block_id: int, gen: int, target: str, token: Any) -> None:
         loop = asyncio.get_running_loop()
         conn = None
         timeout = config.packet_timeout(0)
@@ -410,7 +420,8 @@ class ChunkService:
         try:
             size = self.store.lookup(block_id, gen)
             conn = await self.pool.get(target)
-            (await conn.call("write_block", block=block_id, gen=gen, targets=[])).release()
+            (await conn.call("write_block", block=block_id, gen=gen, targets=[],
+                             token=token)).release()
             offset = 0
             while offset < size:
                 n = min(config.PACKET_SIZE, size - offset)
@@ -451,6 +462,7 @@ class ChunkService:
                                                                                bytes]]:
         block_id, gen = _int(h, "block"), _int(h, "gen")
         offset, length = _int(h, "offset"), _int(h, "length")
+        self.security.check(h.get("token"), block_id, gen, "r")
         size = self.store.lookup(block_id, gen)
         if offset % CHUNK or length > config.MAX_PAYLOAD or \
                 (length % CHUNK and offset + length < size):
@@ -474,4 +486,5 @@ class ChunkService:
     def handle_block_info(self, h: dict[str, Any], payload: memoryview,
                           conn: ServerConnection) -> dict[str, Any]:
         block_id, gen = _int(h, "block"), _int(h, "gen")
+        self.security.check(h.get("token"), block_id, gen, "r")
         return {"size": self.store.lookup(block_id, gen)}

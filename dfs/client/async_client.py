@@ -17,8 +17,8 @@ import threading
 from typing import Any, BinaryIO, Callable
 
 from .. import config
-from ..errors import DFSError, IsADirectory, Unavailable
-from ..net import Connection, ConnectionPool
+from ..errors import DFSError, IsADirectory, Unauthorized, Unavailable
+from ..net import Connection, ConnectionPool, Security, SecurityError
 from .reader import FileReader
 from .writer import FileWriter
 
@@ -187,11 +187,17 @@ class AsyncClient:
     """Talks to one dfs cluster. Use as `async with dfs.AsyncClient(addr) as c:`."""
 
     def __init__(self, meta: str | None = None, *, timeout: float = config.RPC_TIMEOUT,
-                 secret_file: str | None = None) -> None:
+                 secret_file: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, tls_ca: str | None = None) -> None:
+        """secret_file: the cluster secret (default $DFS_SECRET_FILE); tls_*: PEM files for
+        TLS to every server (all three, or none). See docs/SECURITY.md."""
         self.meta_addr = meta_address(meta)
         self.timeout = timeout
-        self.secret_file = secret_file  # accepted for forward compatibility (issue: security)
-        self.pool = ConnectionPool()
+        try:
+            self.security = Security.from_options(secret_file, tls_cert, tls_key, tls_ca)
+        except SecurityError as exc:
+            raise Unauthorized(str(exc)) from None
+        self.pool = ConnectionPool(security=self.security)
         self._meta: Connection | None = None
         self._meta_lock: asyncio.Lock | None = None
 
@@ -217,7 +223,8 @@ class AsyncClient:
         async with self._meta_lock:
             if self._meta is None or self._meta.closed:
                 try:
-                    self._meta = await Connection.open(self.meta_addr)
+                    self._meta = await Connection.open(self.meta_addr,
+                                                       security=self.security)
                 except Unavailable as exc:
                     raise Unavailable(f"meta server: {exc.msg}") from None
             return self._meta

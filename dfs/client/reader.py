@@ -177,7 +177,8 @@ class FileReader:
     async def _read_from(self, addr: str, block: dict[str, Any], seg: int, length: int) -> bytes:
         conn = await self.client.pool.get(addr)
         reply = await conn.call("read_block", block=int(block["id"]), gen=block["gen"],
-                                offset=seg, length=length, timeout=config.READ_TIMEOUT)
+                                offset=seg, length=length, token=block.get("token"),
+                                timeout=config.READ_TIMEOUT)
         try:
             data = reply.payload
             if len(data) != length:

@@ -43,9 +43,11 @@ class Client:
     """Blocking dfs client: `dfs.Client("127.0.0.1:5000")`, or `dfs.Client()` for $DFS_META."""
 
     def __init__(self, meta: str | None = None, *, timeout: float = config.RPC_TIMEOUT,
-                 secret_file: str | None = None) -> None:
+                 secret_file: str | None = None, tls_cert: str | None = None,
+                 tls_key: str | None = None, tls_ca: str | None = None) -> None:
+        self._async = AsyncClient(meta, timeout=timeout, secret_file=secret_file,
+                                  tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
         self._thread = _LoopThread()
-        self._async = AsyncClient(meta, timeout=timeout, secret_file=secret_file)
         self.meta_addr = self._async.meta_addr
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -51,10 +51,11 @@ class BlockWrite:
     """One block: its packets, its current chain, the acks in flight."""
 
     def __init__(self, client: "AsyncClient", upload: int, block_id: int, gen: int,
-                 targets: list[str]) -> None:
+                 targets: list[str], token: Any = None) -> None:
         self.client = client
         self.upload = upload
         self.block_id, self.gen, self.targets = block_id, gen, targets
+        self.token = token  # meta's write token for (block, gen): chunkservers check it
         self.packets: list[tuple[bytes, list[int]]] = []
         self.size = 0
         self.conn: Connection | None = None
@@ -66,7 +67,7 @@ class BlockWrite:
     async def _open(self) -> None:
         self.conn = await self.client.pool.get(self.targets[0])
         reply = await self.conn.call("write_block", block=self.block_id, gen=self.gen,
-                                     targets=self.targets[1:])
+                                     targets=self.targets[1:], token=self.token)
         reply.release()
 
     async def start(self) -> None:
@@ -163,7 +164,8 @@ class BlockWrite:
         (data, crcs), = self.packets
         conn = await self.client.pool.get(self.targets[0])
         fut = conn.request("write_small", data, block=self.block_id, gen=self.gen,
-                           targets=self.targets[1:], crcs=crcs, size=len(data))
+                           targets=self.targets[1:], crcs=crcs, size=len(data),
+                           token=self.token)
         reply = await wait_reply(fut, self._timeout, f"block to {self.targets[0]}")
         replicas: list[str] = reply.header.get("replicas") or [self.targets[0]]
         reply.release()
@@ -184,7 +186,7 @@ class BlockWrite:
         reply = await self.client.meta_call("recover_block", upload=self.upload,
                                             block=self.block_id, exclude=sorted(self.excluded),
                                             keep=keep)
-        self.gen, self.targets = reply["gen"], reply["targets"]
+        self.gen, self.targets, self.token = reply["gen"], reply["targets"], reply.get("token")
         log.info("block %d: resending to %s as gen %d", self.block_id, self.targets, self.gen)
         self.error = None
         if not self.started:
@@ -273,7 +275,7 @@ class FileWriter:
             reply = await self.client.meta_call("add_block", upload=self.upload,
                                                 exclude=sorted(self.excluded))
         self.block = BlockWrite(self.client, self.upload, reply["block"], reply["gen"],
-                                reply["targets"])
+                                reply["targets"], reply.get("token"))
         self.block.excluded = self.excluded
 
     async def _end_block(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Iterable
+from typing import Any, Iterable
 
 from .placement import Candidate
 
@@ -33,7 +33,7 @@ class ChunkServer:
         self.pending = 0  # bytes promised to blocks allocated since its last heartbeat
         self.writing = 0
         self.deletes: list[list[int]] = []  # [block, gen] to delete, sent with the next reply
-        self.copies: list[list[int | str]] = []  # [block, gen, target addr] to send a copy to
+        self.copies: list[list[Any]] = []  # [block, gen, target addr, token] to send copies to
         # "" (in service), "decommissioning" (draining: serves reads, takes no new blocks,
         # its replicas do not count toward R) or "decommissioned" (drained).
         self.decommission = ""

@@ -24,7 +24,7 @@ from typing import Any, Awaitable
 
 from .. import config
 from ..errors import BadRequest, DFSError, NoSpace, NotFound, Unavailable
-from ..net import ServerConnection
+from ..net import NO_SECURITY, Security, ServerConnection
 from . import checkpoint
 from .cluster import BlockInfo, Cluster
 from .journal import JournalCorrupt, JournalStore
@@ -85,7 +85,8 @@ class MetaService:
                  checkpoint_path: str | None = None, checkpoint_interval: float = 3600.0,
                  checkpoint_records: int = 100_000,
                  orphan_grace: float = config.UPLOAD_LEASE,
-                 delete_grace: float = config.DELETE_GRACE) -> None:
+                 delete_grace: float = config.DELETE_GRACE,
+                 security: Security = NO_SECURITY) -> None:
         self.journal = journal
         self.addr = addr
         self.cluster_id = cluster_id
@@ -103,6 +104,7 @@ class MetaService:
         self.checkpoint_path = checkpoint_path
         self.orphan_grace = orphan_grace
         self.delete_grace = delete_grace
+        self.security = security  # signs the block tokens chunkservers check
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_records = checkpoint_records
         self._last_checkpoint = time.monotonic()
@@ -250,7 +252,8 @@ class MetaService:
         for copy in self.replicator.schedule(now):
             source = self.cluster.servers[copy.source]
             target = self.cluster.servers[copy.target]
-            source.copies.append([copy.block, copy.gen, target.addr])
+            source.copies.append([copy.block, copy.gen, target.addr,
+                                  self.security.issue(copy.block, copy.gen, "w")])
             log.info("re-replicating block %d: %s -> %s", copy.block, source.addr, target.addr)
 
     def _durable(self, record: list[Any], reply: dict[str, Any]) -> Awaitable[dict[str, Any]]:
@@ -384,7 +387,8 @@ class MetaService:
         self._next_block += 1
         self.cluster.add_block(block_id, BlockInfo(1, 0, up.replication, up.id))
         up.blocks.append(block_id)
-        return {"block": block_id, "gen": 1, "targets": targets}
+        return {"block": block_id, "gen": 1, "targets": targets,
+                "token": self.security.issue(block_id, 1, "w")}
 
     def handle_recover_block(self, h: dict[str, Any], payload: memoryview,
                              conn: ServerConnection) -> dict[str, Any]:
@@ -406,7 +410,8 @@ class MetaService:
         gen = self.cluster.bump_generation(block_id)
         log.info("pipeline recovery of block %d: gen %d, targets %s (excluded %s)",
                  block_id, gen, targets, sorted(exclude))
-        return {"block": block_id, "gen": gen, "targets": targets}
+        return {"block": block_id, "gen": gen, "targets": targets,
+                "token": self.security.issue(block_id, gen, "w")}
 
     def handle_renew(self, h: dict[str, Any], payload: memoryview,
                      conn: ServerConnection) -> dict[str, Any]:
@@ -499,6 +504,9 @@ class MetaService:
             out["blocks"] = [{"id": str(b.id), "gen": b.gen, "size": b.size,
                               "replicas": self.cluster.live_replicas(b.id)}
                              for b in node.blocks]
+            if self.security.authenticating:  # read tokens for the chunkservers
+                for b, entry in zip(node.blocks, out["blocks"], strict=True):
+                    entry["token"] = self.security.issue(b.id, b.gen, "r")
         return out
 
     def handle_stat(self, h: dict[str, Any], payload: memoryview,

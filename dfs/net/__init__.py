@@ -1,7 +1,8 @@
 """asyncio transport layer: connections, the request shape, the server. Logic lives elsewhere."""
 
 from .connection import Connection, ConnectionPool, FrameProtocol, cancel_and_wait, wait_reply
+from .security import NO_SECURITY, Security, SecurityError
 from .server import Server, ServerConnection
 
-__all__ = ["Connection", "ConnectionPool", "FrameProtocol", "Server", "ServerConnection",
-           "cancel_and_wait", "wait_reply"]
+__all__ = ["NO_SECURITY", "Connection", "ConnectionPool", "FrameProtocol", "Security",
+           "SecurityError", "Server", "ServerConnection", "cancel_and_wait", "wait_reply"]

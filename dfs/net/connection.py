@@ -9,14 +9,25 @@ error reply to its `DFSError` through `errors.from_wire`.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import logging
+import ssl
 from typing import Any, cast
 
 from .. import config
 from ..config import format_addr
-from ..errors import DFSError, ProtocolViolation, Timeout, TooLarge, Unavailable, from_wire
+from ..errors import (
+    DFSError,
+    ProtocolViolation,
+    Timeout,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    from_wire,
+)
 from ..protocol import Frame, FrameReader, encode_header
+from .security import NO_SECURITY, Security
 
 log = logging.getLogger(__name__)
 
@@ -184,25 +195,59 @@ class Connection:
 
     @classmethod
     async def open(cls, addr: str, *, role: str = "client",
-                   timeout: float = config.CONNECT_TIMEOUT, **hello: Any) -> "Connection":
+                   timeout: float = config.CONNECT_TIMEOUT,
+                   security: Security = NO_SECURITY, **hello: Any) -> "Connection":
         host, port = config.parse_addr(addr)
         loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {}
+        if security.client_ssl is not None:
+            tls = {"ssl": security.client_ssl, "ssl_handshake_timeout": timeout}
         try:
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: ClientProtocol(addr), host, port), timeout)
+                loop.create_connection(lambda: ClientProtocol(addr), host, port, **tls),
+                timeout)
         except asyncio.TimeoutError:
             raise Unavailable(f"connecting to {addr} timed out") from None
+        except ssl.SSLError as exc:
+            raise Unauthorized(f"TLS handshake with {addr} failed: "
+                               f"{exc.reason or exc}") from None
         except OSError as exc:
             raise Unavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
         conn = cls(addr, proto)
         try:
-            reply = await conn.call("hello", version=config.PROTOCOL_VERSION, role=role,
-                                    timeout=timeout, **hello)
+            await conn._hello(role, timeout, security, hello)
         except BaseException:
             conn.close()
             raise
-        conn.server_info = reply.header
         return conn
+
+    async def _hello(self, role: str, timeout: float, security: Security,
+                     fields: dict[str, Any]) -> None:
+        """hello, and with a secret the challenge-response (docs/SECURITY.md): both ends
+        prove they know the cluster secret without sending it."""
+        mine = security.nonce() if security.authenticating else None
+        if mine is not None:
+            fields = {**fields, "nonce": mine}
+        reply = await self.call("hello", version=config.PROTOCOL_VERSION, role=role,
+                                timeout=timeout, **fields)
+        info = reply.header
+        reply.release()
+        theirs = info.get("challenge")
+        if mine is None:
+            if theirs is not None:
+                raise Unauthorized(f"{self.addr} requires the cluster secret "
+                                   "(--secret-file or $DFS_SECRET_FILE)")
+        else:
+            if not isinstance(theirs, bytes):
+                raise Unauthorized(f"{self.addr} does not authenticate: it runs without the "
+                                   "cluster secret")
+            proof = info.get("proof")
+            if not isinstance(proof, bytes) or \
+                    not hmac.compare_digest(proof, security.server_proof(mine, theirs)):
+                raise Unauthorized(f"{self.addr} does not know the cluster secret")
+            (await self.call("auth", proof=security.client_proof(mine, theirs),
+                             timeout=timeout)).release()
+        self.server_info = info
 
     @property
     def closed(self) -> bool:
@@ -274,10 +319,12 @@ class ConnectionPool:
     queued one after another, N requests to a hung server would fail at 5, 10, 15 ... s, and
     the last ones would outlive their own timeouts and blame the wrong server."""
 
-    def __init__(self, role: str = "client", **hello: Any) -> None:
+    def __init__(self, role: str = "client", security: Security = NO_SECURITY,
+                 **hello: Any) -> None:
         self._conns: dict[str, Connection] = {}
         self._opening: dict[str, asyncio.Future[Connection]] = {}
         self._role = role
+        self._security = security
         self._hello = hello
 
     async def get(self, addr: str) -> Connection:
@@ -286,8 +333,8 @@ class ConnectionPool:
             return conn
         opening = self._opening.get(addr)
         if opening is None:
-            opening = asyncio.ensure_future(Connection.open(addr, role=self._role,
-                                                            **self._hello))
+            opening = asyncio.ensure_future(Connection.open(
+                addr, role=self._role, security=self._security, **self._hello))
             self._opening[addr] = opening
 
             def opened(f: asyncio.Future[Connection]) -> None:

@@ -16,9 +16,17 @@ import time
 from typing import Any, Awaitable, Callable
 
 from .. import config
-from ..errors import BadRequest, DFSError, ProtocolViolation, TooLarge, VersionMismatch
+from ..errors import (
+    BadRequest,
+    DFSError,
+    ProtocolViolation,
+    TooLarge,
+    Unauthorized,
+    VersionMismatch,
+)
 from ..protocol import Frame
 from .connection import FrameProtocol, Payload
+from .security import NO_SECURITY, NONCE_BYTES, Security
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +38,9 @@ class ServerConnection(FrameProtocol):
     def __init__(self, server: "Server") -> None:
         super().__init__()
         self.server = server
-        self.helloed = False
+        self.helloed = False  # hello (and, with a secret, auth) done: requests are served
         self.hello: dict[str, Any] = {}
+        self._nonces: tuple[bytes, bytes] | None = None  # (client's, ours) while challenged
         self.opened = time.monotonic()
         self.frame_started = self.opened  # when the frame now arriving began to arrive
         self.inflight = 0
@@ -115,20 +124,56 @@ class ServerConnection(FrameProtocol):
             self.reply(rid, result)
 
     def _hello(self, header: dict[str, Any], rid: int) -> None:
+        """hello, then (when this server has the cluster secret) auth: see docs/SECURITY.md.
+        Anything else before that is answered once and the connection closed."""
+        security = self.server.security
+        if self._nonces is not None:
+            self._auth(header, rid, security)
+            return
         if header.get("op") != "hello":
-            self.reply_error(rid, BadRequest("the first request must be hello"))
-            self.close()
+            self._refuse(rid, Unauthorized("authenticate first") if security.authenticating
+                         else BadRequest("the first request must be hello"))
             return
         version = header.get("version")
         if version != config.PROTOCOL_VERSION:
-            self.reply_error(rid, VersionMismatch(
+            self._refuse(rid, VersionMismatch(
                 f"peer speaks protocol {version!r}, this {self.server.role} speaks "
                 f"{config.PROTOCOL_VERSION}"))
-            self.close()
             return
-        self.helloed = True
         self.hello = header
-        self.reply(rid, {"version": config.PROTOCOL_VERSION, "role": self.server.role})
+        reply: dict[str, Any] = {"version": config.PROTOCOL_VERSION, "role": self.server.role}
+        if security.authenticating:
+            theirs = header.get("nonce")
+            if not isinstance(theirs, bytes) or len(theirs) != NONCE_BYTES:
+                self._refuse(rid, Unauthorized(f"this {self.server.role} requires the "
+                                               "cluster secret (--secret-file)"))
+                return
+            ours = security.nonce()
+            self._nonces = (theirs, ours)
+            reply["challenge"] = ours
+            reply["proof"] = security.server_proof(theirs, ours)
+        else:
+            self.helloed = True
+        self.reply(rid, reply)
+
+    def _auth(self, header: dict[str, Any], rid: int, security: Security) -> None:
+        assert self._nonces is not None
+        if header.get("op") != "auth":
+            self._refuse(rid, Unauthorized("authenticate first"))
+            return
+        try:
+            security.check_client(header.get("proof"), *self._nonces)
+        except Unauthorized as exc:
+            log.warning("refusing %s: %s", self.peername, exc)
+            self._refuse(rid, exc)
+            return
+        self._nonces = None
+        self.helloed = True
+        self.reply(rid, {})
+
+    def _refuse(self, rid: int, err: DFSError) -> None:
+        self.reply_error(rid, err)
+        self.close()
 
     def _finished(self, task: asyncio.Future[Reply], rid: int, op: str) -> None:
         self.server.tasks.discard(task)
@@ -200,8 +245,10 @@ class Server:
     """Listens on one address for one service."""
 
     def __init__(self, role: str, host: str, port: int,
-                 max_connections: int = config.MAX_CONNECTIONS) -> None:
+                 max_connections: int = config.MAX_CONNECTIONS,
+                 security: Security = NO_SECURITY) -> None:
         self.role = role
+        self.security = security
         self.host, self.port = host, port
         self.max_connections = max_connections
         self.handlers: dict[str, Handler] = {}
@@ -236,8 +283,12 @@ class Server:
         self.bind()
         assert self._sock is not None
         loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {}
+        if self.security.server_ssl is not None:
+            tls = {"ssl": self.security.server_ssl,
+                   "ssl_handshake_timeout": config.HELLO_TIMEOUT}
         self._server = await loop.create_server(
-            lambda: ServerConnection(self), sock=self._sock, backlog=1024)
+            lambda: ServerConnection(self), sock=self._sock, backlog=1024, **tls)
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def _sweep(self) -> None:
@@ -247,7 +298,8 @@ class Server:
             now = time.monotonic()
             for conn in list(self.conns):
                 if not conn.helloed and now - conn.opened > config.HELLO_TIMEOUT:
-                    log.info("closing %s: no hello in %gs", conn.peername, config.HELLO_TIMEOUT)
+                    log.info("closing %s: no hello (and auth) in %gs", conn.peername,
+                             config.HELLO_TIMEOUT)
                     conn.close()
                 elif conn.reader.mid_frame and not conn.paused_reading and \
                         now - conn.frame_started > config.FRAME_TIMEOUT:
