@@ -64,6 +64,7 @@ DELETE_GRACE = 3.0
 DEFAULT_REPLICATION_RATE = 64 * MiB  # bytes/s one chunkserver spends sending copies
 DEFAULT_SCRUB_RATE = 8 * MiB  # bytes per second the scrubber re-reads
 DEFAULT_SCRUB_INTERVAL = 7 * 24 * 3600.0  # one full scrub pass a week
+DEFAULT_RESERVE = 1 * GiB  # a chunkserver leaves this much of its disk free (--reserve)
 GROUP_SYNC_MAX_BYTES = 1 * MiB  # blocks up to this size are made durable by a shared syncfs
 DISK_THREADS = 16  # a chunkserver's blocking disk calls; also the largest group-commit batch
 BACKGROUND_SYNC_BYTES = 8 * MiB  # chunkserver flushes a block being written every this many bytes

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "server (default: the listen address, or the address used to reach meta)")
     p.add_argument("--capacity", type=config.parse_size, default=0,
                    help="chunk: bytes this server may use (default: the disk's free space)")
+    p.add_argument("--reserve", type=config.parse_size, default=config.DEFAULT_RESERVE,
+                   help="chunk: disk space never used for blocks (default 1GiB)")
     p.add_argument("--heartbeat-interval", type=config.parse_duration,
                    default=config.DEFAULT_HEARTBEAT_INTERVAL)
     p.add_argument("--dead-timeout", type=config.parse_duration,
@@ -200,7 +202,7 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
     server = Server("chunk", args.host, args.port, connection_limit(), security=sec)
     bind(server)
     try:
-        store = BlockStore(path, capacity=args.capacity)
+        store = BlockStore(path, capacity=args.capacity, reserve=args.reserve)
     except OSError as exc:
         raise StartupError(f"data dir {path} is unusable: {exc.strerror or exc}") from None
     wildcard = args.host in ("0.0.0.0", "::", "")

@@ -71,6 +71,7 @@ class BlockWriter:
         self.direct_fd = store.open_direct(self.tmp)
         self.crcs: list[int] = []
         self.written = 0
+        self.claimed = 0  # bytes counted in the store's `inflight` until sealed or aborted
         self.unsynced = 0
         self.closed = False
         # Guards `closed` and the fds between the loop (abort) and disk threads.
@@ -83,6 +84,8 @@ class BlockWriter:
             raise ValueError(f"packet at {offset} out of order (have {self.written})")
         if length and offset % CHUNK:
             raise ValueError(f"packet at {offset} follows a packet that was not whole chunks")
+        self.store.claim(length)
+        self.claimed += length
         self.crcs.extend(crcs)
         self.written += length
         self.unsynced += length
@@ -131,7 +134,9 @@ class BlockWriter:
             return os.dup(fd)
 
     def _close_fds(self) -> None:
-        """Close our descriptors; the caller holds the lock."""
+        """Close our descriptors and give back our claim on space; the caller holds the lock."""
+        self.store.unclaim(self.claimed)
+        self.claimed = 0
         self.closed = True
         os.close(self.fd)
         if self.direct_fd is not None:
@@ -210,8 +215,11 @@ class BlockWriter:
 
 class BlockStore:
     def __init__(self, root: str, capacity: int = 0, group_sync: bool = True,
-                 direct_io: bool = True) -> None:
+                 direct_io: bool = True, reserve: int = 0) -> None:
         self.root = root
+        self.reserve = reserve  # disk space never used for blocks (--reserve)
+        self.inflight = 0  # bytes claimed by replicas being written
+        self._space = threading.Lock()
         self.direct_io = direct_io and hasattr(os, "O_DIRECT")
         self.direct_refused = 0  # packets the kernel would not take directly (for tests)
         self.blocks_dir = os.path.join(root, "blocks")
@@ -297,12 +305,28 @@ class BlockStore:
 
     # stats ----------------------------------------------------------------------------
     def stats(self) -> tuple[int, int, int]:
-        """(capacity, used, free) in bytes; free also respects the disk's real free space."""
+        """(capacity, used, free) in bytes. Free respects the capacity flag, the disk's real
+        free space less the reserve, and bytes of writes still in progress."""
         st = os.statvfs(self.blocks_dir)
         disk_free = st.f_bavail * st.f_frsize
         capacity = self.capacity_flag or (self.used + disk_free)
-        free = max(0, min(capacity - self.used, disk_free))
-        return capacity, self.used, free
+        free = min(capacity - self.used - self.inflight, disk_free - self.reserve)
+        return capacity, self.used, max(0, free)
+
+    def claim(self, n: int) -> None:
+        """Room for n more bytes of a replica being written, or NoSpace. Called for every
+        packet before its bytes touch the disk, so a full disk (less the reserve) fails the
+        write cleanly instead of in the middle of a pwrite, and never eats the reserve."""
+        with self._space:
+            if n > self.stats()[2]:
+                raise NoSpace(f"chunkserver disk is full ({self.root}: less than "
+                              f"{n} bytes free above the {self.reserve}-byte reserve)")
+            self.inflight += n
+
+    def unclaim(self, n: int) -> None:
+        """The bytes of a write that finished (now counted in `used`) or was dropped."""
+        with self._space:
+            self.inflight = max(0, self.inflight - n)
 
     def find_missing(self) -> list[tuple[int, int]]:
         """Replicas whose files have vanished from the disk (an operator, a failed disk).

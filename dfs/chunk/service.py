@@ -273,6 +273,9 @@ class ChunkService:
                 stream.writer.accept(offset, len(payload), crcs)
             except ValueError as exc:  # the writer sent packets out of order
                 raise self._fail(stream, BadRequest(str(exc))) from None
+            except NoSpace as exc:  # the partial replica goes; the writer goes elsewhere
+                exc.details["bad"] = self.addr
+                raise self._fail(stream, exc) from None
         except BaseException:
             self._release(frame, stream)
             raise

@@ -270,3 +270,39 @@ def test_abort_closes_the_direct_descriptor_too(tmp_path) -> None:
     for fd in fds:
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_claims_respect_capacity_and_reserve(tmp_path) -> None:
+    from dfs.errors import NoSpace
+    store = BlockStore(str(tmp_path), capacity=4 * CHUNK)
+    w = store.open_write(1, 1)
+    data = data_of(3 * CHUNK, 1)
+    w.write(0, memoryview(data), crcs_of(data))
+    assert store.inflight == 3 * CHUNK and store.stats()[2] == CHUNK
+    with pytest.raises(NoSpace):  # refused before any byte is written
+        w.accept(3 * CHUNK, 2 * CHUNK, [0, 0])
+    w.abort()
+    assert store.inflight == 0 and store.stats()[2] == 4 * CHUNK
+    assert not block_files(tmp_path)
+    huge = BlockStore(str(tmp_path / "r"), reserve=1 << 62)  # more than any disk
+    assert huge.stats()[2] == 0
+    with pytest.raises(NoSpace):
+        huge.open_write(2, 1).write(0, memoryview(b"x"), crcs_of(b"x"))
+
+
+def test_a_real_enospc_is_no_space_and_leaves_nothing(tmp_path, monkeypatch) -> None:
+    import errno as errno_mod
+
+    from dfs.errors import NoSpace
+    store = BlockStore(str(tmp_path), direct_io=False)
+    w = store.open_write(3, 1)
+
+    def full(*args: object) -> int:
+        raise OSError(errno_mod.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "pwrite", full)
+    data = data_of(CHUNK, 2)
+    with pytest.raises(NoSpace):
+        w.write(0, memoryview(data), crcs_of(data))
+    monkeypatch.undo()
+    w.abort()
+    assert not block_files(tmp_path) and store.inflight == 0
