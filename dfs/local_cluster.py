@@ -24,12 +24,16 @@ def free_port() -> int:
 class LocalCluster:
     def __init__(self, base: str, chunkservers: int = 2, *, heartbeat: str = "0.5s",
                  dead_timeout: str = "5s", extra_meta: list[str] | None = None,
-                 extra_chunk: list[str] | None = None) -> None:
+                 extra_chunk: list[str] | None = None,
+                 client_options: dict[str, Any] | None = None) -> None:
+        """client_options: keyword arguments for the dfs.Client this uses to poll status
+        (secret_file=, tls_cert=, ... when the cluster runs with them)."""
         self.base = base
         self.n_chunk = chunkservers
         self.heartbeat, self.dead_timeout = heartbeat, dead_timeout
         self.extra_meta = extra_meta or []
         self.extra_chunk = extra_chunk or []
+        self.client_options: dict[str, Any] = client_options or {}
         self.meta_port = free_port()
         self.meta_addr = f"127.0.0.1:{self.meta_port}"
         self.ports: dict[str, int] = {"meta": self.meta_port}
@@ -76,7 +80,7 @@ class LocalCluster:
 
     def status(self) -> dict[str, Any]:
         from .client import Client
-        with Client(self.meta_addr) as c:
+        with Client(self.meta_addr, **self.client_options) as c:
             return c.status()
 
     def wait_live(self, count: int, timeout: float = 20.0) -> None:

