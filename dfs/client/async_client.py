@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Callable
 from .. import config
 from ..errors import DFSError, IsADirectory, Unauthorized, Unavailable
 from ..net import Connection, ConnectionPool, Security, SecurityError
+from .localfile import DirectFile, open_direct
 from .reader import FileReader
 from .writer import FileWriter
 
@@ -116,15 +117,16 @@ class _Drain:
     network, so the disk write (a third of a get's time when done inline) overlaps receiving
     and verifying the next segments. Daemon thread for the same reason as _Pump."""
 
-    def __init__(self, f: BinaryIO, depth: int = 8) -> None:
+    def __init__(self, f: BinaryIO | DirectFile, depth: int = 8) -> None:
         self._loop = asyncio.get_running_loop()
         self._items: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
         self._room = asyncio.Semaphore(depth)
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._error: BaseException | None = None
+        self._complete = False
         threading.Thread(target=self._run, args=(f,), name="dfs-sink", daemon=True).start()
 
-    def _run(self, f: BinaryIO) -> None:
+    def _run(self, f: BinaryIO | DirectFile) -> None:
         error: BaseException | None = None
         while True:
             item = self._items.get()
@@ -140,6 +142,11 @@ class _Drain:
                 self._loop.call_soon_threadsafe(self._room.release)
             except RuntimeError:
                 return
+        if isinstance(f, DirectFile):
+            try:
+                f.close()  # the tail, and the direct descriptor
+            except BaseException as exc:
+                error = error or exc
         try:
             self._loop.call_soon_threadsafe(self._finished, error)
         except RuntimeError:
@@ -372,12 +379,19 @@ class AsyncClient:
 
     async def get_stream(self, remote: str, f: BinaryIO,
                          progress: Progress | None = None,
-                         on_open: Callable[[int], None] | None = None) -> int:
-        """Download `remote` into a binary stream; returns the byte count."""
+                         on_open: Callable[[int], None] | None = None,
+                         direct: bool = False) -> int:
+        """Download `remote` into a binary stream; returns the byte count. With `direct`
+        (f is a new, empty regular file) a large download bypasses the page cache
+        (see localfile.py)."""
         reader = await self.open_read(remote)
         if on_open is not None:
             on_open(reader.size)
-        drain = _Drain(f)
+        sink: BinaryIO | DirectFile | None = None
+        if direct:
+            f.flush()
+            sink = open_direct(f.fileno(), reader.size)
+        drain = _Drain(sink or f)
         try:
             total = 0
             while True:
@@ -412,7 +426,7 @@ class AsyncClient:
         fd, tmp = tempfile.mkstemp(prefix=".dfs-get-", dir=directory)
         try:
             with os.fdopen(fd, "wb") as f:
-                n = await self.get_stream(remote, f, progress, on_open)
+                n = await self.get_stream(remote, f, progress, on_open, direct=True)
             os.replace(tmp, local)
             return n
         except BaseException:

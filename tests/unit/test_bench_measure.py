@@ -63,3 +63,4 @@ def test_blocking_client_closes_twice_quietly() -> None:
         c = dfs.Client("127.0.0.1:1")
         c.close()
         c.close()
+
