@@ -96,7 +96,13 @@ def load_security(args: argparse.Namespace) -> Security:
 
 def warn_if_open(sec: Security, args: argparse.Namespace) -> None:
     """One warning once listening (a dfsd that cannot start prints only its error line)."""
-    if not sec.authenticating:
+    if sec.authenticating:
+        return
+    if sec.tls:
+        log.warning("no --secret-file (or $DFS_SECRET_FILE): only holders of a certificate "
+                    "from the cluster's CA can connect, but chunkservers check no block "
+                    "tokens")
+    else:
         log.warning("no --secret-file (or $DFS_SECRET_FILE): this cluster does not "
                     "authenticate; anyone who can reach port %d can read, write and delete "
                     "data", args.port)

@@ -17,7 +17,7 @@ import threading
 from typing import Any, BinaryIO, Callable
 
 from .. import config
-from ..errors import DFSError, IsADirectory, Unauthorized, Unavailable
+from ..errors import BadRequest, DFSError, IsADirectory, Unavailable
 from ..net import Connection, ConnectionPool, Security, SecurityError
 from .localfile import DirectFile, open_direct
 from .reader import FileReader
@@ -202,8 +202,8 @@ class AsyncClient:
         self.timeout = timeout
         try:
             self.security = Security.from_options(secret_file, tls_cert, tls_key, tls_ca)
-        except SecurityError as exc:
-            raise Unauthorized(str(exc)) from None
+        except SecurityError as exc:  # our own configuration, not the server's verdict
+            raise BadRequest(str(exc)) from None
         self.pool = ConnectionPool(security=self.security)
         self._meta: Connection | None = None
         self._meta_lock: asyncio.Lock | None = None

@@ -228,8 +228,17 @@ class Connection:
         mine = security.nonce() if security.authenticating else None
         if mine is not None:
             fields = {**fields, "nonce": mine}
-        reply = await self.call("hello", version=config.PROTOCOL_VERSION, role=role,
-                                timeout=timeout, **fields)
+        try:
+            reply = await self.call("hello", version=config.PROTOCOL_VERSION, role=role,
+                                    timeout=timeout, **fields)
+        except Unavailable:
+            if security.client_ssl is None:
+                raise
+            # TLS 1.3: our handshake completes before the server has checked our certificate;
+            # its refusal arrives as a dropped connection instead of the hello reply.
+            raise Unauthorized(f"{self.addr} closed the connection during the TLS hello: it "
+                               "probably refused our certificate (not signed by the "
+                               "cluster's CA?)") from None
         info = reply.header
         reply.release()
         theirs = info.get("challenge")

@@ -170,11 +170,14 @@ class Cluster:
     def __init__(self, base: Path | str, chunkservers: int = 2, *,
                  meta_args: list[str] | tuple[str, ...] = (),
                  chunk_args: list[str] | tuple[str, ...] = (),
-                 dead_timeout: str = DEAD_TIMEOUT, heartbeat: str = HEARTBEAT) -> None:
+                 dead_timeout: str = DEAD_TIMEOUT, heartbeat: str = HEARTBEAT,
+                 client_options: dict[str, Any] | None = None) -> None:
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.heartbeat = heartbeat
         self.chunk_args = list(chunk_args)
+        # keyword arguments for every dfs.Client we make (e.g. tls_cert=..., secret_file=...)
+        self.client_options = dict(client_options or {})
         self.daemons: dict[str, Daemon] = {}
         self.extra: list[subprocess.Popen[Any]] = []  # other processes tests start (clients)
         self._clients: list[dfs.Client] = []
@@ -194,12 +197,15 @@ class Cluster:
         self.daemons[name] = d
         return d
 
-    def add_chunkserver(self, start: bool = True) -> Daemon:
-        """A new chunkserver named chunk<k>; started (and waited for) unless start=False."""
+    def add_chunkserver(self, start: bool = True,
+                        chunk_args: list[str] | tuple[str, ...] | None = None) -> Daemon:
+        """A new chunkserver named chunk<k>; started (and waited for) unless start=False.
+        chunk_args, when given, replace the cluster's chunk_args for this one."""
         name = f"chunk{sum(1 for d in self.daemons.values() if d.role == 'chunk')}"
         (port,) = free_ports(1)
+        extra = self.chunk_args if chunk_args is None else list(chunk_args)
         d = self._daemon(name, "chunk", port, [
-            "--meta", self.meta_addr, "--heartbeat-interval", self.heartbeat, *self.chunk_args])
+            "--meta", self.meta_addr, "--heartbeat-interval", self.heartbeat, *extra])
         if start:
             self._start(d)
             self.wait_live()
@@ -261,7 +267,7 @@ class Cluster:
 
     def client(self, timeout: float = 20.0) -> dfs.Client:
         """A new blocking client; closed by stop_all()."""
-        c = dfs.Client(self.meta_addr, timeout=timeout)
+        c = dfs.Client(self.meta_addr, timeout=timeout, **self.client_options)
         self._clients.append(c)
         return c
 
