@@ -32,7 +32,7 @@ def render(r: dict[str, Any]) -> str:
         if limit_key and lim.get(limit_key):
             line += f"  {100 * value / lim[limit_key]:5.0f}% of {_LIMIT_NAMES[limit_key]}"
         if peer.get(key):
-            line += f"  {value / peer[key]:5.2f}x seaweedfs ({peer[key]:.1f})"
+            line += f"  {value / peer[key]:5.2f}x {_peer_name(peer)} ({peer[key]:.1f})"
         lines.append(line)
     if "ls_s" in r:
         lines.append(f"  {'ls of ' + str(r['ls_entries']) + ' entries':<28}{r['ls_s']:>10.3f} s")
@@ -50,6 +50,8 @@ def render(r: dict[str, Any]) -> str:
         lines.append("  seaweedfs peak RSS: " + _rss(peer["rss_mib"]))
     if peer.get("skipped"):
         lines.append(f"  seaweedfs: not compared ({peer['skipped']})")
+    if r.get("secret") or r.get("tls"):
+        lines.append("  with: " + ", ".join(k for k in ("secret", "tls") if r.get(k)))
     lines.append(f"  ({r.get('seconds', 0):.0f} s in all)")
     return "\n".join(lines)
 
@@ -62,6 +64,10 @@ def _title(r: dict[str, Any]) -> str:
         return (f"dfs-bench small: {r['files']} files of {r['size']} bytes, "
                 f"{r['concurrency']} clients, R={r['replication']}")
     return f"dfs-bench meta: {r.get('ops')} ops, {r.get('concurrency')} clients"
+
+
+def _peer_name(peer: dict[str, Any]) -> str:
+    return "seaweedfs" + (" -fsync" if peer.get("fsync") else "")
 
 
 def _rss(rss: dict[str, float]) -> str:
