@@ -174,8 +174,10 @@ class BlockWrite:
     async def _recover(self) -> None:
         """Ask meta for a new generation and chain without the failed server, then resend."""
         assert self.error is not None
-        bad = self.error.details.get("bad") or self.targets[0]
-        self.excluded.add(bad)
+        if not self.error.details.get("token"):
+            self.excluded.add(self.error.details.get("bad") or self.targets[0])
+        # else: our write token expired (a writer that stalled for minutes) or was refused;
+        # the servers are fine, and recover_block hands out a new generation and token.
         if self.conn is not None and not self.conn.closed:
             try:
                 self.conn.request("abort_block", block=self.block_id).add_done_callback(

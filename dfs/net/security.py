@@ -116,13 +116,13 @@ class Security:
             return
         if not (isinstance(token, list) and len(token) == 2 and isinstance(token[0], int)
                 and isinstance(token[1], bytes)):
-            raise Unauthorized(f"block {block_id}: a valid block token is required")
+            raise Unauthorized(f"block {block_id}: a valid block token is required", token=True)
         expiry, mac = token
         if not hmac.compare_digest(mac, self._token_mac(block_id, gen, mode, expiry)):
             raise Unauthorized(f"block {block_id}: block token does not match "
-                               f"(gen {gen}, mode {mode})")
+                               f"(gen {gen}, mode {mode})", token=True)
         if time.time() > expiry + TOKEN_SKEW:
-            raise Unauthorized(f"block {block_id}: block token expired")
+            raise Unauthorized(f"block {block_id}: block token expired", token=True)
 
     def _token_mac(self, block_id: int, gen: int, mode: str, expiry: int) -> bytes:
         text = f"{block_id}:{gen}:{mode}:{expiry}".encode()
