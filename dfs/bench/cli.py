@@ -107,7 +107,11 @@ class _Servers:
 
     def start(self) -> None:
         if self.cluster is not None:
-            self.cluster.start_all()
+            try:
+                self.cluster.start_all()
+            except BaseException:  # never leave a half-started cluster running
+                self.cluster.stop_all()
+                raise
 
     def stop(self) -> None:
         if self.cluster is not None:
