@@ -52,6 +52,8 @@ def verify_crcs(data: memoryview, crcs: Any) -> None:
     n = (len(data) + CHUNK - 1) // CHUNK
     if not isinstance(crcs, list) or len(crcs) != n:
         raise BadRequest(f"packet of {len(data)} bytes needs {n} checksums")
+    if not all(type(c) is int and 0 <= c < 1 << 32 for c in crcs):
+        raise BadRequest("checksums must be unsigned 32-bit integers")
     for i in range(n):
         if crc32c.crc32c(data[i * CHUNK:(i + 1) * CHUNK]) != crcs[i]:
             raise ChecksumError(f"packet chunk {i} does not match its CRC32C")
@@ -467,6 +469,8 @@ class ChunkService:
         offset, length = _int(h, "offset"), _int(h, "length")
         self.security.check(h.get("token"), block_id, gen, "r")
         size = self.store.lookup(block_id, gen)
+        if offset > size:
+            raise BadRequest(f"offset {offset} is past the end of block {block_id} ({size})")
         if offset % CHUNK or length > config.MAX_PAYLOAD or \
                 (length % CHUNK and offset + length < size):
             raise BadRequest(f"reads cover whole {CHUNK}-byte chunks (up to the block's end) "

@@ -77,6 +77,11 @@ def _str(header: dict[str, Any], key: str) -> str:
     return v
 
 
+
+def _is_int(v: Any) -> bool:
+    """An integer on the wire: not a bool, not a float that compares equal to one."""
+    return type(v) is int
+
 class MetaService:
     def __init__(self, journal: JournalStore, addr: str, *, cluster_id: str = "",
                  dead_timeout: float = config.DEFAULT_DEAD_TIMEOUT,
@@ -433,10 +438,10 @@ class MetaService:
             block_id, gen, size, replicas = e
             if not isinstance(replicas, list) or not all(isinstance(a, str) for a in replicas):
                 raise BadRequest("a block's replicas must be a list of addresses")
-            info = self.cluster.blocks.get(block_id) if isinstance(block_id, int) else None
-            if info is None or info.upload != up.id or info.gen != gen:
+            info = self.cluster.blocks.get(block_id) if _is_int(block_id) else None
+            if info is None or info.upload != up.id or not _is_int(gen) or info.gen != gen:
                 raise BadRequest(f"block {block_id} gen {gen} is not the upload's current block")
-            if not isinstance(size, int) or not 0 < size <= up.block_size or \
+            if not _is_int(size) or not 0 < size <= up.block_size or \
                     (i < len(entries) - 1 and size != up.block_size):
                 raise BadRequest(f"block {block_id} has a bad size {size!r}")
             if block_id in seen:

@@ -197,7 +197,10 @@ class Connection:
     async def open(cls, addr: str, *, role: str = "client",
                    timeout: float = config.CONNECT_TIMEOUT,
                    security: Security = NO_SECURITY, **hello: Any) -> "Connection":
-        host, port = config.parse_addr(addr)
+        try:
+            host, port = config.parse_addr(addr)
+        except ValueError as exc:
+            raise Unavailable(f"cannot connect to {addr!r}: {exc}", bad=addr) from None
         loop = asyncio.get_running_loop()
         tls: dict[str, Any] = {}
         if security.client_ssl is not None:
@@ -213,6 +216,8 @@ class Connection:
                                f"{exc.reason or exc}") from None
         except OSError as exc:
             raise Unavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
+        except UnicodeError as exc:  # a host name IDNA cannot encode: no such host
+            raise Unavailable(f"cannot connect to {addr!r}: {exc}", bad=addr) from None
         conn = cls(addr, proto)
         try:
             await conn._hello(role, timeout, security, hello)
