@@ -83,12 +83,16 @@ def _no_ext(code: int, data: bytes) -> Any:
 
 def decode_header(data: bytes | memoryview) -> dict[str, Any]:
     """Unpack one header with every msgpack size bounded; anything else is a violation."""
+    # msgpack presizes a container to the length it *declares*; every element takes at least
+    # one byte (a map entry two), so a declared length beyond that is a lie, refused before a
+    # few KiB of nested "array32 of 1,000,000" headers can make us allocate tens of MiB.
+    n = len(data)
     try:
         header = msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True,
             max_str_len=MAX_HEADER, max_bin_len=MAX_HEADER,
-            max_array_len=_MAX_CONTAINER, max_map_len=_MAX_CONTAINER, max_ext_len=0,
-            ext_hook=_no_ext,
+            max_array_len=min(_MAX_CONTAINER, n), max_map_len=min(_MAX_CONTAINER, n // 2),
+            max_ext_len=0, ext_hook=_no_ext,
         )
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
         raise ProtocolViolation(f"malformed header: {exc.__class__.__name__}") from None
