@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 from cluster import Cluster, data_of
 
 import dfs
@@ -149,6 +150,7 @@ def round_trip(cluster: Cluster, n: int) -> None:
         assert c.get_bytes(f"/fuzzcheck/f{n}") == data
 
 
+@pytest.mark.timeout(max(120, int(60 + COUNT * 0.1)))
 def test_servers_survive_a_seeded_socket_fuzzer(make_cluster, tmp_path: Path) -> None:
     cluster: Cluster = make_cluster(2)
     rng = random.Random(SEED)
