@@ -282,6 +282,8 @@ class MetaService:
                              f"{self.cluster_id}")
         try:
             config.parse_addr(addr)
+            if not addr.isprintable() or " " in addr:
+                raise ValueError(addr)
         except ValueError:
             raise BadRequest(f"chunkserver address {addr!r} is not HOST:PORT") from None
         stats = self._stats(h)

