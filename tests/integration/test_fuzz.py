@@ -484,7 +484,8 @@ def confuse(rng: random.Random, v: Any) -> Any:
                            -(2**63), bool(v & 1), {"v": v}, v.to_bytes(8, "big", signed=True)
                            if -(2**63) <= v < 2**63 else b"\xff" * 8])
     if isinstance(v, str):
-        return rng.choice([v.encode(), v + "\x00", "", [v], 0, v * 3, "/" + v])
+        return rng.choice([v.encode("utf-8", "surrogatepass"), v + "\x00", "", [v], 0, v * 3,
+                           "/" + v])
     if isinstance(v, list):
         if v and rng.random() < 0.5:  # confuse one element, however deep
             i = rng.randrange(len(v))
@@ -640,7 +641,7 @@ def s_huge_lengths(c: Ctx) -> None:
 def s_flood(c: Ctx) -> None:
     """Many requests pipelined without reading: the server throttles (back-pressure), then
     must answer every one."""
-    if c.hello() is None:
+    if not ok(c.hello()):  # (the fuzzed hello may have lost its op: then it is refused)
         return
     n = c.rng.choice([100, 300, 600])
     if c.is_meta:
@@ -652,13 +653,18 @@ def s_flood(c: Ctx) -> None:
                  "offset": 0, "length": CHUNK} for i in range(n)]
     else:
         reqs = [{"op": "block_info", "id": 1000 + i, "block": 5, "gen": 1} for i in range(n)]
-    c.conn.send(b"".join(frame_bytes(h) for h in reqs), stall=10.0)
+    data = b"".join(frame_bytes(h) for h in reqs)
+    t0 = now()
+    c.conn.send(data, stall=10.0)
     deadline = now() + 15
     while len(c.conn.replies) < n + 1 and now() < deadline and c.conn.poll(0.2):
         pass
     if len(c.conn.replies) < n + 1:
-        c.notes.append(f"flood of {n} requests to {c.target}: only "
-                       f"{len(c.conn.replies) - 1} replies in 15s")
+        c.notes.append(f"flood of {n} {reqs[0]['op']} to {c.target}: "
+                       f"{len(c.conn.replies) - 1} replies in {now() - t0:.1f}s, "
+                       f"{len(c.conn.sent)} bytes sent in all, "
+                       f"closed={c.conn.closed}, stalled={c.conn.stalled}, "
+                       f"first={reqs[0]!r:.120}, last reply={c.conn.replies[-1]!r:.200}")
 
 
 # Well-formed sequences with one step or one field confused -------------------------------
