@@ -357,3 +357,61 @@ class Cluster:
         for d in self.daemons.values():
             parts.append(f"---- {d.name} ({d.addr}, {d.log_path}) ----\n{d.tail(lines)}")
         return "\n".join(parts)
+
+
+class RecordingRelay:
+    """A TCP relay on loopback that keeps a copy of every byte it forwards, per connection:
+    streams[i] = (bytes the connecting side sent, bytes the target sent back)."""
+
+    def __init__(self, target: int | None = None) -> None:
+        self.listener = socket.create_server((HOST, 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = target  # may be set after construction, before the first connection
+        self.streams: list[tuple[bytearray, bytearray]] = []
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def addr(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                assert self.target is not None
+                up = socket.create_connection((HOST, self.target), timeout=5)
+                up.settimeout(None)
+            except OSError:
+                down.close()
+                continue
+            sent, back = bytearray(), bytearray()
+            with self._lock:
+                self.streams.append((sent, back))
+                self._socks += [down, up]
+            for src, dst, buf in ((down, up, sent), (up, down, back)):
+                threading.Thread(target=self._pump, args=(src, dst, buf), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, buf: bytearray) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                with self._lock:
+                    buf += data  # recorded before it is forwarded
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def recorded(self) -> list[tuple[bytes, bytes]]:
+        with self._lock:
+            return [(bytes(a), bytes(b)) for a, b in self.streams]
+
+    def close(self) -> None:
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.close()

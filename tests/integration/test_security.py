@@ -24,12 +24,23 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import cli_runner
 import pytest
-from cluster import HOST, Cluster, KiB, MiB, data_of, free_ports, port_open, wait_until
+from cli_runner import SCRUBBED_ENV, Run, clean_env, cli
+from cluster import (
+    HOST,
+    Cluster,
+    KiB,
+    MiB,
+    RecordingRelay,
+    data_of,
+    free_ports,
+    port_open,
+    wait_until,
+)
 
 import dfs
 from dfs import config
@@ -38,10 +49,7 @@ from dfs.net.connection import FrameProtocol
 from dfs.net.security import Security
 from dfs.protocol import FrameReader, encode_frame, encode_header
 
-CLI = [sys.executable, "-m", "dfs.cli"]
 DAEMON = [sys.executable, "-m", "dfs.daemon"]
-ERROR_PREFIX = "dfs-cli: error:"
-_SCRUBBED_ENV = ("DFS_META", "DFS_DEBUG", "DFS_SECRET_FILE")
 ROLES = ["meta", "chunk0"]
 MISSING = object()  # a request field left out altogether
 
@@ -107,7 +115,7 @@ class SecureCluster(Cluster):
 def _no_secret_env() -> Iterator[None]:
     """Daemons inherit our environment: a stray $DFS_SECRET_FILE would secure 'open' ones."""
     mp = pytest.MonkeyPatch()
-    for name in _SCRUBBED_ENV:
+    for name in SCRUBBED_ENV:
         mp.delenv(name, raising=False)
     yield
     mp.undo()
@@ -160,48 +168,17 @@ def stored(secure: SecureCluster) -> dict[str, Any]:
 
 # -- the CLI -------------------------------------------------------------------------------------
 
-@dataclass
-class Run:
-    args: list[str]
-    code: int
-    out: bytes
-    err: str
-
-    def __str__(self) -> str:
-        return (f"dfs-cli {' '.join(self.args)} -> exit {self.code}\n"
-                f"stdout: {self.out[:2000]!r}\nstderr: {self.err[:2000]!r}")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-    env.update(extra)
-    return env
-
-
-def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-        timeout: float = 60) -> Run:
-    proc = subprocess.run(CLI + list(args), stdin=subprocess.DEVNULL, capture_output=True,
-                          env=env if env is not None else clean_env(), cwd=cwd,
-                          timeout=timeout)
-    return Run(list(args), proc.returncode, proc.stdout, proc.stderr.decode(errors="replace"))
-
-
 def ok(run: Run) -> Run:
+    """Exit 0 and no traceback (stderr may hold a warning)."""
     assert run.code == 0, run
     assert "Traceback" not in run.err, run
     return run
 
 
 def one_error_line(run: Run, *needles: str, code: int = 1) -> str:
-    """DESIGN: a failing dfs-cli prints exactly one `dfs-cli: error:` line and no traceback."""
-    assert run.code == code, run
-    lines = run.err.splitlines()
-    assert len(lines) == 1, run
-    assert lines[0].startswith(ERROR_PREFIX), run
-    assert "Traceback" not in run.err, run
-    for needle in needles:
-        assert needle in lines[0], (needle, run)
-    return lines[0]
+    """DESIGN: a failing dfs-cli prints exactly one `dfs-cli: error:` line and no traceback;
+    here the exit code is 1 unless said otherwise."""
+    return cli_runner.one_error_line(run, *needles, code=code)
 
 
 # -- raw connections -----------------------------------------------------------------------------
@@ -583,51 +560,6 @@ def test_proof_computed_by_hand_is_accepted(secure: SecureCluster, stored: dict[
             assert "err" not in raw.call("status")[0]
 
 
-class RecordingProxy:
-    """TCP forwarder to one port that keeps every byte of every connection, both ways."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.listener = socket.create_server((HOST, 0))
-        self.port = self.listener.getsockname()[1]
-        self.conns: list[tuple[bytearray, bytearray]] = []  # (client -> server, back)
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            up = socket.create_connection((HOST, self.target))
-            sent, received = bytearray(), bytearray()
-            with self._lock:
-                self.conns.append((sent, received))
-                self._socks += [down, up]
-            for src, dst, buf in ((down, up, sent), (up, down, received)):
-                threading.Thread(target=self._pump, args=(src, dst, buf), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, buf: bytearray) -> None:
-        try:
-            while data := src.recv(65536):
-                with self._lock:
-                    buf += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.listener.close()
-        with self._lock:
-            for s in self._socks:
-                with contextlib.suppress(OSError):
-                    s.close()
-
-
 def secret_forms(secret: bytes) -> list[bytes]:
     key = hmac.new(secret, b"dfs block token key", hashlib.sha256).digest()
     return [secret, secret.hex().encode(), base64.b64encode(secret), key]
@@ -637,18 +569,18 @@ def test_secret_never_on_the_wire_to_meta(secure: SecureCluster) -> None:
     """Everything a dfs.Client and meta say to each other, through a recording proxy: the
     client authenticates (hello with a nonce, then auth), and the secret (raw, hex, base64)
     and the token key derived from it appear nowhere, in either direction."""
-    proxy = RecordingProxy(secure.meta.port)
+    proxy = RecordingRelay(secure.meta.port)
     try:
         with dfs.Client(f"{HOST}:{proxy.port}", secret_file=str(secure.secret_file)) as c:
             c.put_bytes(b"wire" * 3000, "/wire/a.bin")
             assert c.get_bytes("/wire/a.bin") == b"wire" * 3000
             c.ls("/wire")
             c.stat("/wire/a.bin")
-        wait_until(lambda: proxy.conns and proxy.conns[0][1], 5, "meta traffic recorded")
+        wait_until(lambda: proxy.streams and proxy.streams[0][1], 5, "meta traffic recorded")
     finally:
         proxy.close()
-    assert proxy.conns
-    for sent, received in proxy.conns:
+    assert proxy.streams
+    for sent, received in proxy.streams:
         for form in secret_forms(secure.secret):
             assert form not in sent and form not in received
         ops = [f.header.get("op") for f in FrameReader().feed(bytes(sent))]

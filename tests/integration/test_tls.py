@@ -16,12 +16,10 @@ test_tls_daemons_do_not_claim_to_be_open (dfsd's start-up warning ignores TLS).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import HOST, Cluster, MiB, data_of, free_ports, port_open, wait_until
+from cluster import (
+    HOST,
+    Cluster,
+    MiB,
+    RecordingRelay,
+    data_of,
+    free_ports,
+    port_open,
+    wait_until,
+)
 
 from dfs.errors import DFSError
 from dfs.net import Connection, Security
@@ -135,70 +142,12 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.stop_all()
 
 
-class Proxy:
-    """A TCP relay on loopback that keeps a copy of every byte it forwards, per connection:
-    streams[i] = (bytes the connecting side sent, bytes the target sent back)."""
-
-    def __init__(self, target: int | None = None) -> None:
-        self.listener = socket.create_server((HOST, 0))
-        self.port = self.listener.getsockname()[1]
-        self.target = target  # may be set after construction, before the first connection
-        self.streams: list[tuple[bytearray, bytearray]] = []
-        self._lock = threading.Lock()
-        self._socks: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def addr(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            try:
-                assert self.target is not None
-                up = socket.create_connection((HOST, self.target), timeout=5)
-                up.settimeout(None)
-            except OSError:
-                down.close()
-                continue
-            sent, back = bytearray(), bytearray()
-            with self._lock:
-                self.streams.append((sent, back))
-                self._socks += [down, up]
-            for src, dst, buf in ((down, up, sent), (up, down, back)):
-                threading.Thread(target=self._pump, args=(src, dst, buf), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, buf: bytearray) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                with self._lock:
-                    buf += data  # recorded before it is forwarded
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-
-    def recorded(self) -> list[tuple[bytes, bytes]]:
-        with self._lock:
-            return [(bytes(a), bytes(b)) for a, b in self.streams]
-
-    def close(self) -> None:
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.close()
-
-
 @pytest.fixture
-def proxies() -> Iterator[Callable[..., Proxy]]:
-    made: list[Proxy] = []
+def proxies() -> Iterator[Callable[..., RecordingRelay]]:
+    made: list[RecordingRelay] = []
 
-    def make(target: int | None = None) -> Proxy:
-        made.append(Proxy(target))
+    def make(target: int | None = None) -> RecordingRelay:
+        made.append(RecordingRelay(target))
         return made[-1]
     try:
         yield make
@@ -371,7 +320,7 @@ def test_plaintext_hello_gets_no_plaintext_reply(tls: Cluster, role: str) -> Non
 
 
 @pytest.mark.parametrize("use_tls", [True, False], ids=["tls", "plaintext-control"])
-def test_wire_bytes(make_cluster: Callable[..., Cluster], proxies: Callable[..., Proxy],
+def test_wire_bytes(make_cluster: Callable[..., Cluster], proxies: Callable[..., RecordingRelay],
                     tmp_path: Path, use_tls: bool) -> None:
     """A put and a get through relays that record every byte: one in front of meta (dfs-cli
     --meta points at it), one in front of a chunkserver (it advertises the relay's address,
