@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from .. import config
 from ..local_cluster import LocalCluster
 from . import limits
-from .measure import peak_rss_mib, reset_peak_rss, run_timed
+from .measure import peak_rss_mib, reset_peak_rss, run_timed, same_file
 from .report import render
 
 ROLES = ("meta", "chunk1", "chunk2")
@@ -161,16 +161,6 @@ def _security_options(args: argparse.Namespace, base: str) -> list[str]:
     return out
 
 
-def _same_file(a: str, b: str) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(1 << 20), fb.read(1 << 20)
-            if x != y:
-                return False
-            if not x:
-                return True
-
-
 def _random_file(path: str, size: int) -> None:
     with open(path, "wb") as f:
         left = size
@@ -208,7 +198,7 @@ def run_large(args: argparse.Namespace, base: str) -> dict[str, Any]:
                 seconds, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, out))
             get_s = min(get_s, seconds)
             rss["client"] = max(rss["client"], client_rss)
-            if not _same_file(src, out):
+            if not same_file(src, out):
                 raise RuntimeError("the file read back from dfs differs from the one put")
             os.unlink(out)
         _log("dfs: get from warm page cache to /dev/null")

