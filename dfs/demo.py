@@ -1,4 +1,4 @@
-"""`dfs-demo`: the seed's workflow with real processes, printed step by step.
+"""`dfs-demo`: the classic three-process example with real processes, printed step by step.
 
 Starts meta and two chunkservers on free loopback ports in a temporary directory, uploads a
 file with `dfs-cli put`, SIGKILLs one chunkserver, downloads with `dfs-cli get` from the
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-from .local_cluster import LocalCluster
+from .local_cluster import Cluster
 
 
 def _sha256(path: str) -> str:
@@ -36,11 +36,11 @@ def _cli(*args: str, cwd: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dfs-demo-") as base:
-        cluster = LocalCluster(base, chunkservers=2)
+        cluster = Cluster(base, chunkservers=2, dead_timeout="5s")
         try:
             _step(1, f"starting meta on {cluster.meta_addr} and chunkservers on ports "
-                     f"{cluster.ports['chunk1']} and {cluster.ports['chunk2']} in {base}")
-            cluster.start_all()
+                     f"{cluster['chunk0'].port} and {cluster['chunk1'].port} in {base}")
+            cluster.start()
             sample = os.path.join(base, "sample.txt")
             with open(sample, "wb") as f:
                 f.write(b"Hello from dfs! " * 4096)
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             _step(2, f"uploading sample.txt ({os.path.getsize(sample)} bytes) with 2 replicas")
             _cli("put", "sample.txt", "/remote/sample.txt", url, cwd=base)
             _cli("stat", "/remote/sample.txt", url, cwd=base)
-            _step(3, f"stopping the chunkserver on port {cluster.ports['chunk1']} (SIGKILL)")
-            cluster.kill("chunk1")
+            _step(3, f"stopping the chunkserver on port {cluster['chunk0'].port} (SIGKILL)")
+            cluster.kill("chunk0")
             _step(4, "downloading /remote/sample.txt from the surviving replica")
             _cli("get", "/remote/sample.txt", "downloaded.txt", url, cwd=base)
             want, got = _sha256(sample), _sha256(os.path.join(base, "downloaded.txt"))
@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print("dfs-demo: OK: the file came back identical from the surviving replica")
             return 0
-        except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
+        except (RuntimeError, AssertionError, subprocess.CalledProcessError, OSError) as exc:
             print(f"dfs-demo: FAILED: {exc}", file=sys.stderr)
             return 1
         finally:
-            cluster.stop_all()
+            cluster.stop_all(graceful=True)
 
 
 if __name__ == "__main__":

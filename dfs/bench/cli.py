@@ -26,12 +26,13 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from .. import config
-from ..local_cluster import LocalCluster
-from . import limits
+from ..local_cluster import Cluster
+from . import limits, startup
 from .measure import peak_rss_mib, reset_peak_rss, run_timed, same_file
 from .report import render
 
-ROLES = ("meta", "chunk1", "chunk2")
+# Role names in reports -> the launcher's daemon names.
+ROLES = {"meta": "meta", "chunk1": "chunk0", "chunk2": "chunk1"}
 # Downloads to a local file per system, keeping the fastest: on this VM the first write of
 # fresh page-cache pages runs at a third of the speed of later ones, and would otherwise
 # penalise whichever system happens to go first. Both systems get the same treatment.
@@ -53,7 +54,7 @@ def _size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dfs-bench", description="Benchmark dfs on this machine.")
-    sub = p.add_subparsers(dest="kind", required=True, metavar="large|small|meta")
+    sub = p.add_subparsers(dest="kind", required=True, metavar="large|small|meta|startup")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print one JSON object")
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--concurrency", type=int, default=16)
     mt.add_argument("--ls-entries", type=int, default=100_000)
     common(mt)
+    st = sub.add_parser("startup", help="meta's start time and memory per file at N files")
+    st.add_argument("--files", type=int, default=1_000_000)
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
+    st.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
     return p
 
 
@@ -96,31 +102,27 @@ class _Servers:
     processes we cannot see, so no server RSS is reported for it)."""
 
     def __init__(self, args: argparse.Namespace, base: str) -> None:
-        self.cluster: LocalCluster | None = None
+        self.cluster: Cluster | None = None
         if args.meta:
             self.addr = args.meta
         else:
-            self.cluster = LocalCluster(os.path.join(base, "dfs"), chunkservers=2,
-                                        extra_meta=args.security, extra_chunk=args.security,
-                                        client_options=_client_options())
+            self.cluster = Cluster(os.path.join(base, "dfs"), chunkservers=2,
+                                   meta_args=args.security, chunk_args=args.security,
+                                   dead_timeout="5s", client_options=_client_options())
             self.addr = self.cluster.meta_addr
 
     def start(self) -> None:
         if self.cluster is not None:
-            try:
-                self.cluster.start_all()
-            except BaseException:  # never leave a half-started cluster running
-                self.cluster.stop_all()
-                raise
+            self.cluster.start()  # stops what it started if it fails
 
     def stop(self) -> None:
         if self.cluster is not None:
-            self.cluster.stop_all()
+            self.cluster.stop_all(graceful=True)
 
     def pids(self) -> dict[str, int]:
         if self.cluster is None:
             return {}
-        return {name: self.cluster.pid(name) for name in ROLES}
+        return {role: self.cluster[name].pid for role, name in ROLES.items()}
 
 
 @contextmanager
@@ -292,7 +294,12 @@ def _nest_latency(figures: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-RUNS = {"large": run_large, "small": run_small, "meta": run_meta}
+def run_startup(args: argparse.Namespace, base: str) -> dict[str, Any]:
+    _log(f"meta start-up with {args.files} files")
+    return startup.run(args.files, base)
+
+
+RUNS = {"large": run_large, "small": run_small, "meta": run_meta, "startup": run_startup}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,9 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     base = tempfile.mkdtemp(prefix="dfs-bench-", dir=args.dir)
     started = time.time()
     try:
-        _SECURITY[:] = args.security = _security_options(args, base)
+        if args.kind != "startup":
+            _SECURITY[:] = args.security = _security_options(args, base)
         result = RUNS[args.kind](args, base)
-        result["secret"], result["tls"] = args.secret, args.tls
+        result["secret"], result["tls"] = getattr(args, "secret", False), getattr(args, "tls",
+                                                                                  False)
     except (RuntimeError, OSError) as exc:
         print(f"dfs-bench: error: {exc}", file=sys.stderr)
         return 1
@@ -319,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(render(result))
+        print(startup.render(result) if args.kind == "startup" else render(result))
     return 0
 
 
