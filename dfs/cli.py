@@ -21,8 +21,9 @@ from .client.async_client import AsyncClient
 from .errors import DFSError, NotFound
 
 EXIT_OK, EXIT_ERROR, EXIT_NOT_FOUND = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # stdout closed early (`| head`): 128 + SIGPIPE, as for `cat`
 
-# A trailing meta address, as in the seed's `dfs-cli put a /a http://127.0.0.1:5000`.
+# A trailing meta address, as in the classic `dfs-cli put a /a http://127.0.0.1:5000`.
 _URL = re.compile(r"^(https?://)[^/\s]+/?$|^[A-Za-z0-9_.\-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
 _VALUE_OPTIONS = {"--meta", "-r", "--replication", "--block-size", "--secret-file",
                   "--tls-cert", "--tls-key", "--tls-ca"}
@@ -112,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def split_seed_url(argv: list[str]) -> tuple[list[str], str | None]:
-    """Take a trailing meta address off the command line (seed compatibility)."""
+def split_trailing_address(argv: list[str]) -> tuple[list[str], str | None]:
+    """Take a trailing meta address (`http://HOST:PORT` or `HOST:PORT`) off the command line,
+    as the classic three-process example passes it."""
     if len(argv) < 2 or not _URL.match(argv[-1]) or argv[-2] in _VALUE_OPTIONS:
         return argv, None
     command = next((a for a in argv if a in _POSITIONALS), None)
@@ -294,6 +296,11 @@ async def cmd_status(c: AsyncClient, a: argparse.Namespace) -> int:
     live = sum(1 for s in st["chunkservers"] if s["state"] == "live")
     print(f"meta {st['meta']}: {st['files']} files, {st['blocks']} blocks, "
           f"{live}/{len(st['chunkservers'])} chunkservers live")
+    if st.get("safe_mode"):
+        print(f"  SAFE MODE: waiting for block reports ({st.get('safe_mode_s', 0):.0f}s left); "
+              "no repair or orphan deletion until then")
+    if st.get("read_only"):
+        print(f"  READ-ONLY: {st.get('read_only_reason') or 'meta takes no changes'}")
     for s in st["chunkservers"]:
         print(f"  {s['addr']:<22} {s['state']:<15} {s['blocks']:>8} blocks  "
               f"{human(s['used']):>10} used of {human(s['capacity']):>10}  "
@@ -345,10 +352,10 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    argv, seed = split_seed_url(argv)
+    argv, trailing = split_trailing_address(argv)
     args = build_parser().parse_args(argv)
-    if seed and not args.meta:
-        args.meta = seed
+    if trailing and not args.meta:
+        args.meta = trailing
     try:
         args.meta = _client(args).meta_addr  # validate the address and files early
     except ValueError as exc:
@@ -368,9 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(str(exc), EXIT_ERROR)
     except BrokenPipeError:
-        # The reader went away (`dfs-cli cat f | head`); do not complain about stdout.
+        # The reader went away (`dfs-cli cat f | head`): end quietly, as `cat` does, with the
+        # status a shell reports for a command ended by SIGPIPE. Later flushes of stdout go
+        # nowhere instead of failing again at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_ERROR
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception as exc:  # a bug of ours; still one line unless debugging

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: block digests in reports and commits, paged block reports
 
 DEFAULT_META_HOST = "127.0.0.1"
 DEFAULT_META_PORT = 5000
@@ -25,13 +25,13 @@ DEFAULT_REPLICATION = 2
 MAX_REPLICATION = 16
 MIN_BLOCK_SIZE = 64 * KiB
 MAX_BLOCK_SIZE = 1 * GiB
-CHECKSUM_CHUNK = 64 * KiB  # one CRC32C per this many bytes of a block
+CHECKSUM_UNIT = 64 * KiB  # one CRC32C per this many bytes of a block (see checksum.py)
 
 # Wire limits (see docs/PROTOCOL.md).
 MAX_HEADER = 1 * MiB
 MAX_PAYLOAD = 8 * MiB
-PACKET_SIZE = 1 * MiB  # write packet payload; a multiple of CHECKSUM_CHUNK
-READ_SIZE = 1 * MiB  # one read request's payload; a multiple of CHECKSUM_CHUNK
+PACKET_SIZE = 1 * MiB  # write packet payload; a multiple of CHECKSUM_UNIT
+READ_SIZE = 1 * MiB  # one read request's payload; a multiple of CHECKSUM_UNIT
 WRITE_WINDOW = 16  # write packets in flight per block pipeline
 READ_WINDOW = 8  # read requests in flight per reader (read-ahead)
 MAX_INFLIGHT_PER_CONN = 256  # server stops reading a connection past this many open requests
@@ -45,6 +45,10 @@ CONNECT_TIMEOUT = 5.0
 RPC_TIMEOUT = 30.0
 PACKET_TIMEOUT = 20.0  # a write packet's ack from the last server of a chain (may wait on fsync)
 PACKET_TIMEOUT_PER_HOP = 5.0
+READ_TIMEOUT = 15.0
+# Pauses before a reader re-asks meta where a block lives when every replica failed.
+READ_RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 3.0)
+PIPELINE_RETRIES = 5  # times a writer rebuilds one block's pipeline before giving up
 
 
 def packet_timeout(hops_below: int) -> float:
@@ -52,22 +56,42 @@ def packet_timeout(hops_below: int) -> float:
     one we talk to. Each hop waits less than the one above it, so when a server hangs, its
     upstream neighbour times out first and names it, rather than the client blaming the head."""
     return PACKET_TIMEOUT + PACKET_TIMEOUT_PER_HOP * hops_below
-READ_TIMEOUT = 15.0
 
-# Cluster behaviour.
+
+# Cluster behaviour (each is the default of a dfsd flag).
 DEFAULT_HEARTBEAT_INTERVAL = 3.0
 DEFAULT_DEAD_TIMEOUT = 30.0
 UPLOAD_LEASE = 30.0  # an upload that shows no sign of life for this long is aborted
+ORPHAN_GRACE = UPLOAD_LEASE  # a replica no file refers to is deleted after this long
 # Blocks of a removed or replaced file stay on disk this long, so a reader that opened the old
 # version just before (its stat listed those blocks) can still finish.
 DELETE_GRACE = 3.0
+CHECKPOINT_INTERVAL = 3600.0  # meta checkpoints its namespace this often ...
+CHECKPOINT_RECORDS = 100_000  # ... or once its journal holds this many records
+# Meta keeps this much room allocated ahead of its journal's end. It stops taking changes
+# (read-only, `no space`) while it cannot, so a full disk never fails a journal write.
+JOURNAL_PREALLOCATE = 4 * MiB
+BLOCK_REPORT_INTERVAL = 3600.0  # a chunkserver sends a full block report this often
 DEFAULT_REPLICATION_RATE = 64 * MiB  # bytes/s one chunkserver spends sending copies
+MAX_COPIES = 2  # copies one chunkserver sends (and receives) at once during repair
+COPY_TIMEOUT = 120.0  # a copy that has not arrived by then is forgotten and retried
 DEFAULT_SCRUB_RATE = 8 * MiB  # bytes per second the scrubber re-reads
 DEFAULT_SCRUB_INTERVAL = 7 * 24 * 3600.0  # one full scrub pass a week
-DEFAULT_RESERVE = 1 * GiB  # a chunkserver leaves this much of its disk free (--reserve)
+# A chunkserver leaves free the smaller of DEFAULT_RESERVE and this fraction of its disk
+# (--reserve), so a small disk still stores blocks and a large one keeps a fixed margin.
+DEFAULT_RESERVE = 1 * GiB
+DEFAULT_RESERVE_FRACTION = 0.05
+TOKEN_LIFETIME = 600.0  # seconds a block token stays valid (--token-lifetime)
+TOKEN_SKEW = 60.0  # clocks of meta and chunkservers may differ this much
 GROUP_SYNC_MAX_BYTES = 1 * MiB  # blocks up to this size are made durable by a shared syncfs
 DISK_THREADS = 16  # a chunkserver's blocking disk calls; also the largest group-commit batch
 BACKGROUND_SYNC_BYTES = 8 * MiB  # chunkserver flushes a block being written every this many bytes
+
+
+def default_reserve(disk_bytes: int) -> int:
+    """The default --reserve for a disk of this size."""
+    return min(DEFAULT_RESERVE, int(disk_bytes * DEFAULT_RESERVE_FRACTION))
+
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)

@@ -22,15 +22,20 @@ from .chunk.blockstore import BlockStore
 from .chunk.heartbeat import MetaLink
 from .chunk.scrubber import Scrubber
 from .chunk.service import ChunkService
-from .meta.journal import FileJournal, JournalCorrupt
+from .fsutil import CorruptFile, atomic_write, read_text
+from .meta.journal import FileJournal
 from .meta.service import MetaService
-from .net import Connection, Security, SecurityError, Server, security
+from .net import Connection, Security, SecurityError, Server
 
 log = logging.getLogger("dfsd")
 
 
 class StartupError(Exception):
     """One clear line for the operator; no traceback."""
+
+
+class FatalError(Exception):
+    """The role cannot go on (its journal failed): one line, exit status 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,22 +50,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "server (default: the listen address, or the address used to reach meta)")
     p.add_argument("--capacity", type=config.parse_size, default=0,
                    help="chunk: bytes this server may use (default: the disk's free space)")
-    p.add_argument("--reserve", type=config.parse_size, default=config.DEFAULT_RESERVE,
-                   help="chunk: disk space never used for blocks (default 1GiB)")
+    p.add_argument("--reserve", type=config.parse_size, default=None,
+                   help="chunk: disk space never used for blocks (default: the smaller of "
+                        "1GiB and 5%% of the disk)")
     p.add_argument("--heartbeat-interval", type=config.parse_duration,
                    default=config.DEFAULT_HEARTBEAT_INTERVAL)
     p.add_argument("--dead-timeout", type=config.parse_duration,
                    default=config.DEFAULT_DEAD_TIMEOUT)
-    p.add_argument("--orphan-grace", type=config.parse_duration, default=config.UPLOAD_LEASE,
+    p.add_argument("--orphan-grace", type=config.parse_duration, default=config.ORPHAN_GRACE,
                    help="meta: delete a replica no file refers to after this long (default 30s)")
     p.add_argument("--delete-grace", type=config.parse_duration, default=config.DELETE_GRACE,
                    help="meta: keep the blocks of a removed or replaced file this long for "
                         "readers that opened it (default 3s)")
-    p.add_argument("--checkpoint-interval", type=config.parse_duration, default=3600.0,
+    p.add_argument("--checkpoint-interval", type=config.parse_duration,
+                   default=config.CHECKPOINT_INTERVAL,
                    help="meta: checkpoint the namespace this often (default 1h)")
-    p.add_argument("--checkpoint-records", type=int, default=100_000,
+    p.add_argument("--checkpoint-records", type=int, default=config.CHECKPOINT_RECORDS,
                    help="meta: ... or once the journal holds this many records")
-    p.add_argument("--block-report-interval", type=config.parse_duration, default=3600.0,
+    p.add_argument("--block-report-interval", type=config.parse_duration,
+                   default=config.BLOCK_REPORT_INTERVAL,
                    help="chunk: send a full block report this often (default 1h)")
     p.add_argument("--replication-rate", type=config.parse_size,
                    default=config.DEFAULT_REPLICATION_RATE,
@@ -76,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-file", help="the cluster secret (default: $DFS_SECRET_FILE); "
                    "without one, anyone who can reach the port can read and write")
     p.add_argument("--token-lifetime", type=config.parse_duration,
-                   default=security.TOKEN_LIFETIME,
+                   default=config.TOKEN_LIFETIME,
                    help="meta: how long a block token stays valid (default 10m)")
     p.add_argument("--tls-cert", help="this server's certificate (PEM); TLS on every connection")
     p.add_argument("--tls-key", help="its private key (PEM)")
@@ -106,6 +114,18 @@ def warn_if_open(sec: Security, args: argparse.Namespace) -> None:
         log.warning("no --secret-file (or $DFS_SECRET_FILE): this cluster does not "
                     "authenticate; anyone who can reach port %d can read, write and delete "
                     "data", args.port)
+
+
+def warn_if_small(store: BlockStore) -> None:
+    """One line at start when this chunkserver cannot take even one default-sized block."""
+    capacity, used, free = store.stats()
+    if free < config.DEFAULT_BLOCK_SIZE:
+        mib = config.MiB
+        log.warning("only %d MiB of %s is usable for blocks (capacity %d MiB, %d MiB used, "
+                    "reserve %d MiB): less than one %d MiB block, so only files with a "
+                    "smaller --block-size can be stored here", free // mib, store.root,
+                    capacity // mib, used // mib, store.reserve // mib,
+                    config.DEFAULT_BLOCK_SIZE // mib)
 
 
 def data_dir(args: argparse.Namespace) -> str:
@@ -164,22 +184,34 @@ def bind(server: Server) -> None:
                            f"{(exc.strerror or str(exc)).lower()}") from None
 
 
+def cluster_id(path: str) -> str:
+    """The cluster id kept in meta's data dir, made (durably: file and directory synced) at
+    the first start. Chunkservers remember it and meta refuses those of another cluster."""
+    id_file = os.path.join(path, "cluster.id")
+    try:
+        cid = read_text(id_file)
+        if not cid:
+            cid = uuid.uuid4().hex
+            atomic_write(id_file, (cid + "\n").encode())
+    except OSError as exc:
+        raise StartupError(f"cannot use {id_file}: {exc.strerror or exc}") from None
+    return cid
+
+
 async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
     sec = load_security(args)
     path = data_dir(args)
-    id_file = os.path.join(path, "cluster.id")
-    if not os.path.exists(id_file):
-        with open(id_file + ".tmp", "w") as f:
-            f.write(uuid.uuid4().hex + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(id_file + ".tmp", id_file)
-    with open(id_file) as f:
-        cluster_id = f.read().strip()
+    cid = cluster_id(path)
     addr = config.format_addr(args.host if args.host not in ("0.0.0.0", "::", "") else
                               "127.0.0.1", args.port)
-    journal = FileJournal(os.path.join(path, "journal"), on_fatal=lambda exc: stop.set())
-    service = MetaService(journal, addr, cluster_id=cluster_id, dead_timeout=args.dead_timeout,
+    jpath = os.path.join(path, "journal")
+    fatal: list[BaseException] = []
+
+    def journal_failed(exc: BaseException) -> None:
+        fatal.append(exc)
+        stop.set()
+    journal = FileJournal(jpath, on_fatal=journal_failed)
+    service = MetaService(journal, addr, cluster_id=cid, dead_timeout=args.dead_timeout,
                           heartbeat_interval=args.heartbeat_interval,
                           upload_lease=args.upload_lease,
                           checkpoint_path=os.path.join(path, "checkpoint"),
@@ -191,12 +223,20 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
     bind(server)
     try:
         await service.start()
-    except JournalCorrupt as exc:
+    except CorruptFile as exc:
         raise StartupError(str(exc)) from None
+    except OSError as exc:
+        where = exc.filename or jpath
+        raise StartupError(f"cannot read {where}: {exc.strerror or exc}") from None
     await server.start(service)
     log.info("meta listening on %s, data in %s", addr, path)
     warn_if_open(sec, args)
     await stop.wait()
+    if fatal:
+        await server.close(grace=0)
+        raise FatalError(f"journal {jpath} failed: {fatal[0]}; meta stopped without "
+                         "acknowledging the changes it could not make durable (restart it: "
+                         "it recovers from the journal)")
     log.info("meta shutting down")
     await server.close()
     await service.stop()
@@ -211,6 +251,7 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
         store = BlockStore(path, capacity=args.capacity, reserve=args.reserve)
     except OSError as exc:
         raise StartupError(f"data dir {path} is unusable: {exc.strerror or exc}") from None
+    warn_if_small(store)
     wildcard = args.host in ("0.0.0.0", "::", "")
     addr = args.advertise or ("" if wildcard else config.format_addr(args.host, args.port))
     link: MetaLink
@@ -223,7 +264,7 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
         return service.addr
 
     service = ChunkService(store, addr or f"127.0.0.1:{args.port}",
-                           on_block=lambda b, g, s: link.block_received(b, g, s),
+                           on_block=lambda b, r: link.block_received(b, r),
                            copy_rate=args.replication_rate, security=sec)
     link = MetaLink(store, args.meta, args.heartbeat_interval, advertise,
                     writing=lambda: service.writing, replicate=service.replicate,
@@ -269,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:  # pragma: no cover - uvloop is a declared dependency
             run = asyncio.run
         run(main_async(args))
-    except StartupError as exc:
+    except (StartupError, FatalError) as exc:
         print(f"dfsd: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

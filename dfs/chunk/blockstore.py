@@ -10,9 +10,9 @@ Layout under the data dir::
 A finalized block file (integers big-endian)::
 
     0          size      data        the block's bytes, so a read at offset k is a pread at k
-    size       4*n       crc table   CRC32C of each CHECKSUM_CHUNK of data, n = ceil(size/chunk)
+    size       4*n       crc table   u32 CRC32C of each CHECKSUM_UNIT of data, n = ceil(size/unit)
     size+4n    4         magic       b"DFSB"
-               4         chunk       u32 checksum chunk size
+               4         unit        u32 checksum unit size (65536)
                8         size        u64 data size
 
 Block file names come from the block id and generation only: no client string is ever a path.
@@ -29,10 +29,11 @@ import os
 import struct
 import threading
 import uuid
+from typing import NamedTuple
 
-from .. import config
+from .. import checksum, config
 from ..errors import ChecksumError, NoSpace, NotFound, StaleGeneration
-from ..meta.journal import fsync_dir
+from ..fsutil import atomic_write, fsync_dir, read_text
 from .groupsync import GroupSync
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,19 @@ DIRECT_ALIGN = 4096
 DIRECT_MIN = 256 * 1024
 FOOTER = struct.Struct(">4sIQ")
 MAGIC = b"DFSB"
-CHUNK = config.CHECKSUM_CHUNK
-
-
-def n_chunks(size: int) -> int:
-    return (size + CHUNK - 1) // CHUNK
+UNIT = config.CHECKSUM_UNIT
 
 
 def block_file_size(size: int) -> int:
-    return size + 4 * n_chunks(size) + FOOTER.size
+    return size + 4 * checksum.units(size) + FOOTER.size
+
+
+class Replica(NamedTuple):
+    """What the index knows of one stored replica (a plain tuple in memory)."""
+
+    gen: int
+    size: int
+    digest: int  # checksum.digest of its CRC table: meta compares it with the committed one
 
 
 class BlockWriter:
@@ -79,11 +84,11 @@ class BlockWriter:
 
     def accept(self, offset: int, length: int, crcs: list[int]) -> None:
         """Take one packet's place and checksums, in order, on the event loop (offset is a
-        multiple of CHUNK; crcs already verified). The bytes follow through `pwrite`."""
+        multiple of UNIT; crcs already verified). The bytes follow through `pwrite`."""
         if offset != self.written:
             raise ValueError(f"packet at {offset} out of order (have {self.written})")
-        if length and offset % CHUNK:
-            raise ValueError(f"packet at {offset} follows a packet that was not whole chunks")
+        if length and offset % UNIT:
+            raise ValueError(f"packet at {offset} follows a packet that was not whole units")
         self.store.claim(length)
         self.claimed += length
         self.crcs.extend(crcs)
@@ -161,12 +166,13 @@ class BlockWriter:
         finally:
             os.close(fd)
 
-    def finalize(self, size: int) -> None:
+    def finalize(self, size: int) -> Replica:
         """seal + index the replica, for callers without an event loop (tests, tools)."""
-        self.seal(size)
-        self.store.added(self.block_id, self.gen, size)
+        replica = self.seal(size)
+        self.store.added(self.block_id, replica)
+        return replica
 
-    def seal(self, size: int) -> None:
+    def seal(self, size: int) -> Replica:
         """Append checksums and footer, make the replica durable under its final name.
         Blocking: call from a worker thread, then `BlockStore.added` on the event loop.
 
@@ -176,7 +182,8 @@ class BlockWriter:
         returns, so nothing is acknowledged, before data, checksums and name are on disk."""
         if size != self.written:
             raise ValueError(f"block ends at {size} but {self.written} bytes were written")
-        trailer = struct.pack(f">{len(self.crcs)}I", *self.crcs) + FOOTER.pack(MAGIC, CHUNK, size)
+        table = checksum.pack_table(self.crcs)
+        trailer = table + FOOTER.pack(MAGIC, UNIT, size)
         group = self.store.group if size <= config.GROUP_SYNC_MAX_BYTES else None
         final = self.store.path(self.block_id, self.gen)
         with self.lock:
@@ -201,6 +208,7 @@ class BlockWriter:
                 except OSError:
                     pass
                 raise self.store.disk_error(exc) from None
+        return Replica(self.gen, size, checksum.digest_of_table(table))
 
     def abort(self) -> None:
         with self.lock:
@@ -215,9 +223,10 @@ class BlockWriter:
 
 class BlockStore:
     def __init__(self, root: str, capacity: int = 0, group_sync: bool = True,
-                 direct_io: bool = True, reserve: int = 0) -> None:
+                 direct_io: bool = True, reserve: int | None = None) -> None:
+        """reserve: disk space never used for blocks (--reserve); None: the default for
+        this disk's size (config.default_reserve)."""
         self.root = root
-        self.reserve = reserve  # disk space never used for blocks (--reserve)
         self.inflight = 0  # bytes claimed by replicas being written
         self._space = threading.Lock()
         self.direct_io = direct_io and hasattr(os, "O_DIRECT")
@@ -225,38 +234,27 @@ class BlockStore:
         self.blocks_dir = os.path.join(root, "blocks")
         for i in range(256):  # made once here, not checked on every block write
             os.makedirs(os.path.join(self.blocks_dir, f"{i:02x}"), exist_ok=True)
+        if reserve is None:
+            st = os.statvfs(self.blocks_dir)
+            reserve = config.default_reserve(st.f_blocks * st.f_frsize)
+        self.reserve = reserve
         self.group = GroupSync.create(self.blocks_dir) if group_sync else None
-        self.index: dict[int, tuple[int, int]] = {}  # block id -> (gen, size)
+        self.index: dict[int, Replica] = {}  # block id -> its replica here
         self.used = 0
         self.capacity_flag = capacity
-        self.server_id = self._read_or_make("chunkserver.id", lambda: uuid.uuid4().hex)
+        self.server_id = self.read_identity("chunkserver.id")
+        if not self.server_id:
+            self.server_id = uuid.uuid4().hex
+            self.write_identity("chunkserver.id", self.server_id)
         self._scan()
 
-    def _read_or_make(self, name: str, make: object) -> str:
-        path = os.path.join(self.root, name)
-        try:
-            with open(path) as f:
-                return f.read().strip()
-        except FileNotFoundError:
-            value = make() if callable(make) else str(make)
-            self.write_small(name, value)
-            return value
+    def write_identity(self, name: str, value: str) -> None:
+        """Durably store one of the identity files (chunkserver.id, cluster.id)."""
+        atomic_write(os.path.join(self.root, name), (value + "\n").encode())
 
-    def write_small(self, name: str, value: str) -> None:
-        path = os.path.join(self.root, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(value + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(path + ".tmp", path)
-        fsync_dir(self.root)
-
-    def read_small(self, name: str) -> str:
-        try:
-            with open(os.path.join(self.root, name)) as f:
-                return f.read().strip()
-        except FileNotFoundError:
-            return ""
+    def read_identity(self, name: str) -> str:
+        """An identity file's value, or "" before it exists."""
+        return read_text(os.path.join(self.root, name))
 
     def path(self, block_id: int, gen: int) -> str:
         return os.path.join(self.blocks_dir, f"{block_id & 0xff:02x}",
@@ -276,32 +274,35 @@ class BlockStore:
                 try:
                     _, hexid, gen_s = name.split("_")
                     block_id, gen = int(hexid, 16), int(gen_s)
-                    size = self._footer_size(full)
+                    replica = self._read_trailer(full, gen)
                 except (ValueError, OSError) as exc:
                     log.warning("ignoring unreadable block file %s: %s", full, exc)
                     continue
                 prev = self.index.get(block_id)
-                if prev is not None and prev[0] >= gen:
+                if prev is not None and prev.gen >= gen:
                     os.unlink(full)  # an older generation that was never cleaned up
                     continue
                 if prev is not None:
-                    os.unlink(self.path(block_id, prev[0]))
-                    self.used -= block_file_size(prev[1])
-                self.index[block_id] = (gen, size)
-                self.used += block_file_size(size)
+                    os.unlink(self.path(block_id, prev.gen))
+                    self.used -= block_file_size(prev.size)
+                self.index[block_id] = replica
+                self.used += block_file_size(replica.size)
 
     @staticmethod
-    def _footer_size(path: str) -> int:
+    def _read_trailer(path: str, gen: int) -> Replica:
+        """Size and digest of a finalized block file, from its footer and CRC table."""
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             total = f.tell()
             if total < FOOTER.size:
                 raise ValueError("too short for a footer")
             f.seek(total - FOOTER.size)
-            magic, chunk, size = FOOTER.unpack(f.read(FOOTER.size))
-        if magic != MAGIC or chunk != CHUNK or block_file_size(size) != total:
-            raise ValueError("bad footer")
-        return size
+            magic, unit, size = FOOTER.unpack(f.read(FOOTER.size))
+            if magic != MAGIC or unit != UNIT or block_file_size(size) != total:
+                raise ValueError("bad footer")
+            f.seek(size)
+            table = f.read(4 * checksum.units(size))
+        return Replica(gen, size, checksum.digest_of_table(table))
 
     # stats ----------------------------------------------------------------------------
     def stats(self) -> tuple[int, int, int]:
@@ -332,19 +333,21 @@ class BlockStore:
         """Replicas whose files have vanished from the disk (an operator, a failed disk).
         Blocking and read-only (one stat per replica): run it in a worker thread, then
         `forget` each on the event loop."""
-        return [(bid, gen) for bid, (gen, _) in list(self.index.items())
-                if not os.path.exists(self.path(bid, gen))]
+        return [(bid, r.gen) for bid, r in list(self.index.items())
+                if not os.path.exists(self.path(bid, r.gen))]
 
     def forget(self, block_id: int, gen: int) -> None:
         have = self.index.get(block_id)
-        if have is not None and have[0] == gen and not os.path.exists(self.path(block_id, gen)):
+        if have is not None and have.gen == gen and \
+                not os.path.exists(self.path(block_id, gen)):
             del self.index[block_id]
-            self.used -= block_file_size(have[1])
+            self.used -= block_file_size(have.size)
             log.warning("replica of block %d gen %d has vanished from %s", block_id, gen,
                         self.root)
 
     def report(self) -> list[list[int]]:
-        return [[bid, gen, size] for bid, (gen, size) in self.index.items()]
+        """A full block report: [id, gen, size, digest] for every replica held."""
+        return [[bid, *r] for bid, r in self.index.items()]
 
     def disk_error(self, exc: OSError) -> Exception:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -354,8 +357,8 @@ class BlockStore:
     # writes and reads -----------------------------------------------------------------
     def open_write(self, block_id: int, gen: int) -> BlockWriter:
         have = self.index.get(block_id)
-        if have is not None and have[0] > gen:
-            raise StaleGeneration(f"block {block_id} has gen {have[0]} here, newer than {gen}")
+        if have is not None and have.gen > gen:
+            raise StaleGeneration(f"block {block_id} has gen {have.gen} here, newer than {gen}")
         try:
             return BlockWriter(self, block_id, gen)
         except OSError as exc:
@@ -375,54 +378,55 @@ class BlockStore:
                 self.direct_io = False
             return None
 
-    def write_whole(self, block_id: int, gen: int, data: memoryview, crcs: list[int]) -> None:
+    def write_whole(self, block_id: int, gen: int, data: memoryview,
+                    crcs: list[int]) -> Replica:
         """A whole small block in one blocking call (one disk-thread hop, not three): create,
         write, seal. Then `added` on the event loop. Nothing is left behind on failure."""
         writer = self.open_write(block_id, gen)
         try:
             writer.write(0, data, crcs)
-            writer.seal(len(data))
+            return writer.seal(len(data))
         except BaseException:
             writer.abort()
             raise
 
-    def added(self, block_id: int, gen: int, size: int) -> None:
+    def added(self, block_id: int, replica: Replica) -> None:
         """A replica was finalized: index it and drop older generations of it. A late
         replica of an older generation than the one indexed is dropped instead (a hung
         server's queued write that arrives after the pipeline was rebuilt)."""
         prev = self.index.get(block_id)
-        if prev is not None and prev[0] > gen:
+        if prev is not None and prev.gen > replica.gen:
             try:
-                os.unlink(self.path(block_id, gen))
+                os.unlink(self.path(block_id, replica.gen))
             except FileNotFoundError:
                 pass
             return
-        if prev is not None and prev[0] != gen:
+        if prev is not None and prev.gen != replica.gen:
             try:
-                os.unlink(self.path(block_id, prev[0]))
+                os.unlink(self.path(block_id, prev.gen))
             except FileNotFoundError:
                 pass
         if prev is not None:
-            self.used -= block_file_size(prev[1])
-        self.index[block_id] = (gen, size)
-        self.used += block_file_size(size)
+            self.used -= block_file_size(prev.size)
+        self.index[block_id] = replica
+        self.used += block_file_size(replica.size)
 
     def lookup(self, block_id: int, gen: int) -> int:
         """Size of the replica; NotFound or StaleGeneration if we cannot serve that gen."""
         have = self.index.get(block_id)
         if have is None:
             raise NotFound(f"block {block_id} is not on this chunkserver")
-        if have[0] != gen:
-            raise StaleGeneration(f"block {block_id} has gen {have[0]} here, not {gen}")
-        return have[1]
+        if have.gen != gen:
+            raise StaleGeneration(f"block {block_id} has gen {have.gen} here, not {gen}")
+        return have.size
 
     def read(self, block_id: int, gen: int, offset: int, length: int
              ) -> tuple[bytes, list[int], int]:
         """Data at [offset, offset+length) clipped to the block, the CRCs of the chunks it
-        covers, and the block size. `offset` must be chunk-aligned."""
+        covers, and the block size. `offset` must be unit-aligned."""
         size = self.lookup(block_id, gen)
         length = max(0, min(length, size - offset))
-        first, count = offset // CHUNK, n_chunks(length)
+        first, count = offset // UNIT, checksum.units(length)
         fd = os.open(self.path(block_id, gen), os.O_RDONLY)
         try:
             data = os.pread(fd, length, offset)
@@ -438,12 +442,12 @@ class BlockStore:
     def delete(self, block_id: int, gen: int) -> bool:
         """Delete the replica if its generation is `gen` or older."""
         have = self.index.get(block_id)
-        if have is None or have[0] > gen:
+        if have is None or have.gen > gen:
             return False
         try:
-            os.unlink(self.path(block_id, have[0]))
+            os.unlink(self.path(block_id, have.gen))
         except FileNotFoundError:
             pass
         del self.index[block_id]
-        self.used -= block_file_size(have[1])
+        self.used -= block_file_size(have.size)
         return True

@@ -1,5 +1,7 @@
 """The chunkserver's link to meta: register with a full block report, heartbeat, carry out
 the commands that come back, and re-register whenever meta has forgotten us (a meta restart).
+Block reports travel in pages of REPORT_PAGE replicas, so a server holding millions of blocks
+still fits every frame within the protocol's header limit.
 
 Owns nothing but the link; it never touches block files except through the block store.
 """
@@ -12,18 +14,21 @@ import os
 import time
 from typing import Any, Callable
 
+from .. import config
 from ..errors import DFSError
 from ..net import NO_SECURITY, Connection, Security, cancel_and_wait
-from .blockstore import BlockStore
+from .blockstore import BlockStore, Replica
 
 log = logging.getLogger(__name__)
+
+REPORT_PAGE = 20_000  # replicas per report frame: ~21 bytes each, well inside MAX_HEADER
 
 
 class MetaLink:
     def __init__(self, store: BlockStore, meta_addr: str, interval: float,
                  advertise: Callable[[Connection], str], writing: Callable[[], int],
                  replicate: Callable[[int, int, str, Any], None],
-                 block_report_interval: float = 3600.0,
+                 block_report_interval: float = config.BLOCK_REPORT_INTERVAL,
                  security: Security = NO_SECURITY) -> None:
         self.store = store
         self.meta_addr = meta_addr
@@ -50,9 +55,9 @@ class MetaLink:
         if self.conn is not None:
             self.conn.close()
 
-    def block_received(self, block_id: int, gen: int, size: int) -> None:
+    def block_received(self, block_id: int, replica: Replica) -> None:
         """A replica was finalized: tell meta soon (it need not wait for the next beat)."""
-        self._received.append([block_id, gen, size])
+        self._received.append([block_id, *replica])
         self._wake.set()
 
     def block_corrupt(self, block_id: int, gen: int) -> None:
@@ -98,36 +103,54 @@ class MetaLink:
 
     async def _register(self) -> None:
         assert self.conn is not None
-        mine = self.store.read_small("cluster.id")
+        mine = self.store.read_identity("cluster.id")
         self._received = []  # the full report covers them
-        reply = await self.conn.call("register", blocks=self.store.report(), cluster_id=mine,
+        report = self.store.report()
+        reply = await self.conn.call("register", blocks=report[:REPORT_PAGE], cluster_id=mine,
                                      **self._stats())
         theirs = reply.header.get("cluster_id") or ""
         if theirs and not mine:
-            self.store.write_small("cluster.id", theirs)
+            self.store.write_identity("cluster.id", theirs)
+        for i in range(REPORT_PAGE, len(report), REPORT_PAGE):
+            await self._report_page(report[i:i + REPORT_PAGE])
         self.registered = True
         self._last_full_report = time.monotonic()  # registration carried a full report
         log.info("registered with meta %s as %s (%d blocks)", self.meta_addr, self.addr,
                  len(self.store.index))
 
+    async def _report_page(self, page: list[list[int]], **full: Any) -> None:
+        assert self.conn is not None
+        reply = await self.conn.call("block_report", chunk_id=self.store.server_id,
+                                     addr=self.addr, blocks=page, **full)
+        if reply.header.get("reregister"):
+            self.registered = False
+
+    async def _full_report(self) -> None:
+        """The periodic full block report, checked against the disk first: meta reconciles
+        what it believes we hold, and learns of replicas lost from under us."""
+        missing = await asyncio.get_running_loop().run_in_executor(
+            None, self.store.find_missing)
+        for block_id, gen in missing:
+            self.store.forget(block_id, gen)
+        report = self.store.report()
+        starts = range(0, max(len(report), 1), REPORT_PAGE)
+        for i in starts:
+            await self._report_page(report[i:i + REPORT_PAGE], full=True, first=i == 0,
+                                    last=i == starts[-1])
+
     async def _beat(self) -> None:
         assert self.conn is not None
-        received, self._received = self._received, []
-        corrupt, self._corrupt = self._corrupt, []
-        extra: dict[str, Any] = {}
         now = time.monotonic()
         if now - self._last_full_report >= self.block_report_interval:
-            # Periodic full block report, checked against the disk: meta reconciles what it
-            # believes we hold.
-            missing = await asyncio.get_running_loop().run_in_executor(
-                None, self.store.find_missing)
-            for block_id, gen in missing:
-                self.store.forget(block_id, gen)
-            extra["full_report"] = self.store.report()
             self._last_full_report = now
+            await self._full_report()
+        received, self._received = self._received[:REPORT_PAGE], self._received[REPORT_PAGE:]
+        corrupt, self._corrupt = self._corrupt[:REPORT_PAGE], self._corrupt[REPORT_PAGE:]
+        if self._received or self._corrupt:
+            self._wake.set()  # more than a page waits: the next beat comes soon
         try:
             reply = await self.conn.call("heartbeat", received=received, corrupt=corrupt,
-                                         **extra, **self._stats())
+                                         **self._stats())
         except DFSError:
             self._received = received + self._received
             self._corrupt = corrupt + self._corrupt

@@ -14,11 +14,10 @@ import time
 from concurrent.futures import Executor
 from typing import Callable
 
-from .. import config
+from .. import checksum, config
 from ..errors import ChecksumError, DFSError
 from ..net import cancel_and_wait
-from .blockstore import BlockStore
-from .service import verify_crcs
+from .blockstore import BlockStore, Replica
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ class Scrubber:
     def __init__(self, store: BlockStore, rate: int, interval: float,
                  report: Callable[[int, int], None], executor: Executor) -> None:
         self.store = store
-        self.rate = max(rate, 64 * 1024)
+        self.rate = max(rate, config.CHECKSUM_UNIT)  # at least a unit a second
         self.interval = interval
         self.report = report
         self.executor = executor
@@ -52,15 +51,16 @@ class Scrubber:
 
     async def scrub_pass(self) -> int:
         checked = 0
-        for block_id, (gen, size) in list(self.store.index.items()):
-            if (block_id, gen) in self.bad or self.store.index.get(block_id) != (gen, size):
+        for block_id, replica in list(self.store.index.items()):
+            if (block_id, replica.gen) in self.bad or self.store.index.get(block_id) != replica:
                 continue  # already reported, or deleted / rewritten since the pass began
-            await self._check(block_id, gen, size)
+            await self._check(block_id, replica)
             checked += 1
         return checked
 
-    async def _check(self, block_id: int, gen: int, size: int) -> None:
+    async def _check(self, block_id: int, replica: Replica) -> None:
         loop = asyncio.get_running_loop()
+        gen, size = replica.gen, replica.size
         offset = 0
         while offset < size:
             n = min(config.READ_SIZE, size - offset)
@@ -68,7 +68,7 @@ class Scrubber:
             try:
                 data, crcs, _ = await loop.run_in_executor(
                     self.executor, self.store.read, block_id, gen, offset, n)
-                verify_crcs(memoryview(data), crcs)
+                checksum.verify(data, crcs)
             except ChecksumError as exc:
                 log.error("scrubber: replica of block %d gen %d is corrupt at offset %d: %s",
                           block_id, gen, offset, exc)

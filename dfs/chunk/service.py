@@ -14,59 +14,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
-import crc32c
-
-from .. import config
-from ..errors import BadRequest, ChecksumError, DFSError, NoSpace, Unavailable
-from ..net import NO_SECURITY, ConnectionPool, Security, ServerConnection, wait_reply
-from ..net.connection import Connection
+from .. import checksum, config
+from ..errors import BadRequest, DFSError, NoSpace, Unavailable
+from ..net import NO_SECURITY, ConnectionPool, Security, ServerConnection
+from ..net.blockstream import BlockStream
 from ..protocol import Frame
-from .blockstore import CHUNK, BlockStore, BlockWriter
+from ..protocol.fields import addrs, uint
+from .blockstore import UNIT, BlockStore, BlockWriter, Replica
+from .copier import Copier
 
 log = logging.getLogger(__name__)
 
 
-def _int(h: dict[str, Any], key: str) -> int:
-    v = h.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise BadRequest(f"field {key!r} must be a non-negative integer")
-    return v
-
-
 def _chain(h: dict[str, Any]) -> list[str]:
     """The servers after this one in a write pipeline."""
-    chain = h.get("targets") or []
-    if not isinstance(chain, list) or not all(isinstance(a, str) for a in chain) or \
-            len(chain) > config.MAX_REPLICATION:
-        raise BadRequest("targets must be a list of addresses")
-    return chain
-
-
-def verify_crcs(data: memoryview, crcs: Any) -> None:
-    """Check one CRC32C per CHUNK of data; raise ChecksumError on the first mismatch."""
-    n = (len(data) + CHUNK - 1) // CHUNK
-    if not isinstance(crcs, list) or len(crcs) != n:
-        raise BadRequest(f"packet of {len(data)} bytes needs {n} checksums")
-    if not all(type(c) is int and 0 <= c < 1 << 32 for c in crcs):
-        raise BadRequest("checksums must be unsigned 32-bit integers")
-    for i in range(n):
-        if crc32c.crc32c(data[i * CHUNK:(i + 1) * CHUNK]) != crcs[i]:
-            raise ChecksumError(f"packet chunk {i} does not match its CRC32C")
+    return addrs(h, "targets", config.MAX_REPLICATION)
 
 
 class Stream:
     """One block being written through this server."""
 
-    def __init__(self, writer: BlockWriter, downstream: "Connection | None",
-                 chain: list[str]) -> None:
+    def __init__(self, writer: BlockWriter, downstream: BlockStream | None) -> None:
         self.writer = writer
-        self.downstream = downstream
-        self.chain = chain  # servers after this one
+        self.downstream = downstream  # to the next server of the chain, if any
         self.syncing = False
         self.pending: set[asyncio.Future[None]] = set()  # packet writes still in a disk thread
         self.failed: DFSError | None = None
@@ -81,7 +54,7 @@ def _abort_opened(fut: "asyncio.Future[BlockWriter]") -> None:
 
 class ChunkService:
     def __init__(self, store: BlockStore, addr: str,
-                 on_block: Callable[[int, int, int], None],
+                 on_block: Callable[[int, Replica], None],
                  copy_rate: int = config.DEFAULT_REPLICATION_RATE,
                  security: Security = NO_SECURITY) -> None:
         self.store = store
@@ -92,9 +65,16 @@ class ChunkService:
         self.pool = ConnectionPool(role="chunk", security=security)  # to downstream servers
         # Disk threads: packet writes, flushes and fsyncs block here, never the event loop.
         self.disk = ThreadPoolExecutor(max_workers=config.DISK_THREADS, thread_name_prefix="disk")
-        self.copies: set[asyncio.Future[None]] = set()  # re-replication in progress
-        self.copy_rate = copy_rate  # bytes/s for all copies together (0: unlimited)
-        self._copy_clock = 0.0  # when the copy bandwidth is next free
+        self.copier = Copier(store, self.pool, self.disk, copy_rate)
+
+    def replicate(self, block_id: int, gen: int, target: str, token: Any = None) -> None:
+        """Meta asked for a copy of a replica we hold (see copier.py)."""
+        self.copier.start(block_id, gen, target, token)
+
+    def _finalized(self, block_id: int, replica: Replica) -> None:
+        """A replica is durable under its final name: index it and tell meta."""
+        self.store.added(block_id, replica)
+        self.on_block(block_id, replica)
 
     def _streams(self, conn: ServerConnection) -> dict[int, Stream]:
         """The blocks being written over one connection (dropped when it closes)."""
@@ -111,7 +91,7 @@ class ChunkService:
     # write pipeline -------------------------------------------------------------------
     def handle_write_block(self, h: dict[str, Any], payload: memoryview,
                            conn: ServerConnection) -> Awaitable[dict[str, Any]]:
-        block_id, gen = _int(h, "block"), _int(h, "gen")
+        block_id, gen = uint(h, "block"), uint(h, "gen")
         chain = _chain(h)
         token = h.get("token")
         self.security.check(token, block_id, gen, "w")
@@ -131,10 +111,8 @@ class ChunkService:
         try:
             if chain:
                 try:
-                    downstream = await self.pool.get(chain[0])
-                    await downstream.call("write_block", block=block_id, gen=gen,
-                                          targets=chain[1:], token=token,
-                                          timeout=config.RPC_TIMEOUT)
+                    downstream = await BlockStream.open(await self.pool.get(chain[0]),
+                                                        block_id, gen, chain[1:], token)
                 except DFSError as exc:
                     bad = exc.details.get("bad") or chain[0]
                     raise Unavailable(f"pipeline to {chain[0]} failed: {exc}",
@@ -142,13 +120,14 @@ class ChunkService:
             try:
                 writer = await asyncio.shield(local)
             except DFSError as exc:
-                self._abort_downstream(downstream, block_id)
+                if downstream is not None:
+                    downstream.abort()
                 exc.details["bad"] = self.addr
                 raise
         except BaseException:
             local.add_done_callback(_abort_opened)  # never leave an open .tmp behind
             raise
-        streams[block_id] = Stream(writer, downstream, chain)
+        streams[block_id] = Stream(writer, downstream)
         self.writing += 1
         return {}
 
@@ -159,24 +138,15 @@ class ChunkService:
         self.writing -= 1
         if not stream.done:
             stream.writer.abort()
-            self._abort_downstream(stream.downstream, stream.writer.block_id)
-
-    def _abort_downstream(self, downstream: Connection | None, block_id: int) -> None:
-        """Best effort: tell the next server to drop its partial replica too."""
-        if downstream is None or downstream.closed:
-            return
-        try:
-            fut = downstream.request("abort_block", block=block_id)
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        except DFSError:
-            pass
+            if stream.downstream is not None:
+                stream.downstream.abort()
 
     def handle_write_small(self, h: dict[str, Any], payload: memoryview,
                            conn: ServerConnection) -> Awaitable[dict[str, Any]]:
         """A whole block in one frame (a small file, or a file's short last block): checked,
         forwarded down the chain as one frame, and written, sealed and made durable here in
         one disk-thread call, so a small block costs one frame and one thread hop per hop."""
-        block_id, gen, size = _int(h, "block"), _int(h, "gen"), _int(h, "size")
+        block_id, gen, size = uint(h, "block"), uint(h, "gen"), uint(h, "size")
         chain = _chain(h)
         if size != len(payload) or not 0 < size <= config.MAX_PAYLOAD:
             raise BadRequest(f"write_small carries the whole block: size {size} but "
@@ -184,93 +154,86 @@ class ChunkService:
         token = h.get("token")
         self.security.check(token, block_id, gen, "w")
         crcs = h.get("crcs") or []
-        verify_crcs(payload, crcs)
+        checksum.verify(payload, crcs)
         return self._write_small(block_id, gen, chain, crcs, token, conn.detach_payload())
 
     async def _write_small(self, block_id: int, gen: int, chain: list[str], crcs: list[int],
                            token: Any, frame: Frame) -> dict[str, Any]:
-        size = len(frame.payload)
         local = asyncio.get_running_loop().run_in_executor(
             self.disk, self.store.write_whole, block_id, gen, frame.payload, crcs)
-        down: asyncio.Future[Frame] | None = None
+        down: BlockStream | None = None
+        ack: asyncio.Future[Frame] | None = None
         indexed = False
         try:
             if chain:
                 try:
-                    downstream = await self.pool.get(chain[0])
-                    down = downstream.request("write_small", frame.payload, block=block_id,
-                                              gen=gen, targets=chain[1:], crcs=crcs, size=size,
-                                              token=token)
+                    down = BlockStream(await self.pool.get(chain[0]), block_id, gen, chain[1:])
+                    ack = down.small(frame.payload, crcs, token)
                 except DFSError as exc:
                     raise Unavailable(f"pipeline to {chain[0]} failed: {exc}",
                                       bad=exc.details.get("bad") or chain[0]) from None
             try:
-                await asyncio.shield(local)
+                replica = await asyncio.shield(local)
             except (OSError, ValueError, DFSError) as exc:
                 raise self._local_error(exc) from None
             indexed = True
-            self.store.added(block_id, gen, size)
-            self.on_block(block_id, gen, size)
+            self._finalized(block_id, replica)
             replicas = [self.addr]
-            if down is not None:
+            if down is not None and ack is not None:
                 try:
-                    reply = await wait_reply(down, config.packet_timeout(len(chain) - 1),
-                                             f"block to {chain[0]}")
+                    replicas += await down.replicas(ack)
                 except DFSError as exc:
-                    raise self._chain_error(chain[0], exc) from None
-                replicas += reply.header.get("replicas", [])
-                reply.release()
+                    raise down.upstream_error(exc) from None
         except BaseException:
-            if down is not None:
-                down.cancel()
+            if ack is not None:
+                ack.cancel()
             if not indexed:  # written, or still being written: index it when it lands
-                local.add_done_callback(lambda f: self._landed(f, block_id, gen, size))
+                local.add_done_callback(lambda f: self._landed(f, block_id))
             raise  # the buffer is not reused: a transport may still hold it
         frame.release()
         return {"replicas": replicas}
 
-    def _landed(self, fut: "asyncio.Future[None]", block_id: int, gen: int, size: int) -> None:
+    def _landed(self, fut: "asyncio.Future[Replica]", block_id: int) -> None:
         """A whole-block write finished after its request went away: it is durable, so index
         and report it like any replica (meta deletes it if the upload never commits)."""
         if not fut.cancelled() and fut.exception() is None:
-            self.store.added(block_id, gen, size)
-            self.on_block(block_id, gen, size)
+            self._finalized(block_id, fut.result())
 
     def handle_abort_block(self, h: dict[str, Any], payload: memoryview,
                            conn: ServerConnection) -> dict[str, Any]:
         """The upstream gave up on this block: drop the partial replica (and downstream's).
         Needs no token: it only touches a stream this connection opened, with one."""
-        self._close_stream(self._streams(conn), _int(h, "block"))
+        self._close_stream(self._streams(conn), uint(h, "block"))
         return {}
 
     def handle_packet(self, h: dict[str, Any], payload: memoryview,
                       conn: ServerConnection) -> dict[str, Any] | Awaitable[dict[str, Any]]:
-        block_id = _int(h, "block")
+        block_id = uint(h, "block")
         streams = self._streams(conn)
         stream = streams.get(block_id)
         if stream is None:
             raise BadRequest(f"no write of block {block_id} open on this connection")
         if stream.failed is not None:
             raise stream.failed
-        offset, last = _int(h, "offset"), bool(h.get("last"))
+        offset, last = uint(h, "offset"), bool(h.get("last"))
+        size = uint(h, "size") if last else 0
         crcs = h.get("crcs") or []
         try:
-            verify_crcs(payload, crcs)
+            checksum.verify(payload, crcs)
         except DFSError as exc:
             self._fail(stream, exc)
             raise
-        down_fut = None
+        down_ack = None
         frame = conn.detach_payload()
         try:
             if stream.downstream is not None:
-                fields = {"block": block_id, "offset": offset, "crcs": crcs, "last": last}
-                if last:
-                    fields["size"] = h.get("size")
                 try:
-                    down_fut = stream.downstream.request("packet", payload, **fields)
+                    down_ack = stream.downstream.packet(offset, payload, crcs, last=last,
+                                                        size=size)
                 except DFSError:
-                    raise self._fail(stream, Unavailable(f"downstream {stream.chain[0]} lost",
-                                                         bad=stream.chain[0])) from None
+                    lost = stream.downstream.addr
+                    raise self._fail(stream, Unavailable(f"downstream {lost} lost",
+                                                         bad=lost)) from None
             try:
                 stream.writer.accept(offset, len(payload), crcs)
             except ValueError as exc:  # the writer sent packets out of order
@@ -283,12 +246,12 @@ class ChunkService:
             raise
         local = self._write_local(stream, offset, frame)
         if last:
-            return self._finish(streams, stream, h, down_fut)
+            return self._finish(streams, stream, size, down_ack)
         if stream.writer.unsynced >= config.BACKGROUND_SYNC_BYTES and not stream.syncing:
             stream.writer.unsynced = 0
             stream.syncing = True
             asyncio.ensure_future(self._background_sync(stream))
-        return self._ack(stream, local, down_fut)
+        return self._ack(stream, local, down_ack)
 
     def _write_local(self, stream: Stream, offset: int,
                      frame: Frame) -> asyncio.Future[None] | None:
@@ -308,16 +271,20 @@ class ChunkService:
         return fut
 
     async def _ack(self, stream: Stream, local: asyncio.Future[None] | None,
-                   down_fut: asyncio.Future[Frame] | None) -> dict[str, Any]:
+                   down_ack: asyncio.Future[Frame] | None) -> dict[str, Any]:
         """A packet's ack: written here, and acknowledged by the rest of the chain."""
         if local is not None:
             try:
                 await local
             except (OSError, ValueError, DFSError) as exc:
                 raise self._fail(stream, self._local_error(exc)) from None
-        if down_fut is None:
+        if down_ack is None or stream.downstream is None:
             return {}
-        return await self._await_downstream(stream, down_fut)
+        try:
+            reply = await stream.downstream.wait(down_ack)
+        except DFSError as exc:
+            raise self._fail(stream, stream.downstream.upstream_error(exc)) from None
+        return {"replicas": [self.addr] + reply.header.get("replicas", [])}
 
     def _local_error(self, exc: BaseException) -> DFSError:
         if isinstance(exc, DFSError):
@@ -333,7 +300,7 @@ class ChunkService:
     def _release(frame: Frame, stream: Stream) -> None:
         """Hand the packet buffer back to the pool unless the downstream transport may still
         be holding it (it copies nothing; it keeps a reference until the bytes are sent)."""
-        if stream.downstream is None or stream.downstream.protocol.write_idle:
+        if stream.downstream is None or stream.downstream.write_idle:
             frame.release()
 
     async def _background_sync(self, stream: Stream) -> None:
@@ -344,57 +311,31 @@ class ChunkService:
         finally:
             stream.syncing = False
 
-    async def _await_downstream(self, stream: Stream,
-                                fut: asyncio.Future[Frame]) -> dict[str, Any]:
-        try:
-            reply = await wait_reply(fut, config.packet_timeout(len(stream.chain) - 1),
-                                     f"packet to {stream.chain[0]}")
-        except DFSError as exc:
-            raise self._fail(stream, self._downstream_error(stream, exc)) from None
-        return {"replicas": [self.addr] + reply.header.get("replicas", [])}
-
-    def _downstream_error(self, stream: Stream, exc: DFSError) -> DFSError:
-        return self._chain_error(stream.chain[0], exc)
-
-    @staticmethod
-    def _chain_error(next_addr: str, exc: DFSError) -> DFSError:
-        """An error from further down the chain, naming the server that failed."""
-        bad = exc.details.get("bad") or next_addr
-        if isinstance(exc, ChecksumError):
-            return ChecksumError(str(exc), bad=bad)
-        if isinstance(exc, NoSpace):
-            return NoSpace(str(exc), bad=bad)
-        return Unavailable(f"downstream {next_addr}: {exc}", bad=bad)
-
-    async def _finish(self, streams: dict[int, Stream], stream: Stream, h: dict[str, Any],
-                      down_fut: asyncio.Future[Frame] | None) -> dict[str, Any]:
-        size = _int(h, "size")
+    async def _finish(self, streams: dict[int, Stream], stream: Stream, size: int,
+                      down_ack: asyncio.Future[Frame] | None) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         replicas = [self.addr]
         while stream.pending:  # every packet's bytes are in the file before we seal it
             await asyncio.wait(list(stream.pending))
         if stream.failed is not None:  # an earlier packet failed here or downstream
-            if down_fut is not None:
-                down_fut.cancel()
+            if down_ack is not None:
+                down_ack.cancel()
             raise stream.failed
         try:
-            await loop.run_in_executor(self.disk, stream.writer.seal, size)
+            replica = await loop.run_in_executor(self.disk, stream.writer.seal, size)
         except (OSError, ValueError, DFSError) as exc:
-            if down_fut is not None:
-                down_fut.cancel()
+            if down_ack is not None:
+                down_ack.cancel()
             raise self._fail(stream, self._local_error(exc)) from None
         stream.done = True
-        self.store.added(stream.writer.block_id, stream.writer.gen, size)
-        self.on_block(stream.writer.block_id, stream.writer.gen, size)
-        if down_fut is not None:
+        self._finalized(stream.writer.block_id, replica)
+        if down_ack is not None and stream.downstream is not None:
             try:
-                reply = await wait_reply(down_fut, config.packet_timeout(len(stream.chain) - 1),
-                                         f"last packet to {stream.chain[0]}")
+                replicas += await stream.downstream.replicas(down_ack)
             except DFSError as exc:
                 # Our copy is durable; the error names the bad server so the client can
                 # rebuild the pipeline around it.
-                raise self._downstream_error(stream, exc) from None
-            replicas += reply.header.get("replicas", [])
+                raise stream.downstream.upstream_error(exc) from None
         if streams.get(stream.writer.block_id) is stream:
             self._close_stream(streams, stream.writer.block_id)
         return {"replicas": replicas}
@@ -405,77 +346,25 @@ class ChunkService:
             stream.failed = err
             if not stream.done:
                 stream.writer.abort()
-            self._abort_downstream(stream.downstream, stream.writer.block_id)
+            if stream.downstream is not None:
+                stream.downstream.abort()
         return err
-
-    # re-replication -------------------------------------------------------------------
-    def replicate(self, block_id: int, gen: int, target: str, token: Any = None) -> None:
-        """Meta asked for a copy of a replica we hold: stream it to `target` in the
-        background (with meta's write token for it). The target reports the block to meta
-        itself when it is durable."""
-        task = asyncio.ensure_future(self._copy(block_id, gen, target, token))
-        self.copies.add(task)
-        task.add_done_callback(self.copies.discard)
-
-    async def _copy(self, block_id: int, gen: int, target: str, token: Any) -> None:
-        loop = asyncio.get_running_loop()
-        conn = None
-        timeout = config.packet_timeout(0)
-        inflight: deque[asyncio.Future[Frame]] = deque()
-        try:
-            size = self.store.lookup(block_id, gen)
-            conn = await self.pool.get(target)
-            (await conn.call("write_block", block=block_id, gen=gen, targets=[],
-                             token=token)).release()
-            offset = 0
-            while offset < size:
-                n = min(config.PACKET_SIZE, size - offset)
-                data, crcs, _ = await loop.run_in_executor(
-                    self.disk, self.store.read, block_id, gen, offset, n)
-                verify_crcs(memoryview(data), crcs)  # never spread rot to a new replica
-                await self._pace(n)
-                await conn.drain()
-                inflight.append(conn.request("packet", data, block=block_id, offset=offset,
-                                             crcs=crcs))
-                offset += n
-                while len(inflight) >= config.WRITE_WINDOW:
-                    (await wait_reply(inflight.popleft(), timeout, f"copy to {target}")).release()
-            inflight.append(conn.request("packet", b"", block=block_id, offset=size, crcs=[],
-                                         last=True, size=size))
-            while inflight:
-                (await wait_reply(inflight.popleft(), timeout, f"copy to {target}")).release()
-            log.info("copied block %d (%d bytes) to %s", block_id, size, target)
-        except (DFSError, OSError) as exc:
-            log.warning("copy of block %d to %s failed: %s", block_id, target, exc)
-            for fut in inflight:
-                fut.cancel()
-            self._abort_downstream(conn, block_id)
-
-    async def _pace(self, n: int) -> None:
-        """Hold all copies together to `copy_rate`, so repair leaves room for clients."""
-        if self.copy_rate <= 0:
-            return
-        now = time.monotonic()
-        start = max(now, self._copy_clock)
-        self._copy_clock = start + n / self.copy_rate
-        if start > now:
-            await asyncio.sleep(start - now)
 
     # reads ----------------------------------------------------------------------------
     def handle_read_block(self, h: dict[str, Any], payload: memoryview, conn: ServerConnection
                           ) -> tuple[dict[str, Any], bytes] | Awaitable[tuple[dict[str, Any],
                                                                                bytes]]:
-        block_id, gen = _int(h, "block"), _int(h, "gen")
-        offset, length = _int(h, "offset"), _int(h, "length")
+        block_id, gen = uint(h, "block"), uint(h, "gen")
+        offset, length = uint(h, "offset"), uint(h, "length")
         self.security.check(h.get("token"), block_id, gen, "r")
         size = self.store.lookup(block_id, gen)
         if offset > size:
             raise BadRequest(f"offset {offset} is past the end of block {block_id} ({size})")
-        if offset % CHUNK or length > config.MAX_PAYLOAD or \
-                (length % CHUNK and offset + length < size):
-            raise BadRequest(f"reads cover whole {CHUNK}-byte chunks (up to the block's end) "
-                             f"and are at most {config.MAX_PAYLOAD} bytes")
-        if length <= CHUNK:  # small: likely cached, and cheaper here than a thread hop
+        if offset % UNIT or length > config.MAX_PAYLOAD or \
+                (length % UNIT and offset + length < size):
+            raise BadRequest(f"reads cover whole {UNIT}-byte checksum units (up to the "
+                             f"block's end) and are at most {config.MAX_PAYLOAD} bytes")
+        if length <= UNIT:  # small: likely cached, and cheaper here than a thread hop
             return self._read(block_id, gen, offset, length)
         # Large reads may go to the disk (blocks are written around the page cache), which
         # must not stall the loop.
@@ -492,6 +381,6 @@ class ChunkService:
 
     def handle_block_info(self, h: dict[str, Any], payload: memoryview,
                           conn: ServerConnection) -> dict[str, Any]:
-        block_id, gen = _int(h, "block"), _int(h, "gen")
+        block_id, gen = uint(h, "block"), uint(h, "gen")
         self.security.check(h.get("token"), block_id, gen, "r")
         return {"size": self.store.lookup(block_id, gen)}

@@ -10,16 +10,14 @@ import asyncio
 import io
 import logging
 import os
-import queue
 import stat as stat_mod
 import tempfile
-import threading
 from typing import Any, BinaryIO, Callable
 
 from .. import config
 from ..errors import BadRequest, DFSError, IsADirectory, Unavailable
 from ..net import Connection, ConnectionPool, Security, SecurityError
-from .localfile import DirectFile, open_direct
+from .localfile import DirectFile, Drain, Pump, open_direct, read_full
 from .reader import FileReader
 from .writer import FileWriter
 
@@ -39,139 +37,13 @@ def meta_address(meta: str | None) -> str:
     return config.format_addr(host, port)
 
 
-def _read_full(f: BinaryIO, n: int) -> bytes:
-    """Read exactly n bytes unless the stream ends (pipes return short reads)."""
-    data = f.read(n)
-    if not data or len(data) == n:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n:
-        more = f.read(n - got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b"".join(parts)
-
-
-def _read_full_fd(fd: int, n: int) -> bytes:
-    parts: list[bytes] = []
-    got = 0
-    while got < n:
-        data = os.read(fd, n - got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)
-
-
-class _Pump:
-    """Reads the source of an upload in a daemon thread, a few packets ahead, so disk or
-    pipe reads overlap sending (the client has its own core for that on a 2-core machine).
-
-    A regular file is read with pread() from the stream's current offset; anything else
-    (stdin, a pipe) with read() on the descriptor. Never through the buffered file object: a
-    thread parked inside a buffered reader holds its lock, and the interpreter aborts at exit
-    when it finds that lock taken. A daemon thread, not an executor: a read blocked on an
-    idle pipe must never keep the process from exiting on Ctrl-C, and executors are joined."""
-
-    def __init__(self, f: BinaryIO, size: int, ahead: int = 4) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
-        self._room = threading.Semaphore(ahead)
-        fd = f.fileno()
-        offset = f.tell() if stat_mod.S_ISREG(os.fstat(fd).st_mode) else None
-        threading.Thread(target=self._run, args=(fd, size, offset), name="dfs-source",
-                         daemon=True).start()
-
-    def _run(self, fd: int, size: int, offset: int | None) -> None:
-        while True:
-            self._room.acquire()
-            try:
-                if offset is None:
-                    item: bytes | BaseException = _read_full_fd(fd, size)
-                else:
-                    item = os.pread(fd, size, offset)
-                    offset += len(item)
-            except BaseException as exc:  # handed to the reader, raised there
-                item = exc
-            try:
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone: nobody wants the rest
-                return
-            if not isinstance(item, bytes) or not item:
-                return
-
-    async def next(self) -> bytes:
-        item = await self._queue.get()
-        self._room.release()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-
-class _Drain:
-    """Writes a download to its local stream in a daemon thread, a few segments behind the
-    network, so the disk write (a third of a get's time when done inline) overlaps receiving
-    and verifying the next segments. Daemon thread for the same reason as _Pump."""
-
-    def __init__(self, f: BinaryIO | DirectFile, depth: int = 8) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._items: queue.SimpleQueue[bytes | memoryview | None] = queue.SimpleQueue()
-        self._room = asyncio.Semaphore(depth)
-        self._done: asyncio.Future[None] = self._loop.create_future()
-        self._error: BaseException | None = None
-        self._complete = False
-        threading.Thread(target=self._run, args=(f,), name="dfs-sink", daemon=True).start()
-
-    def _run(self, f: BinaryIO | DirectFile) -> None:
-        error: BaseException | None = None
-        while True:
-            item = self._items.get()
-            if item is None:
-                break
-            if error is None:
-                try:
-                    f.write(item)
-                except BaseException as exc:  # raised on the loop by write()/finish()
-                    error = exc
-                    self._error = exc
-            try:
-                self._loop.call_soon_threadsafe(self._room.release)
-            except RuntimeError:
-                return
-        if isinstance(f, DirectFile):
-            try:
-                f.close()  # the tail, and the direct descriptor
-            except BaseException as exc:
-                error = error or exc
-        try:
-            self._loop.call_soon_threadsafe(self._finished, error)
-        except RuntimeError:
-            pass
-
-    def _finished(self, error: BaseException | None) -> None:
-        if not self._done.done():
-            if error is None:
-                self._done.set_result(None)
-            else:
-                self._done.set_exception(error)
-
-    async def write(self, data: bytes | memoryview) -> None:
-        if self._error is not None:
-            raise self._error
-        await self._room.acquire()
-        self._items.put(data)
-
-    async def finish(self) -> None:
-        """Wait until everything handed over is written; raises the first write error."""
-        self._items.put(None)
-        await self._done
-
-    def abandon(self) -> None:
-        self._items.put(None)
+def _size_of(f: BinaryIO) -> int | None:
+    """Bytes left to read in a regular file; None for a pipe, stdin or an in-memory stream."""
+    try:
+        st = os.fstat(f.fileno())
+        return st.st_size - f.tell() if stat_mod.S_ISREG(st.st_mode) else None
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 def _ls_rows(page: dict[str, Any]) -> list[dict[str, Any]]:
@@ -324,8 +196,9 @@ class AsyncClient:
 
     async def open_write(self, path: str, replication: int = config.DEFAULT_REPLICATION,
                          block_size: int = config.DEFAULT_BLOCK_SIZE,
-                         empty: bool = False) -> FileWriter:
-        return await FileWriter(self, path, replication, block_size).open(not empty)
+                         size: int | None = None) -> FileWriter:
+        """A writer for a new file; `size`, if known, is the file's size (see FileWriter)."""
+        return await FileWriter(self, path, replication, block_size).open(size)
 
     async def put_stream(self, f: BinaryIO, remote: str, *,
                          replication: int = config.DEFAULT_REPLICATION,
@@ -333,14 +206,14 @@ class AsyncClient:
                          progress: Progress | None = None) -> dict[str, Any]:
         """Upload everything a binary stream yields. Reads of a file or pipe run off the loop."""
         try:
-            pump: _Pump | None = _Pump(f, config.PACKET_SIZE)
+            pump: Pump | None = Pump(f, config.PACKET_SIZE)
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             pump = None  # an in-memory stream: reading it never blocks
-        writer = await self.open_write(remote, replication, block_size)
+        writer = await self.open_write(remote, replication, block_size, _size_of(f))
         try:
             while True:
                 if pump is None:
-                    data = _read_full(f, config.PACKET_SIZE)
+                    data = read_full(f, config.PACKET_SIZE)
                 else:
                     data = await pump.next()
                 if not data:
@@ -367,7 +240,7 @@ class AsyncClient:
                         replication: int = config.DEFAULT_REPLICATION,
                         block_size: int = config.DEFAULT_BLOCK_SIZE) -> dict[str, Any]:
         """Upload bytes held in memory; replaces `remote` atomically."""
-        writer = await self.open_write(remote, replication, block_size, empty=not data)
+        writer = await self.open_write(remote, replication, block_size, len(data))
         try:
             view = memoryview(data)
             for i in range(0, len(view), config.PACKET_SIZE):
@@ -391,7 +264,7 @@ class AsyncClient:
         if direct:
             f.flush()
             sink = open_direct(f.fileno(), reader.size)
-        drain = _Drain(sink or f)
+        drain = Drain(sink or f)
         try:
             total = 0
             while True:

@@ -1,7 +1,7 @@
 """The client's read path: seekable, verified, with read-ahead and per-block failover.
 
 A file is read in segments of READ_SIZE bytes, aligned inside each block, so every segment is a
-whole number of checksum chunks and is verified end to end against the CRC32Cs stored with the
+whole number of checksum units and is verified end to end against the CRC32Cs stored with the
 replica. Sequential reads keep READ_WINDOW segments in flight (read-ahead); memory is bounded by
 that window. A dead server, a timeout or a checksum mismatch moves to the next replica for that
 block only; a corrupt replica is reported to meta so it stops being served.
@@ -13,29 +13,17 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-import crc32c
-
-from .. import config
-from ..errors import ChecksumError, DFSError, NotFound, Unavailable
+from .. import checksum, config
+from ..errors import BadRequest, ChecksumError, DFSError, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from .async_client import AsyncClient
 
 log = logging.getLogger(__name__)
 
-CHUNK = config.CHECKSUM_CHUNK
 SEGMENT = config.READ_SIZE
 # Pauses before re-asking meta for a block's locations when all replicas failed (None: stop).
-RETRY_DELAYS: tuple[float | None, ...] = (0.25, 0.5, 1.0, 2.0, 3.0, None)
-
-
-def verify(data: memoryview, crcs: list[int]) -> None:
-    n = (len(data) + CHUNK - 1) // CHUNK
-    if len(crcs) != n:
-        raise ChecksumError(f"expected {n} checksums, got {len(crcs)}")
-    for i in range(n):
-        if crc32c.crc32c(data[i * CHUNK:(i + 1) * CHUNK]) != crcs[i]:
-            raise ChecksumError(f"chunk {i} does not match its CRC32C")
+RETRY_DELAYS: tuple[float | None, ...] = (*config.READ_RETRY_DELAYS, None)
 
 
 class FileReader:
@@ -183,7 +171,10 @@ class FileReader:
             data = reply.payload
             if len(data) != length:
                 raise ChecksumError(f"replica returned {len(data)} bytes, expected {length}")
-            verify(data, reply.header.get("crcs") or [])
+            try:
+                checksum.verify(data, reply.header.get("crcs") or [])
+            except BadRequest as exc:  # a replica that sends malformed checksums is bad too
+                raise ChecksumError(str(exc)) from None
             return bytes(data)
         finally:
             reply.release()

@@ -2,7 +2,7 @@
 
 For each block the client asks meta for a block id and an ordered chain of chunkservers, opens
 the stream at the head of the chain and sends packets of PACKET_SIZE bytes, WRITE_WINDOW of them
-in flight, each with one CRC32C per CHECKSUM_CHUNK computed here once. An empty packet marked
+in flight, each with one CRC32C per CHECKSUM_UNIT computed here once. An empty packet marked
 `last` ends the block; its ack comes after every replica has fsynced and renamed the block.
 A block that ends within its first packet (small files, short last blocks) skips the stream:
 it goes down the chain whole in one `write_small` frame, written and sealed in one step.
@@ -17,38 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import crc32c
-
-from .. import config
+from .. import checksum, config
 from ..errors import DFSError
-from ..net import Connection, wait_reply
-from ..protocol import Frame
+from ..net.blockstream import BlockStream
 
 if TYPE_CHECKING:
     from .async_client import AsyncClient
 
 log = logging.getLogger(__name__)
 
-MAX_PIPELINE_RETRIES = 5
-CHUNK = config.CHECKSUM_CHUNK
-
-
-def checksums(data: bytes | memoryview) -> list[int]:
-    view = memoryview(data)
-    return [crc32c.crc32c(view[i:i + CHUNK]) for i in range(0, len(view), CHUNK)]
-
-
-def _settle(futs: "deque[asyncio.Future[Frame]]") -> None:
-    """Forget acks we no longer care about (the pipeline is being rebuilt or abandoned)."""
-    while futs:
-        futs.popleft().cancel()
-
 
 class BlockWrite:
-    """One block: its packets, its current chain, the acks in flight."""
+    """One block: its packets (kept for a resend until the block is acked), its current
+    chain and the stream to it."""
 
     def __init__(self, client: "AsyncClient", upload: int, block_id: int, gen: int,
                  targets: list[str], token: Any = None) -> None:
@@ -58,42 +41,26 @@ class BlockWrite:
         self.token = token  # meta's write token for (block, gen): chunkservers check it
         self.packets: list[tuple[bytes, list[int]]] = []
         self.size = 0
-        self.conn: Connection | None = None
-        self.inflight: deque[asyncio.Future[Frame]] = deque()
+        self.digest = 0  # of the block's CRC table (checksum.digest), for meta's commit
+        self.stream: BlockStream | None = None
         self.error: DFSError | None = None
         self.excluded: set[str] = set()
         self.started = False  # the pipeline is open (not while a lone packet is held)
 
-    async def _open(self) -> None:
-        self.conn = await self.client.pool.get(self.targets[0])
-        reply = await self.conn.call("write_block", block=self.block_id, gen=self.gen,
-                                     targets=self.targets[1:], token=self.token)
-        reply.release()
-
     async def start(self) -> None:
         self.started = True
+        self.stream = None
         try:
-            await self._open()
+            conn = await self.client.pool.get(self.targets[0])
+            self.stream = await BlockStream.open(conn, self.block_id, self.gen,
+                                                 self.targets[1:], self.token)
         except DFSError as exc:
             self._broken(exc)
-
-    @property
-    def _timeout(self) -> float:
-        return config.packet_timeout(len(self.targets) - 1)
 
     def _broken(self, exc: DFSError) -> None:
         if self.error is None:
             self.error = exc
             log.info("block %d pipeline %s failed: %s", self.block_id, self.targets, exc)
-
-    def _request(self, offset: int, data: bytes, crcs: list[int], last: bool
-                 ) -> asyncio.Future[Frame]:
-        assert self.conn is not None
-        fields: dict[str, Any] = {"block": self.block_id, "offset": offset, "crcs": crcs}
-        if last:
-            fields["last"] = True
-            fields["size"] = self.size
-        return self.conn.request("packet", data, **fields)
 
     async def add(self, data: bytes, crcs: list[int]) -> None:
         """Keep the packet for a possible resend, and send it unless the chain is broken.
@@ -103,6 +70,7 @@ class BlockWrite:
         offset = self.size
         self.packets.append((data, crcs))
         self.size += len(data)
+        self.digest = checksum.digest(crcs, self.digest)
         if not self.started:
             if len(self.packets) == 1 and len(data) <= config.PACKET_SIZE:
                 return
@@ -114,17 +82,11 @@ class BlockWrite:
         await self._send(offset, data, crcs)
 
     async def _send(self, offset: int, data: bytes, crcs: list[int]) -> None:
-        """Send one packet, waiting for the oldest ack once the window is full."""
         if self.error is not None:
             return
-        assert self.conn is not None
+        assert self.stream is not None
         try:
-            await self.conn.drain()
-            self.inflight.append(self._request(offset, data, crcs, False))
-            while len(self.inflight) >= config.WRITE_WINDOW:
-                reply = await wait_reply(self.inflight.popleft(), self._timeout,
-                                         f"packet to {self.targets[0]}")
-                reply.release()
+            await self.stream.send(offset, data, crcs)
         except DFSError as exc:
             self._broken(exc)
 
@@ -132,44 +94,33 @@ class BlockWrite:
         """End the block; rebuild the pipeline and resend as often as needed. Returns the
         servers that hold the block durably."""
         complete = self._complete if self.started else self._write_small
-        for attempt in range(MAX_PIPELINE_RETRIES + 1):
+        for attempt in range(config.PIPELINE_RETRIES + 1):
             if self.error is None:
                 try:
                     return await complete()
                 except DFSError as exc:
                     self._broken(exc)
-            _settle(self.inflight)
-            if attempt == MAX_PIPELINE_RETRIES:
+            if attempt == config.PIPELINE_RETRIES:
                 break
             await self._recover()
+        self.forget()
         assert self.error is not None
         raise self.error
 
     async def _complete(self) -> list[str]:
-        assert self.conn is not None
-        await self.conn.drain()
-        self.inflight.append(self._request(self.size, b"", [], True))
-        while True:
-            reply = await wait_reply(self.inflight.popleft(), self._timeout,
-                                     f"packet to {self.targets[0]}")
-            if not self.inflight:
-                break
-            reply.release()
-        replicas: list[str] = reply.header.get("replicas") or [self.targets[0]]
-        reply.release()
-        return replicas
+        assert self.stream is not None
+        return await self.stream.finish(self.size)
 
     async def _write_small(self) -> list[str]:
         """The whole block in one frame down the chain; the ack means durable everywhere."""
         (data, crcs), = self.packets
         conn = await self.client.pool.get(self.targets[0])
-        fut = conn.request("write_small", data, block=self.block_id, gen=self.gen,
-                           targets=self.targets[1:], crcs=crcs, size=len(data),
-                           token=self.token)
-        reply = await wait_reply(fut, self._timeout, f"block to {self.targets[0]}")
-        replicas: list[str] = reply.header.get("replicas") or [self.targets[0]]
-        reply.release()
-        return replicas
+        stream = BlockStream(conn, self.block_id, self.gen, self.targets[1:])
+        return await stream.replicas(stream.small(data, crcs, self.token))
+
+    def forget(self) -> None:
+        if self.stream is not None:
+            self.stream.forget()
 
     async def _recover(self) -> None:
         """Ask meta for a new generation and chain without the failed server, then resend."""
@@ -178,12 +129,8 @@ class BlockWrite:
             self.excluded.add(self.error.details.get("bad") or self.targets[0])
         # else: our write token expired (a writer that stalled for minutes) or was refused;
         # the servers are fine, and recover_block hands out a new generation and token.
-        if self.conn is not None and not self.conn.closed:
-            try:
-                self.conn.request("abort_block", block=self.block_id).add_done_callback(
-                    lambda f: f.cancelled() or f.exception())
-            except DFSError:
-                pass
+        if self.stream is not None:
+            self.stream.abort()
         keep = [t for t in self.targets if t not in self.excluded]
         reply = await self.client.meta_call("recover_block", upload=self.upload,
                                             block=self.block_id, exclude=sorted(self.excluded),
@@ -210,7 +157,7 @@ class FileWriter:
         self.replication = replication
         self.block_size = block_size
         self.upload = 0
-        self.committed: list[list[Any]] = []  # [id, gen, size, replicas]
+        self.committed: list[list[Any]] = []  # [id, gen, size, replicas, digest]
         self.block: BlockWrite | None = None
         self.buf = bytearray()
         self.size = 0
@@ -220,12 +167,16 @@ class FileWriter:
         self._first: dict[str, Any] | None = None  # a block meta placed along with create
         self.closed = False
 
-    async def open(self, first_block: bool = True) -> "FileWriter":
-        """Start the upload. With first_block, meta places the first block in the same round
-        trip (pass False for a file known to be empty: nothing to place)."""
+    async def open(self, size: int | None = None) -> "FileWriter":
+        """Start the upload. `size`, when the writer knows the file's size, lets meta place
+        blocks on servers with room for what will really be written (a small file needs no
+        room for a whole block). Unless the file is known to be empty, meta places the first
+        block in the same round trip."""
+        fields: dict[str, Any] = {} if size is None else {"size": size}
         reply = await self.client.meta_call("create", path=self.path,
                                             replication=self.replication,
-                                            block_size=self.block_size, first_block=first_block)
+                                            block_size=self.block_size,
+                                            first_block=size != 0, **fields)
         self.upload = reply["upload"]
         self._first = reply.get("first")
         self._renewer = asyncio.ensure_future(self._renew())
@@ -254,7 +205,7 @@ class FileWriter:
 
     async def write_packet(self, data: bytes) -> None:
         """Send bytes as packets, cutting at block boundaries. Every piece but the file's
-        last must be whole checksum chunks (block sizes are multiples of CHECKSUM_CHUNK)."""
+        last must be whole checksum units (block sizes are multiples of CHECKSUM_UNIT)."""
         view = memoryview(data)
         while view:
             if self.block is None:
@@ -264,7 +215,7 @@ class FileWriter:
             # The common case (the packet fits, whole) sends the caller's bytes uncopied.
             piece = data if len(view) == len(data) <= room else bytes(view[:room])
             view = view[len(piece):]
-            await self.block.add(piece, checksums(piece))
+            await self.block.add(piece, checksum.crcs_of(piece))
             self.size += len(piece)
             if self.block.size == self.block_size:
                 await self._end_block()
@@ -284,7 +235,7 @@ class FileWriter:
         block, self.block = self.block, None
         assert block is not None
         replicas = await block.finish()
-        self.committed.append([block.block_id, block.gen, block.size, replicas])
+        self.committed.append([block.block_id, block.gen, block.size, replicas, block.digest])
 
     async def close(self) -> dict[str, Any]:
         """Flush, end the last block, and commit: the file appears atomically."""
@@ -315,7 +266,7 @@ class FileWriter:
         self.closed = True
         self._stop_renewing()
         if self.block is not None:
-            _settle(self.block.inflight)
+            self.block.forget()
         if self.upload:
             try:
                 await self.client.meta_call("abort", upload=self.upload)

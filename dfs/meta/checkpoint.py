@@ -10,8 +10,10 @@ File layout (integers big-endian)::
                                   count   records of that generation it includes
                                   epoch   the last meta epoch
                                   dirs    [[path, mtime], ...]        parents before children
-                                  files   [[path, [[id, gen, size], ...], replication,
-                                            block_size, mtime], ...]
+                                  files   [[path, [[id, gen, size, digest], ...],
+                                            replication, block_size, mtime], ...]
+                                          (a block whose digest is unknown, committed before
+                                          digests existed, is [id, gen, size])
 
 A checkpoint covers records 0..count-1 of journal generation `gen`. It is written to a
 temporary file, fsynced, renamed over `checkpoint` and its directory fsynced; only then is
@@ -23,15 +25,14 @@ Any damage in the file stops start-up with one clear error: it is never half-loa
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import crc32c
 import msgpack
 
-from .journal import JournalCorrupt, fsync_dir
+from ..fsutil import CorruptFile, atomic_write
 from .namespace import Block, Dir, File, Namespace, walk
 
 MAGIC = b"DFSCKPT1"
@@ -47,16 +48,25 @@ class Checkpoint:
     files: list[list[Any]] = field(default_factory=list)
 
 
-def snapshot(ns: Namespace, gen: int, count: int, epoch: int) -> bytes:
-    """Serialise the namespace (on the event loop, so it is one consistent moment)."""
+def _no_digest(block_id: int) -> int | None:
+    return None
+
+
+def snapshot(ns: Namespace, gen: int, count: int, epoch: int,
+             digest: Callable[[int], int | None] = _no_digest) -> bytes:
+    """Serialise the namespace (on the event loop, so it is one consistent moment); `digest`
+    gives a block's recorded digest (the block map holds them)."""
     dirs: list[list[Any]] = []
     files: list[list[Any]] = []
     for path, node in walk(ns.root):
         if isinstance(node, Dir):
             dirs.append([path, node.mtime])
         else:
-            files.append([path, [b.to_list() for b in node.blocks], node.replication,
-                          node.block_size, node.mtime])
+            blocks = []
+            for b in node.blocks:
+                d = digest(b.id)
+                blocks.append([b.id, b.gen, b.size] if d is None else [b.id, b.gen, b.size, d])
+            files.append([path, blocks, node.replication, node.block_size, node.mtime])
     body = msgpack.packb({"gen": gen, "count": count, "epoch": epoch, "dirs": dirs,
                           "files": files}, use_bin_type=True)
     return MAGIC + HEAD.pack(crc32c.crc32c(body), len(body)) + body
@@ -64,13 +74,7 @@ def snapshot(ns: Namespace, gen: int, count: int, epoch: int) -> bytes:
 
 def write(path: str, data: bytes) -> None:
     """Durably replace the checkpoint file. Blocking: run in a worker thread."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    atomic_write(path, data)
 
 
 def read(path: str) -> Checkpoint | None:
@@ -81,21 +85,23 @@ def read(path: str) -> Checkpoint | None:
     except FileNotFoundError:
         return None
     if data[:len(MAGIC)] != MAGIC or len(data) < len(MAGIC) + HEAD.size:
-        raise JournalCorrupt(path, 0, "not a dfs checkpoint")
+        raise CorruptFile(path, 0, "not a dfs checkpoint", "checkpoint")
     crc, length = HEAD.unpack_from(data, len(MAGIC))
     body = memoryview(data)[len(MAGIC) + HEAD.size:]
     if len(body) != length:
-        raise JournalCorrupt(path, len(MAGIC) + HEAD.size, "checkpoint body has the wrong length")
+        raise CorruptFile(path, len(MAGIC) + HEAD.size, "body has the wrong length",
+                          "checkpoint")
     if crc32c.crc32c(body) != crc:
-        raise JournalCorrupt(path, len(MAGIC) + HEAD.size, "checkpoint checksum mismatch")
+        raise CorruptFile(path, len(MAGIC) + HEAD.size, "checksum mismatch", "checkpoint")
     m = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     return Checkpoint(m["gen"], m["count"], m["epoch"], m["dirs"], m["files"])
 
 
-def load(cp: Checkpoint, ns: Namespace) -> None:
-    """Rebuild the namespace the checkpoint describes into an empty `ns`. The paths were
-    validated when they entered the namespace, so the tree is built directly (this is what
-    makes start-up take seconds at millions of files)."""
+def load(cp: Checkpoint, ns: Namespace, digests: dict[int, int]) -> None:
+    """Rebuild the namespace the checkpoint describes into an empty `ns`, and the recorded
+    block digests into `digests`. The paths were validated when they entered the namespace,
+    so the tree is built directly (this is what makes start-up take seconds at millions of
+    files)."""
     dirs: dict[str, Dir] = {"": ns.root}
 
     def dir_at(path: str) -> Dir:
@@ -112,8 +118,11 @@ def load(cp: Checkpoint, ns: Namespace) -> None:
     files = blocks = 0
     for path, block_list, replication, block_size, mtime in cp.files:
         parent, _, name = path.rpartition("/")
-        dir_at(parent).put(name, File([Block(*b) for b in block_list], replication,
-                                      block_size, mtime))
+        for b in block_list:
+            if len(b) > 3:
+                digests[b[0]] = b[3]
+        dir_at(parent).put(name, File([Block(b[0], b[1], b[2]) for b in block_list],
+                                      replication, block_size, mtime))
         files += 1
         blocks += len(block_list)
     ns.files += files

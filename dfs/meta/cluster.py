@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 class ChunkServer:
     __slots__ = ("id", "addr", "capacity", "used", "free", "load", "state", "last_heartbeat",
-                 "blocks", "pending", "writing", "deletes", "copies", "decommission", "beats")
+                 "blocks", "pending", "writing", "deletes", "copies", "decommission", "beats",
+                 "reporting")
 
     def __init__(self, id: str, addr: str, now: float) -> None:
         self.id = id
@@ -40,6 +41,7 @@ class ChunkServer:
         # Heartbeats and registrations processed: a delete handed out in the reply to beat n
         # has been carried out before beat n+1 is sent.
         self.beats = 0
+        self.reporting: set[int] | None = None  # blocks in the full report being received
 
     @property
     def shown_state(self) -> str:
@@ -58,13 +60,18 @@ KEEP = -1  # a corrupt replica kept because no good one exists yet
 
 
 class BlockInfo:
-    """The expected state of one block and where its good replicas are."""
+    """The expected state of one block (generation, size, digest of its CRC table) and where
+    its good replicas are."""
 
-    __slots__ = ("gen", "size", "replication", "replicas", "upload", "corrupt")
+    __slots__ = ("gen", "size", "digest", "replication", "replicas", "upload", "corrupt")
 
-    def __init__(self, gen: int, size: int, replication: int, upload: int = 0) -> None:
+    def __init__(self, gen: int, size: int, replication: int, upload: int = 0,
+                 digest: int | None = None) -> None:
         self.gen = gen
         self.size = size
+        # checksum.digest of the committed block's CRCs; None while it is being written, or
+        # for a block committed before digests were recorded.
+        self.digest = digest
         self.replication = replication
         # Chunkserver ids with this gen, finalized. A tuple, not a set: an empty set costs 216
         # bytes and a 2-set as much, a 2-tuple 56 and the empty one nothing; at a million
@@ -95,6 +102,10 @@ class Cluster:
         self.now = 0.0  # the service's clock at the last sweep (for orphan ages)
         # Deletes held back for readers of a removed or replaced file: (due, server, block, gen).
         self.doomed: deque[tuple[float, str, int, int]] = deque()
+
+    def tick(self, now: float) -> None:
+        """The service's clock, once a sweep: orphans are aged by it."""
+        self.now = now
 
     # membership -----------------------------------------------------------------------
     def register(self, sid: str, addr: str, now: float) -> ChunkServer:
@@ -144,6 +155,40 @@ class Cluster:
     def live(self) -> list[ChunkServer]:
         return [cs for cs in self.servers.values() if cs.state == "live"]
 
+    def promise(self, addr: str, nbytes: int) -> None:
+        """Bytes of a block just placed on a server: count them as used until its next
+        heartbeat reports its free space afresh."""
+        self.by_addr[addr].pending += nbytes
+
+    def start_decommission(self, cs: ChunkServer) -> bool:
+        """Start draining a server; False if it already is (or was) drained."""
+        if cs.decommission:
+            return False
+        cs.decommission = "decommissioning"
+        return True
+
+    def decommissioned(self, cs: ChunkServer) -> None:
+        """Every block the draining server holds has its replicas elsewhere."""
+        cs.decommission = "decommissioned"
+
+    def order_copy(self, source: str, block_id: int, gen: int, target: str,
+                   token: Any) -> None:
+        """Have chunkserver `source` (an id) copy its replica to `target` (an address), with
+        meta's write token for it; sent in the reply to its next heartbeat."""
+        self.servers[source].copies.append([block_id, gen, target, token])
+
+    def take_commands(self, cs: ChunkServer, limit: int = 10_000) -> list[dict[str, Any]]:
+        """The deletes and copies for one heartbeat reply, at most `limit` entries of each so
+        the reply fits in a frame; the rest wait for the next beat."""
+        commands: list[dict[str, Any]] = []
+        if cs.deletes:
+            commands.append({"op": "delete", "blocks": cs.deletes[:limit]})
+            del cs.deletes[:limit]
+        if cs.copies:
+            commands.append({"op": "replicate", "blocks": cs.copies[:limit]})
+            del cs.copies[:limit]
+        return commands
+
     def candidates(self) -> list[Candidate]:
         """Servers that may take new blocks (live and not decommissioned or draining)."""
         return [Candidate(cs.addr, cs.free - cs.pending, cs.writing) for cs in self.live()
@@ -154,7 +199,8 @@ class Cluster:
         self.blocks[block_id] = info
 
     def block_report(self, cs: ChunkServer, report: Iterable[list[int]]) -> None:
-        """A full or incremental report of finalized replicas ([id, gen, size] each)."""
+        """A full or incremental report of finalized replicas ([id, gen, size, digest] each;
+        the digest may be left out)."""
         for entry in report:
             block_id, gen = int(entry[0]), int(entry[1])
             info = self.blocks.get(block_id)
@@ -173,15 +219,34 @@ class Cluster:
                 log.warning("%s reports block %d gen %d newer than expected %d; ignoring",
                             cs.addr, block_id, gen, info.gen)
                 continue
+            if not info.upload and self._foreign(info, entry):
+                log.warning("%s holds a block %d gen %d of %d bytes (digest %s) that is not "
+                            "the committed one (%d bytes, digest %s): refused as corrupt",
+                            cs.addr, block_id, gen, entry[2],
+                            entry[3] if len(entry) > 3 else "?", info.size, info.digest)
+                if info.corrupt is None:
+                    info.corrupt = {}
+                self._delete_bad(block_id, info, cs)
+                continue
             info.add(cs.id)
             cs.blocks.add(block_id)
             if not info.upload and len(info.replicas) > info.replication:
                 self._trim(block_id, info)
 
-    def full_report(self, cs: ChunkServer, report: list[list[int]]) -> list[int]:
-        """A periodic full block report replaces what we believed the server holds. Returns
-        the blocks it no longer has (lost to a disk problem or an operator), to repair."""
-        reported = {int(e[0]) for e in report}
+    def begin_full_report(self, cs: ChunkServer) -> None:
+        """A periodic full block report starts (it may come in several pages)."""
+        cs.reporting = set()
+
+    def note_full_report(self, cs: ChunkServer, page: list[list[int]]) -> None:
+        if cs.reporting is not None:
+            cs.reporting.update(e[0] for e in page)
+
+    def end_full_report(self, cs: ChunkServer) -> list[int]:
+        """The full report is complete: it replaces what we believed the server holds.
+        Returns the blocks it no longer has (lost to a disk problem or an operator)."""
+        reported, cs.reporting = cs.reporting, None
+        if reported is None:
+            return []
         lost = [b for b in cs.blocks if b not in reported]
         for block_id in lost:
             cs.blocks.discard(block_id)
@@ -190,7 +255,6 @@ class Cluster:
                 info.discard(cs.id)
         if lost:
             log.warning("%s no longer has %d replicas it held", cs.addr, len(lost))
-        self.block_report(cs, report)
         return lost
 
     def every_block_reported(self) -> bool:
@@ -210,12 +274,27 @@ class Cluster:
             log.info("block %d has %d live replicas, %d wanted: deleting the one on %s",
                      block_id, len(live), info.replication, cs.addr)
 
-    def add_replica(self, block_id: int, gen: int, addr: str) -> None:
-        cs = self.by_addr.get(addr)
-        info = self.blocks.get(block_id)
-        if cs is not None and info is not None and info.gen == gen:
+    @staticmethod
+    def _foreign(info: BlockInfo, entry: list[int]) -> bool:
+        """A reported replica that cannot be the committed block: another length, or
+        another digest (an old block that happens to share the id, say)."""
+        if entry[2] != info.size:
+            return True
+        return len(entry) > 3 and info.digest is not None and entry[3] != info.digest
+
+    def commit_block(self, block_id: int, size: int, digest: int, replicas: list[str],
+                     promised: int) -> None:
+        """An upload committed the block: its size and digest are final, and the servers
+        that acknowledged it hold it. They were promised `promised` bytes for it."""
+        info = self.blocks[block_id]
+        info.size, info.digest, info.upload = size, digest, 0
+        for addr in replicas:
+            cs = self.by_addr.get(addr)
+            if cs is None:
+                continue
             info.add(cs.id)
             cs.blocks.add(block_id)
+            cs.pending = max(0, cs.pending - (promised - size))
 
     def bad_replica(self, block_id: int, addr: str) -> bool:
         """A reader or the scrubber found bad bytes in this replica: stop serving it. It is

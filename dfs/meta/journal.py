@@ -1,111 +1,41 @@
-"""The metadata journal: every namespace change, appended and fsynced before it is acknowledged.
+"""The metadata journal: every namespace change, appended and made durable before it is
+acknowledged, behind one small interface (`JournalStore`) with a file store for a real meta
+and a memory store for tests. The byte format and the recovery rules are in journal_codec.py.
 
-File layout (all integers big-endian)::
+Group commit: `append()` queues a record and returns a future; one flusher writes every queued
+record with a single write and a single fdatasync, then resolves all of their futures.
 
-    offset 0   8 bytes   magic b"DFSJRNL1" (format version 1)
-    then, repeated to the end of the file, one record:
-               4 bytes   body_len   u32, 1 .. MAX_RECORD
-               4 bytes   body_crc   u32, CRC32C of body
-               4 bytes   head_crc   u32, CRC32C of the 8 bytes above (so a damaged length
-                                    is never mistaken for a record cut short by a crash)
-               body_len  body       msgpack array: [op, arg, ...] (see meta.service)
+Room ahead: FileJournal keeps `preallocate` bytes allocated past its last record (zeros, which
+the reader knows as room, not damage). When the disk cannot give more, `full` turns true and
+meta stops taking changes (it serves reads, read-only) while the room already allocated absorbs
+what is in flight; `make_room()`, retried by meta, ends that once space is freed. So a full disk
+refuses new changes cleanly instead of failing a write whose change meta has already applied.
 
-Recovery rules (`read_records`) tell a torn append from damage:
-  - a prefix cut short by the end of the file, or only zero bytes left: torn;
-  - a bad head_crc: torn only if the claimed record would end exactly at the end of the file
-    or only zeros follow the prefix; anything else is corruption;
-  - a good prefix whose body is cut short by the end of the file: torn;
-  - a bad body_crc: torn if the record ends at the end of the file or only zeros follow it.
-A torn tail is dropped, logged and truncated away. Anything else raises `JournalCorrupt`
-naming the file and offset: start-up stops rather than silently lose acknowledged changes.
-
-Group commit: `append()` queues a record and returns a future; one flusher writes every
-queued record with a single write and a single fdatasync, then resolves all of their futures.
+A write or fsync that fails anyway (EIO, or no space despite the room) is fatal: after a
+failed fsync the page cache can no longer be trusted to hold what was written, so the store
+refuses everything from then on and calls `on_fatal`; meta exits non-zero and recovers from
+the journal at its next start (as PostgreSQL does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
-import struct
+import threading
+import time
 from typing import Any, Callable, Protocol
 
-import crc32c
-import msgpack
+from .. import config
+from ..fsutil import fsync_dir, write_all
+from .journal_codec import MAGIC, JournalCorrupt, encode_record, read_records
+
+__all__ = ["FileJournal", "JournalCorrupt", "JournalStore", "MemoryJournal"]
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"DFSJRNL1"
-RECORD = struct.Struct(">III")
-_HEAD = struct.Struct(">II")
-MAX_RECORD = 64 * 1024 * 1024
-
-
-class JournalCorrupt(Exception):
-    def __init__(self, path: str, offset: int, why: str) -> None:
-        super().__init__(f"journal {path} is corrupt at offset {offset}: {why}")
-        self.path, self.offset = path, offset
-
-
-def record_prefix(body_len: int, body_crc: int) -> bytes:
-    head = _HEAD.pack(body_len, body_crc)
-    return head + struct.pack(">I", crc32c.crc32c(head))
-
-
-def encode_record(record: list[Any]) -> bytes:
-    body = msgpack.packb(record, use_bin_type=True)
-    return record_prefix(len(body), crc32c.crc32c(body)) + body
-
-
-def read_records(data: bytes, path: str = "<memory>") -> tuple[list[list[Any]], int, str | None]:
-    """Decode a whole journal image. Returns (records, length of the good prefix, why the
-    tail was dropped or None). Raises JournalCorrupt for damage before the tail."""
-    if len(data) < len(MAGIC):
-        if MAGIC.startswith(data):
-            return [], 0, ("torn file header" if data else None)
-        raise JournalCorrupt(path, 0, "bad magic")
-    if data[:len(MAGIC)] != MAGIC:
-        raise JournalCorrupt(path, 0, "bad magic (not a dfs journal)")
-    records: list[list[Any]] = []
-    off = len(MAGIC)
-    end = len(data)
-    view = memoryview(data)
-
-    def zero_tail(at: int) -> bool:
-        return data.count(0, at) == end - at  # bytes.count: one C pass, no copy
-
-    while off < end:
-        if end - off < RECORD.size:
-            why = f"{end - off} zero bytes at the tail" if zero_tail(off) else \
-                "record prefix cut short"
-            return records, off, why
-        body_len, crc, head_crc = RECORD.unpack_from(data, off)
-        start = off + RECORD.size
-        if crc32c.crc32c(view[off:off + _HEAD.size]) != head_crc:
-            if zero_tail(off):
-                return records, off, f"{end - off} zero bytes at the tail"
-            if start + body_len == end or zero_tail(start):
-                return records, off, "checksum mismatch in the last record's prefix"
-            raise JournalCorrupt(path, off, "record prefix checksum mismatch")
-        if body_len == 0 or body_len > MAX_RECORD:
-            raise JournalCorrupt(path, off, f"record length {body_len} out of range")
-        if start + body_len > end:
-            return records, off, "record body cut short"
-        body = view[start:start + body_len]
-        if crc32c.crc32c(body) != crc:
-            if start + body_len == end or zero_tail(start + body_len):
-                return records, off, "checksum mismatch in the last record"
-            raise JournalCorrupt(path, off, "record checksum mismatch")
-        try:
-            rec = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-        except Exception as exc:
-            raise JournalCorrupt(path, off, f"undecodable record ({exc})") from None
-        if not isinstance(rec, list) or not rec or not isinstance(rec[0], str):
-            raise JournalCorrupt(path, off, "record is not [op, ...]")
-        records.append(rec)
-        off = start + body_len
-    return records, off, None
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class JournalStore(Protocol):
@@ -113,12 +43,14 @@ class JournalStore(Protocol):
 
     gen: int  # generation (bumped by each checkpoint's rotation)
     count: int  # records in this generation
+    full: bool  # no room for more changes now: meta is read-only until make_room() succeeds
 
     def load(self) -> list[list[Any]]: ...
     def append(self, record: list[Any]) -> asyncio.Future[None]: ...
     def mark(self) -> tuple[int, int]: ...
     def unmark(self) -> None: ...
     def rotate(self) -> asyncio.Future[None]: ...
+    async def make_room(self) -> bool: ...
     async def close(self) -> None: ...
 
 
@@ -129,12 +61,14 @@ def _done() -> asyncio.Future[None]:
 
 
 class MemoryJournal:
-    """A journal that forgets on exit; same interface, for unit tests."""
+    """A journal that forgets on exit; same interface, for unit tests. Set `full` to see
+    meta go read-only."""
 
     def __init__(self) -> None:
         self.records: list[list[Any]] = []
         self.gen = 0
         self.count = 0
+        self.full = False
         self._mark = 0
 
     def load(self) -> list[list[Any]]:
@@ -159,12 +93,16 @@ class MemoryJournal:
         self.count = len(self.records)
         return _done()
 
+    async def make_room(self) -> bool:
+        return not self.full
+
     async def close(self) -> None:
         return None
 
 
 class FileJournal:
-    def __init__(self, path: str, on_fatal: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(self, path: str, on_fatal: Callable[[BaseException], None] | None = None,
+                 preallocate: int = config.JOURNAL_PREALLOCATE) -> None:
         self.path = path
         self._fd = -1
         self._pending: list[tuple[bytes | _Rotation, asyncio.Future[None]]] = []
@@ -175,34 +113,94 @@ class FileJournal:
         self.gen = 0  # journal generation: bumped each time a checkpoint rotates it
         self.count = 0  # records in this generation (what a checkpoint's `count` refers to)
         self._tail: list[bytes] | None = None  # records appended since mark()
+        self._marked = 0  # count at mark()
+        # The file: records end at _end; zeros allocated up to _allocated. Both change in
+        # the flusher's thread or make_room's, one at a time (_io).
+        self._io = threading.Lock()
+        self._end = 0
+        self._allocated = 0
+        self.preallocate = preallocate
+        self.full = False
 
+    # start-up -------------------------------------------------------------------------
     def load(self) -> list[list[Any]]:
-        """Read, validate and open for appending; drops a torn tail."""
+        """Read and validate the journal, keep a torn tail aside, open it for appending and
+        allocate room ahead. Raises JournalCorrupt, or OSError when it cannot be read."""
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             data = b""
         records, good, why = read_records(data, self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         if why is not None:
-            log.warning("journal %s: dropping %d bytes at offset %d (%s)",
-                        self.path, len(data) - good, good, why)
+            self._keep_torn_tail(data, good, why)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         if good == 0:
             os.ftruncate(self._fd, 0)
-            os.write(self._fd, MAGIC)
+            os.pwrite(self._fd, MAGIC, 0)
             good = len(MAGIC)
         elif good < len(data):
-            os.ftruncate(self._fd, good)
-        os.lseek(self._fd, good, os.SEEK_SET)
+            os.ftruncate(self._fd, good)  # the torn tail, and any old room, go
+        self._end = self._allocated = good
         os.fsync(self._fd)
         fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        self._extend()
         if records and records[0][0] == "gen":
             self.gen = int(records[0][1])
             records = records[1:]
         self.count = len(records)
         return records
 
+    def _keep_torn_tail(self, data: bytes, good: int, why: str) -> None:
+        """Save the bytes of a torn tail beside the journal before they are cut off."""
+        torn = data[good:].rstrip(b"\0")
+        keep = f"{self.path}.torn-{good}-{int(time.time())}"
+        with open(keep, "wb") as f:
+            f.write(torn)
+            f.flush()
+            os.fsync(f.fileno())
+        log.warning("journal %s: dropped a torn tail of %d bytes at offset %d (%s), never "
+                    "acknowledged; the bytes are kept in %s", self.path, len(torn), good, why,
+                    keep)
+
+    # room ahead -------------------------------------------------------------------------
+    def _extend(self) -> bool:
+        """Make sure `preallocate` bytes are allocated past the last record; sets `full` when
+        the disk cannot give them. Blocking."""
+        with self._io:
+            if self._allocated - self._end >= self.preallocate or self._fd < 0:
+                return not self.full
+            want = self._end + self.preallocate - self._allocated
+            try:
+                os.posix_fallocate(self._fd, self._allocated, want)
+                self._allocated += want
+            except OSError as exc:
+                self._allocated = max(self._allocated, os.fstat(self._fd).st_size)
+                if exc.errno not in _NO_SPACE:
+                    # A file system that cannot allocate ahead: write without room.
+                    log.warning("journal %s: cannot allocate room ahead (%s); meta will not "
+                                "see a full disk coming", self.path, exc.strerror or exc)
+                    self.preallocate = 0
+                    self.full = False
+                    return True
+                if not self.full:
+                    log.error("journal %s: the disk is full; meta is read-only (it serves "
+                              "reads and refuses changes) until space is freed", self.path)
+                self.full = True
+                return False
+            if self.full:
+                log.warning("journal %s: there is room again; meta takes changes again",
+                            self.path)
+            self.full = False
+            return True
+
+    async def make_room(self) -> bool:
+        """Try again to allocate room ahead; True when the journal can take changes."""
+        if not self.full or self._failed is not None:
+            return not self.full
+        return await asyncio.get_running_loop().run_in_executor(None, self._extend)
+
+    # appending --------------------------------------------------------------------------
     def append(self, record: list[Any]) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -222,6 +220,7 @@ class FileJournal:
         """The journal position a checkpoint taken right now covers: (generation, records).
         Records appended from here on are remembered for `rotate`."""
         self._tail = []
+        self._marked = self.count
         return self.gen, self.count
 
     def unmark(self) -> None:
@@ -236,7 +235,7 @@ class FileJournal:
         self.gen += 1
         self.count = len(tail)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((_Rotation(self.gen, tail), fut))
+        self._pending.append((_Rotation(self.gen, tail, self._marked), fut))
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         return fut
@@ -256,9 +255,13 @@ class FileJournal:
                     try:
                         await loop.run_in_executor(None, self._rotate, rot)
                     except OSError as exc:
-                        self._fail(exc, [])
+                        if exc.errno not in _NO_SPACE:
+                            self._fail(exc, [])
+                            fut.set_exception(exc)
+                            return
+                        self._undo_rotation(rot, exc)
                         fut.set_exception(exc)
-                        return
+                        continue
                     fut.set_result(None)
                     continue
                 data = b"".join(d for d, _ in batch)
@@ -273,6 +276,19 @@ class FileJournal:
         finally:
             self._flusher = None
 
+    def _write(self, data: bytes) -> None:
+        with self._io:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(self._fd, view, self._end)
+                self._end += n
+                view = view[n:]
+            os.fdatasync(self._fd)
+            self.syncs += 1
+            self._allocated = max(self._allocated, self._end)
+        if self.preallocate and self._allocated - self._end < self.preallocate:
+            self._extend()
+
     def _rotate(self, rot: "_Rotation") -> None:
         """Write generation gen+1 beside the journal, then rename it over: a crash leaves
         either the old journal (the checkpoint's `count` skips what it covers) or the new."""
@@ -280,25 +296,34 @@ class FileJournal:
         body = MAGIC + encode_record(["gen", rot.gen]) + b"".join(rot.tail)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, body)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
-            raise
-        os.rename(tmp, self.path)
-        fsync_dir(os.path.dirname(os.path.abspath(self.path)))
-        os.close(self._fd)
-        self._fd = fd
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise  # no room (the old generation goes on), or fatal
+        try:
+            os.rename(tmp, self.path)
+            fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as exc:  # the name may already be the new file's: no going back
+            os.close(fd)
+            raise OSError(errno.EIO, f"renaming {tmp}: {exc.strerror or exc}") from None
+        with self._io:
+            os.close(self._fd)
+            self._fd = fd
+            self._end = self._allocated = len(body)
+        self._extend()
 
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        os.fdatasync(self._fd)
-        self.syncs += 1
+    def _undo_rotation(self, rot: "_Rotation", exc: OSError) -> None:
+        """No room for the new generation: keep appending to this one. The checkpoint just
+        written covers `rot.marked` records of it, which start-up then skips."""
+        self.gen -= 1
+        self.count += rot.marked
+        log.error("journal %s: could not start a new generation after the checkpoint (%s); "
+                  "it keeps growing until there is room", self.path, exc.strerror or exc)
 
     def _fail(self, exc: BaseException,
               batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
@@ -316,22 +341,15 @@ class FileJournal:
         while self._flusher is not None:
             await asyncio.shield(self._flusher)
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            with self._io:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class _Rotation:
     """A place in the append queue where the journal moves to a new generation."""
 
-    __slots__ = ("gen", "tail")
+    __slots__ = ("gen", "tail", "marked")
 
-    def __init__(self, gen: int, tail: list[bytes]) -> None:
-        self.gen, self.tail = gen, tail
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    def __init__(self, gen: int, tail: list[bytes], marked: int) -> None:
+        self.gen, self.tail, self.marked = gen, tail, marked

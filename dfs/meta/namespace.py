@@ -31,9 +31,6 @@ class Block:
     def __init__(self, id: int, gen: int, size: int) -> None:
         self.id, self.gen, self.size = id, gen, size
 
-    def to_list(self) -> list[int]:
-        return [self.id, self.gen, self.size]
-
 
 class File:
     __slots__ = ("blocks", "size", "replication", "block_size", "mtime")

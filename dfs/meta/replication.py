@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Iterable
 
+from .. import config
 from .cluster import Cluster
 from .placement import choose_targets
 
@@ -32,8 +34,8 @@ class Copy:
 
 
 class Replicator:
-    def __init__(self, cluster: Cluster, max_copies: int = 2, copy_timeout: float = 120.0
-                 ) -> None:
+    def __init__(self, cluster: Cluster, max_copies: int = config.MAX_COPIES,
+                 copy_timeout: float = config.COPY_TIMEOUT) -> None:
         self.cluster = cluster
         self.max_copies = max_copies
         self.copy_timeout = copy_timeout
@@ -46,6 +48,9 @@ class Replicator:
     def check(self, block_id: int) -> None:
         """The block may have lost a replica: look at it at the next schedule."""
         self.needy.add(block_id)
+
+    def check_all(self, block_ids: Iterable[int]) -> None:
+        self.needy.update(block_ids)
 
     def server_lost(self, server_id: str) -> None:
         cs = self.cluster.servers.get(server_id)

@@ -291,13 +291,21 @@ class Connection:
     async def call(self, op: str, payload: Payload | None = None, *,
                    timeout: float = config.RPC_TIMEOUT, **fields: Any) -> Frame:
         """Request, await the reply with a timeout, and raise the mapped error if it is one."""
-        await self.protocol.drain()
+        await self.drain(timeout, op)
         fut = self.request(op, payload, **fields)
         reply = await wait_reply(fut, timeout, f"{op} to {self.addr}")
         return reply
 
-    async def drain(self) -> None:
-        await self.protocol.drain()
+    async def drain(self, timeout: float = config.RPC_TIMEOUT, what: str = "data") -> None:
+        """Wait until the peer takes what we sent, for `timeout` at most: a peer that stopped
+        reading (hung, partitioned) must time out like one that stopped replying."""
+        if self.protocol.closed or not self.protocol.writing_paused:
+            await self.protocol.drain()  # returns (or raises) at once: no timer needed
+            return
+        try:
+            await asyncio.wait_for(self.protocol.drain(), timeout)
+        except asyncio.TimeoutError:
+            raise Timeout(f"{self.addr} took no {what} for {timeout:g}s") from None
 
     def close(self) -> None:
         self.protocol.close()

@@ -3,6 +3,7 @@ SIGTERM/SIGINT stop it cleanly and promptly."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import pytest
 from cluster import HOST, Cluster, free_ports
 
 import dfs
+from dfs.meta.journal_codec import read_records
 
 ROLES = ["meta", "chunk"]
 
@@ -141,7 +143,8 @@ def test_corrupt_journal_stops_start_up_with_one_line(make_cluster) -> None:
     cluster = _meta_with_journal(make_cluster)
     journal = cluster["meta"].data_dir / "journal"
     raw = bytearray(journal.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF  # a record in the middle: damage, not a torn tail
+    end = read_records(bytes(raw))[1]  # the records; zeros (room allocated ahead) follow
+    raw[end // 2] ^= 0xFF  # a record in the middle: damage, not a torn tail
     journal.write_bytes(bytes(raw))
     proc, elapsed = run_dfsd(cluster["meta"].args, cluster.base)
     assert proc.returncode != 0
@@ -149,6 +152,43 @@ def test_corrupt_journal_stops_start_up_with_one_line(make_cluster) -> None:
     line = one_line(proc.stderr)
     assert "journal" in line and "offset" in line, line
     assert bytes(raw) == journal.read_bytes(), "a refused start-up must not touch the journal"
+
+
+def test_garbage_after_the_last_record_is_a_torn_tail_kept_aside(make_cluster) -> None:
+    """37 random bytes after the last record (a sector the disk never finished): meta starts,
+    warns once, keeps the bytes beside the journal, and appends cleanly after its records."""
+    cluster = _meta_with_journal(make_cluster)
+    journal = cluster["meta"].data_dir / "journal"
+    end = read_records(journal.read_bytes())[1]
+    garbage = random.Random(37).randbytes(37)
+    with open(journal, "r+b") as f:
+        f.seek(end)
+        f.write(garbage)
+    mark = cluster.log_size("meta")
+    cluster.restart("meta")
+    log = cluster["meta"].log_text()[mark:]
+    assert log.count("torn tail") == 1, log
+    kept = list(journal.parent.glob("journal.torn-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == garbage
+    client = cluster.client()
+    assert sorted(e["path"] for e in client.ls("/")) == [f"/dir{i}" for i in range(5)]
+    client.mkdir("/after")
+    cluster.kill("meta")
+    records, good, why = read_records(journal.read_bytes())
+    assert why is None and ["mkdir", "/after"] == records[-1][:2]
+    cluster.restart("meta")
+    assert "/after" in [e["path"] for e in cluster.client().ls("/")]
+
+
+def test_unreadable_journal_stops_start_up_with_one_line(make_cluster) -> None:
+    cluster = _meta_with_journal(make_cluster)
+    journal = cluster["meta"].data_dir / "journal"
+    journal.unlink()
+    journal.mkdir()  # EISDIR where the journal should be: unreadable for root as well
+    proc, _ = run_dfsd(cluster["meta"].args, cluster.base)
+    assert proc.returncode != 0
+    line = one_line(proc.stderr)
+    assert "journal" in line and "cannot read" in line, line
 
 
 def test_journal_with_bad_magic_stops_start_up_with_one_line(make_cluster) -> None:

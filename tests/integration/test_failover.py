@@ -14,7 +14,7 @@ from cluster import Cluster, MiB, data_of, wait_until
 import dfs
 
 
-def test_seed_workflow_get_after_sigkill_of_one_replica(cluster: Cluster) -> None:
+def test_classic_workflow_get_after_sigkill_of_one_replica(cluster: Cluster) -> None:
     """The seed's workflow: put with 2 replicas, SIGKILL one chunkserver, get from the other."""
     client = cluster.client()
     data = data_of(3 * MiB + 777)

@@ -41,9 +41,10 @@ import msgpack
 import pytest
 from cluster import HOST, Cluster
 
+from dfs import checksum
 from dfs.chunk.service import ChunkService
 from dfs.client.async_client import AsyncClient
-from dfs.config import MAX_HEADER, MAX_PAYLOAD
+from dfs.config import MAX_HEADER, MAX_PAYLOAD, PROTOCOL_VERSION
 from dfs.errors import ERROR_CODES, ProtocolViolation
 from dfs.meta.service import MetaService
 from dfs.protocol import FrameReader
@@ -71,8 +72,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "register": ("chunk_id", "addr", "cluster_id", "capacity", "used", "free", "load",
                  "writing", "blocks"),
     "heartbeat": ("chunk_id", "addr", "capacity", "used", "free", "load", "writing",
-                  "received", "corrupt", "full_report"),
-    "create": ("path", "replication", "block_size", "first_block"),
+                  "received", "corrupt"),
+    "block_report": ("chunk_id", "addr", "blocks", "full", "first", "last"),
+    "create": ("path", "replication", "block_size", "first_block", "size"),
     "add_block": ("upload", "exclude"),
     "recover_block": ("upload", "block", "exclude", "keep"),
     "renew": ("upload",),
@@ -99,8 +101,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
 PATH_FIELDS = {"path", "src", "dst", "start_after"}
 ADDR_FIELDS = {"addr", "replica"}
 ADDR_LIST_FIELDS = {"targets", "exclude", "keep"}
-REPORT_FIELDS = {"received", "corrupt", "full_report"}  # and "blocks" of register
-BOOL_FIELDS = {"first_block", "parents", "recursive", "last", "columns"}
+REPORT_FIELDS = {"received", "corrupt"}  # and "blocks" of register and block_report
+BOOL_FIELDS = {"first_block", "parents", "recursive", "last", "columns", "full", "first"}
 # Chunkserver identity fields never carry a real chunkserver's address: without a secret, a
 # register or decommission naming a live server's address takes it over or drains it (by
 # design), which would only test that the fuzzer can break the cluster on purpose.
@@ -153,7 +155,7 @@ def expected_replies(sent: bytes) -> tuple[int, bool, list[dict[str, Any]]]:
             return len(answered) + 1, True, answered  # the id-0 error, then close
         answered.append(f.header)
         if not helloed:
-            if op != "hello" or f.header.get("version") != 1:
+            if op != "hello" or f.header.get("version") != PROTOCOL_VERSION:
                 return len(answered), True, answered  # refused with its id, then close
             helloed = True
     return len(answered) + violation, violation, answered
@@ -385,7 +387,7 @@ class Gen:
             return self.rng.choice(HOSTILE_STRS)
         return f"127.0.0.1:{self.rng.choice([1, 9, 65535, 0, 70000])}"
 
-    def report(self, width: int = 3) -> list[list[Any]]:
+    def report(self, width: int = 4) -> list[list[Any]]:
         out = []
         for _ in range(self.rng.choice([0, 1, 2, 5, 50])):
             e = [self.int_() for _ in range(width)]
@@ -409,7 +411,7 @@ class Gen:
         if name in ADDR_LIST_FIELDS:
             return [self.addr() for _ in range(self.rng.choice([0, 1, 2, 3, 16, 17]))]
         if name in REPORT_FIELDS or (op == "register" and name == "blocks"):
-            return self.report(2 if name == "corrupt" else 3)
+            return self.report(2 if name == "corrupt" else 4)
         if op == "commit" and name == "blocks":
             return [[self.int_(), self.int_(), self.int_(), [self.addr()]]
                     for _ in range(self.rng.choice([0, 1, 2]))]
@@ -460,7 +462,8 @@ class Gen:
                                 "_upload", "format_disk", "status\x00", "register"])
 
     def hello(self) -> dict[str, Any]:
-        h: dict[str, Any] = {"op": "hello", "id": self.rid(), "version": 1, "role": "client"}
+        h: dict[str, Any] = {"op": "hello", "id": self.rid(), "version": PROTOCOL_VERSION,
+                             "role": "client"}
         if self.chance(0.2):
             h["role"] = self.value()
         if self.chance(0.15):
@@ -719,7 +722,8 @@ def seq_upload(c: Ctx, bad: int) -> None:
     if c.rng.random() < 0.15:
         step(c, {"op": "abort", "id": g.rid(), "upload": upload}, confuse_it=bad == 4)
     size = c.rng.choice([1, 100, bs])
-    entry = [first["block"], first["gen"], size, list(first["targets"])]
+    entry = [first["block"], first["gen"], size, list(first["targets"]),
+             c.rng.choice([0, 1, 2**32 - 1])]
     commit = {"op": "commit", "id": g.rid(), "upload": upload, "blocks": [entry]}
     r = step(c, commit, confuse_it=bad >= 5)  # (confuses `commit` in place)
     if ok(r):
@@ -773,7 +777,8 @@ def seq_phantom(c: Ctx, bad: int) -> None:
     # must recover (pipeline recovery excludes it).
     stats = {"capacity": 1 << 40, "used": 0, "free": c.rng.choice([0, CHUNK - 1, 1 << 40]),
              "load": 0, "writing": 0}
-    blocks = [[b, gen, c.rng.choice([0, 1, CHUNK])] for b, gen in g.pools["block_gen"][-3:]]
+    blocks = [[b, gen, c.rng.choice([0, 1, CHUNK]), c.rng.choice([0, 2**32 - 1])]
+              for b, gen in g.pools["block_gen"][-3:]]
     r = step(c, {"op": "register", "id": g.rid(), "chunk_id": sid, "addr": addr,
                  "cluster_id": "", **stats, "blocks": blocks}, confuse_it=bad == 0)
     if not ok(r):
@@ -781,9 +786,13 @@ def seq_phantom(c: Ctx, bad: int) -> None:
     for i in range(c.rng.choice([1, 2, 3])):
         h = {"op": "heartbeat", "id": g.rid(), "chunk_id": sid, "addr": addr, **stats,
              "received": g.report(), "corrupt": [e[:2] for e in blocks]}
-        if c.rng.random() < 0.5:
-            h["full_report"] = blocks[:1]
         step(c, h, confuse_it=bad == i + 1)
+        if c.rng.random() < 0.5:  # a full block report, in one or two pages
+            pages = [blocks[:1], blocks[1:]] if c.rng.random() < 0.5 else [blocks]
+            for k, page in enumerate(pages):
+                step(c, {"op": "block_report", "id": g.rid(), "chunk_id": sid, "addr": addr,
+                         "blocks": page, "full": True, "first": k == 0,
+                         "last": k == len(pages) - 1}, confuse_it=bad == i + 1)
 
 
 def seq_meta_misc(c: Ctx, bad: int) -> None:
@@ -1173,7 +1182,8 @@ def rpc(port: int, *requests: tuple[dict[str, Any], bytes]) -> list[dict[str, An
     """hello, then each request in turn; the reply to each (None: no reply within 5 s)."""
     conn = FuzzConn(port)
     try:
-        assert ok(conn.call({"op": "hello", "id": 1, "version": 1, "role": "client"}))
+        assert ok(conn.call({"op": "hello", "id": 1, "version": PROTOCOL_VERSION,
+                             "role": "client"}))
         return [conn.call(h, p, timeout=5.0) for h, p in requests]
     finally:
         conn.close("close")
@@ -1283,7 +1293,8 @@ def test_commit_refuses_non_integer_gen_and_size(shared_cluster: Cluster, field:
     entry = {"id": first["block"], "gen": 1, "size": len(data), field: value}
     [commit] = rpc(meta, ({"op": "commit", "id": 3, "upload": create["upload"],
                            "blocks": [[entry["id"], entry["gen"], entry["size"],
-                                       first["targets"][:1]]]}, b""))
+                                       first["targets"][:1], checksum.digest(crcs_of(data))]]},
+                          b""))
     assert commit is not None, "no reply"
     if commit.get("err") == "bad_request":
         return

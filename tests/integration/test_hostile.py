@@ -13,6 +13,7 @@ import msgpack
 import pytest
 from cluster import HOST, Cluster, wait_until
 
+from dfs.config import PROTOCOL_VERSION
 from dfs.errors import ProtocolViolation
 from dfs.protocol import FrameReader, encode_frame
 
@@ -88,8 +89,9 @@ BAD_FRAMES = {
     "header_is_a_string": (raw_header("hello"), ("bad_request",)),
     "header_is_an_int": (raw_header(42), ("bad_request",)),
     "map_with_int_keys": (raw_header({1: "op"}), ("bad_request",)),
-    "id_is_a_string": (raw_header({"op": "hello", "id": "1", "version": 1}), ("bad_request",)),
-    "op_missing": (raw_header({"id": 1, "version": 1}), ("bad_request",)),
+    "id_is_a_string": (raw_header({"op": "hello", "id": "1", "version": PROTOCOL_VERSION}),
+                       ("bad_request",)),
+    "op_missing": (raw_header({"id": 1, "version": PROTOCOL_VERSION}), ("bad_request",)),
     "deeply_nested": (struct.pack(">II", 200_001, 0) + b"\x91" * 200_000 + b"\xc0",
                       ("bad_request",)),
     "map32_claims_4G_entries": (struct.pack(">II", 5, 0) + b"\xdf\xff\xff\xff\xff",
@@ -215,7 +217,7 @@ class RawConn:
         self.reader = FrameReader()
         self.replies: dict[int, dict[str, Any]] = {}
         if do_hello:
-            assert "err" not in self.call({"op": "hello", "id": 1, "version": 1})
+            assert "err" not in self.call({"op": "hello", "id": 1, "version": PROTOCOL_VERSION})
 
     def __enter__(self) -> RawConn:
         return self

@@ -23,7 +23,8 @@ import pytest
 from cluster import HOST, Cluster, KiB, MiB, data_of, free_ports, wait_until
 
 import dfs
-from dfs.client.writer import checksums
+from dfs.checksum import crcs_of
+from dfs.config import PROTOCOL_VERSION
 from dfs.net.connection import Connection
 from dfs.protocol import FrameReader, encode_frame
 
@@ -120,7 +121,7 @@ class RawConn:
         self.reader = FrameReader()
         self.replies: dict[int, dict[str, Any]] = {}
         self.ids = iter(range(1, 1 << 30))
-        hello = self.call({"op": "hello", "version": 1, "role": "client"})
+        hello = self.call({"op": "hello", "version": PROTOCOL_VERSION, "role": "client"})
         assert "err" not in hello, hello
 
     def __enter__(self) -> RawConn:
@@ -147,10 +148,6 @@ class RawConn:
     def call(self, header: dict[str, Any], payload: bytes = b"",
              timeout: float = 10.0) -> dict[str, Any]:
         return self.wait(self.send(header, payload), timeout)
-
-
-def crcs_of(data: bytes) -> list[int]:
-    return checksums(data)  # one CRC32C per 64 KiB chunk, as the client computes them
 
 
 def small_frame(block: Any, data: bytes, targets: Any = (), **over: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from cluster import Cluster, data_of
 
 import dfs
 from dfs.chunk.service import ChunkService
+from dfs.config import PROTOCOL_VERSION
 from dfs.meta.service import MetaService
 
 SEED = int(os.environ.get("DFS_FUZZ_SEED", "20261125"))
@@ -49,7 +50,7 @@ def frame(header: dict[str, Any], payload: bytes = b"") -> bytes:
 
 
 def hello() -> bytes:
-    return frame({"op": "hello", "id": 1, "version": 1, "role": "client"})
+    return frame({"op": "hello", "id": 1, "version": PROTOCOL_VERSION, "role": "client"})
 
 
 def value(rng: random.Random, depth: int = 0) -> Any:

@@ -38,6 +38,7 @@ from cluster import (
     wait_until,
 )
 
+from dfs.config import PROTOCOL_VERSION
 from dfs.errors import DFSError
 from dfs.net import Connection, Security
 from dfs.protocol import encode_frame
@@ -310,7 +311,7 @@ def read_until_closed(port: int, data: bytes, wait: float = 5.0) -> tuple[bytes,
 
 @pytest.mark.parametrize("role", ["meta", "chunk0"])
 def test_plaintext_hello_gets_no_plaintext_reply(tls: Cluster, role: str) -> None:
-    hello = encode_frame({"op": "hello", "id": 1, "version": 1, "role": "client"})
+    hello = encode_frame({"op": "hello", "id": 1, "version": PROTOCOL_VERSION, "role": "client"})
     got, closed = read_until_closed(tls[role].port, hello)
     assert closed, f"{role} kept a plaintext connection open (got {got!r})"
     # At most a TLS alert record (content type 21), never a frame: no hello reply fields.

@@ -40,6 +40,17 @@ async def register(svc: MetaService, i: int, free: int = 100 * GiB,
                       used=0, free=free, blocks=blocks or [])
 
 
+def digest_of(size: int) -> int:
+    """The digest these tests commit for a block of `size` bytes (any u32 will do: no bytes
+    are written), so a replica report can match it."""
+    return size
+
+
+def row(block_id: int, gen: int, size: int) -> list[int]:
+    """A block report row for a replica of a block committed by `put`."""
+    return [block_id, gen, size, digest_of(size)]
+
+
 def addr(i: int) -> str:
     return f"127.0.0.1:{6001 + i}"
 
@@ -56,7 +67,7 @@ async def put(svc: MetaService, path: str, sizes: list[int], replication: int = 
         if k == recover:
             b = await call(svc, "recover_block", upload=up, block=b["block"],
                            exclude=[b["targets"][0]], keep=b["targets"][1:])
-        entries.append([b["block"], b["gen"], size, b["targets"]])
+        entries.append([b["block"], b["gen"], size, b["targets"], digest_of(size)])
     return await call(svc, "commit", upload=up, blocks=entries)
 
 

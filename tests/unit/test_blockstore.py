@@ -7,26 +7,23 @@ import os
 import random
 import struct
 
-import crc32c
 import pytest
 
+from dfs import checksum
+from dfs.checksum import crcs_of
 from dfs.chunk.blockstore import (
-    CHUNK,
     FOOTER,
     MAGIC,
+    UNIT,
     BlockStore,
+    Replica,
     block_file_size,
-    n_chunks,
 )
 from dfs.errors import NotFound, StaleGeneration
 
 
-def crcs_of(data: bytes) -> list[int]:
-    return [crc32c.crc32c(data[i:i + CHUNK]) for i in range(0, len(data), CHUNK)]
-
-
 def write_block(store: BlockStore, block_id: int, gen: int, data: bytes,
-                packet: int = 2 * CHUNK) -> None:
+                packet: int = 2 * UNIT) -> None:
     w = store.open_write(block_id, gen)
     for off in range(0, len(data), packet):
         piece = data[off:off + packet]
@@ -45,34 +42,34 @@ def block_files(root) -> list[str]:
     return sorted(out)
 
 
-@pytest.mark.parametrize("size", [1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 123, 8 * CHUNK])
+@pytest.mark.parametrize("size", [1, UNIT - 1, UNIT, UNIT + 1, 5 * UNIT + 123, 8 * UNIT])
 def test_write_finalize_read_back(tmp_path, size: int) -> None:
     store = BlockStore(str(tmp_path))
     data = data_of(size, size)
     write_block(store, 0x1_0000_00AB, 1, data)
-    assert store.index[0x1_0000_00AB] == (1, size)
+    assert store.index[0x1_0000_00AB] == Replica(1, size, checksum.digest(crcs_of(data)))
     assert store.lookup(0x1_0000_00AB, 1) == size
     assert store.used == block_file_size(size)
     assert block_files(tmp_path) == [f"blocks/ab/blk_{0x1_0000_00AB:016x}_1"]
     got, crcs, total = store.read(0x1_0000_00AB, 1, 0, size)
     assert got == data and crcs == crcs_of(data) and total == size
-    # Chunk-aligned range reads return the CRCs of exactly the chunks they cover.
-    if size > CHUNK:
-        got, crcs, _ = store.read(0x1_0000_00AB, 1, CHUNK, 10 * CHUNK)
-        assert got == data[CHUNK:] and crcs == crcs_of(data)[1:]
-    got, crcs, _ = store.read(0x1_0000_00AB, 1, n_chunks(size) * CHUNK, CHUNK)
+    # Unit-aligned range reads return the CRCs of exactly the units they cover.
+    if size > UNIT:
+        got, crcs, _ = store.read(0x1_0000_00AB, 1, UNIT, 10 * UNIT)
+        assert got == data[UNIT:] and crcs == crcs_of(data)[1:]
+    got, crcs, _ = store.read(0x1_0000_00AB, 1, checksum.units(size) * UNIT, UNIT)
     assert got == b"" and crcs == []
 
 
 def test_block_file_layout(tmp_path) -> None:
     store = BlockStore(str(tmp_path))
-    data = data_of(CHUNK + 10)
+    data = data_of(UNIT + 10)
     write_block(store, 7, 3, data)
     raw = open(store.path(7, 3), "rb").read()
     assert len(raw) == block_file_size(len(data)) == len(data) + 8 + FOOTER.size
     assert raw[:len(data)] == data
     assert list(struct.unpack(">2I", raw[len(data):len(data) + 8])) == crcs_of(data)
-    assert FOOTER.unpack(raw[-FOOTER.size:]) == (MAGIC, CHUNK, len(data))
+    assert FOOTER.unpack(raw[-FOOTER.size:]) == (MAGIC, UNIT, len(data))
 
 
 def test_rescan_finds_finalized_blocks(tmp_path) -> None:
@@ -83,7 +80,8 @@ def test_rescan_finds_finalized_blocks(tmp_path) -> None:
     again = BlockStore(str(tmp_path))
     assert again.server_id == store.server_id  # the id file persists
     assert again.index == store.index and again.used == store.used
-    assert sorted(map(tuple, again.report())) == sorted((b, 2, len(d)) for b, d in blocks.items())
+    assert sorted(map(tuple, again.report())) == sorted(
+        (b, 2, len(d), checksum.digest(crcs_of(d))) for b, d in blocks.items())
     for bid, data in blocks.items():
         assert again.read(bid, 2, 0, len(data))[0] == data
 
@@ -115,7 +113,7 @@ def test_out_of_order_and_unaligned_packets_are_refused(tmp_path) -> None:
     store = BlockStore(str(tmp_path))
     w = store.open_write(5, 1)
     with pytest.raises(ValueError):
-        w.write(CHUNK, memoryview(b"x"), crcs_of(b"x"))
+        w.write(UNIT, memoryview(b"x"), crcs_of(b"x"))
     w.write(0, memoryview(b"x" * 10), crcs_of(b"x" * 10))
     with pytest.raises(ValueError):  # follows a packet that was not whole chunks
         w.write(10, memoryview(b"y"), crcs_of(b"y"))
@@ -128,7 +126,7 @@ def test_a_newer_generation_replaces_the_older(tmp_path) -> None:
     store = BlockStore(str(tmp_path))
     write_block(store, 9, 1, b"old" * 100)
     write_block(store, 9, 2, b"new" * 10)
-    assert store.index[9] == (2, 30)
+    assert store.index[9][:2] == (2, 30)
     assert store.used == block_file_size(30)
     assert block_files(tmp_path) == [f"blocks/09/blk_{9:016x}_2"]
     with pytest.raises(StaleGeneration):
@@ -149,7 +147,7 @@ def test_scan_keeps_only_the_newest_of_two_generations_on_disk(tmp_path, first: 
     write_block(other, 9, second, bytes([second]) * (100 * second))
     os.rename(other.path(9, second), store.path(9, second))
     again = BlockStore(str(tmp_path))
-    assert again.index[9] == (3, 300)
+    assert again.index[9][:2] == (3, 300)
     assert again.used == block_file_size(300)
     assert block_files(tmp_path) == [f"blocks/09/blk_{9:016x}_3"]
     assert again.read(9, 3, 0, 300)[0] == b"\x03" * 300
@@ -197,11 +195,11 @@ def test_unreadable_block_files_are_ignored(tmp_path, damage: str) -> None:
 
 
 def test_stats_respect_the_capacity_flag(tmp_path) -> None:
-    store = BlockStore(str(tmp_path), capacity=10 * CHUNK)
-    write_block(store, 1, 1, b"x" * CHUNK)
+    store = BlockStore(str(tmp_path), capacity=10 * UNIT)
+    write_block(store, 1, 1, b"x" * UNIT)
     capacity, used, free = store.stats()
-    assert capacity == 10 * CHUNK and used == block_file_size(CHUNK)
-    assert free == 10 * CHUNK - used
+    assert capacity == 10 * UNIT and used == block_file_size(UNIT)
+    assert free == 10 * UNIT - used
     cap2, used2, free2 = BlockStore(str(tmp_path / "unbounded")).stats()
     assert used2 == 0 and free2 > 0 and cap2 >= free2
 
@@ -214,9 +212,9 @@ def test_block_ids_never_come_from_strings(tmp_path) -> None:
 
 def test_small_files(tmp_path) -> None:
     store = BlockStore(str(tmp_path))
-    assert store.read_small("cluster.id") == ""
-    store.write_small("cluster.id", "abc")
-    assert store.read_small("cluster.id") == "abc"
+    assert store.read_identity("cluster.id") == ""
+    store.write_identity("cluster.id", "abc")
+    assert store.read_identity("cluster.id") == "abc"
     assert len(store.server_id) == 32
 
 
@@ -234,7 +232,7 @@ def test_aligned_packets_go_direct_and_read_back(tmp_path) -> None:
     store = BlockStore(str(tmp_path))
     if not store.direct_io:
         pytest.skip("this filesystem has no O_DIRECT")  # tmpfs; the suite's tmp is ext4
-    packet = 4 * CHUNK  # 256 KiB: the smallest packet worth a direct write
+    packet = 4 * UNIT  # 256 KiB: the smallest packet worth a direct write
     data = data_of(3 * packet + 5000, 7)
     w = store.open_write(9, 1)
     assert w.direct_fd is not None
@@ -256,7 +254,7 @@ def test_without_direct_io_everything_goes_through_the_cache(tmp_path) -> None:
     store = BlockStore(str(tmp_path), direct_io=False)
     w = store.open_write(1, 1)
     assert w.direct_fd is None
-    data = data_of(8 * CHUNK, 1)
+    data = data_of(8 * UNIT, 1)
     w.write(0, _aligned(data), crcs_of(data))
     w.finalize(len(data))
     assert store.read(1, 1, 0, len(data))[0] == data
@@ -274,15 +272,15 @@ def test_abort_closes_the_direct_descriptor_too(tmp_path) -> None:
 
 def test_claims_respect_capacity_and_reserve(tmp_path) -> None:
     from dfs.errors import NoSpace
-    store = BlockStore(str(tmp_path), capacity=4 * CHUNK)
+    store = BlockStore(str(tmp_path), capacity=4 * UNIT)
     w = store.open_write(1, 1)
-    data = data_of(3 * CHUNK, 1)
+    data = data_of(3 * UNIT, 1)
     w.write(0, memoryview(data), crcs_of(data))
-    assert store.inflight == 3 * CHUNK and store.stats()[2] == CHUNK
+    assert store.inflight == 3 * UNIT and store.stats()[2] == UNIT
     with pytest.raises(NoSpace):  # refused before any byte is written
-        w.accept(3 * CHUNK, 2 * CHUNK, [0, 0])
+        w.accept(3 * UNIT, 2 * UNIT, [0, 0])
     w.abort()
-    assert store.inflight == 0 and store.stats()[2] == 4 * CHUNK
+    assert store.inflight == 0 and store.stats()[2] == 4 * UNIT
     assert not block_files(tmp_path)
     huge = BlockStore(str(tmp_path / "r"), reserve=1 << 62)  # more than any disk
     assert huge.stats()[2] == 0
@@ -300,7 +298,7 @@ def test_a_real_enospc_is_no_space_and_leaves_nothing(tmp_path, monkeypatch) -> 
     def full(*args: object) -> int:
         raise OSError(errno_mod.ENOSPC, "No space left on device")
     monkeypatch.setattr(os, "pwrite", full)
-    data = data_of(CHUNK, 2)
+    data = data_of(UNIT, 2)
     with pytest.raises(NoSpace):
         w.write(0, memoryview(data), crcs_of(data))
     monkeypatch.undo()

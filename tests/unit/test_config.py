@@ -116,10 +116,10 @@ def test_format_addr_round_trips(host: str, port: int, text: str) -> None:
 
 
 def test_limits_are_consistent() -> None:
-    assert config.PACKET_SIZE % config.CHECKSUM_CHUNK == 0
-    assert config.READ_SIZE % config.CHECKSUM_CHUNK == 0
-    assert config.MIN_BLOCK_SIZE % config.CHECKSUM_CHUNK == 0
-    assert config.DEFAULT_BLOCK_SIZE % config.CHECKSUM_CHUNK == 0
+    assert config.PACKET_SIZE % config.CHECKSUM_UNIT == 0
+    assert config.READ_SIZE % config.CHECKSUM_UNIT == 0
+    assert config.MIN_BLOCK_SIZE % config.CHECKSUM_UNIT == 0
+    assert config.DEFAULT_BLOCK_SIZE % config.CHECKSUM_UNIT == 0
     assert config.PACKET_SIZE <= config.MAX_PAYLOAD and config.READ_SIZE <= config.MAX_PAYLOAD
     assert config.MAX_HEADER == 1 * MiB
     assert config.MIN_BLOCK_SIZE <= config.DEFAULT_BLOCK_SIZE <= config.MAX_BLOCK_SIZE

@@ -117,16 +117,19 @@ def test_write_read_lifecycle_fields() -> None:
         with pytest.raises(NotFound):
             await call(svc, "stat", path="/d/f")
         # Wrong gen, wrong size, not a list: refused, the upload survives.
-        for blocks in ([[b1["block"], 2, BLOCK, b1["targets"]]],
-                       [[b1["block"], 1, BLOCK + 1, b1["targets"]]],
-                       [[b1["block"], 1, 10, b1["targets"]], [b2["block"], 1, 10, []]],
-                       [[b1["block"], 1, 0, []]],
-                       [[b1["block"], 1, 10]],
+        for blocks in ([[b1["block"], 2, BLOCK, b1["targets"], 0]],
+                       [[b1["block"], 1, BLOCK + 1, b1["targets"], 0]],
+                       [[b1["block"], 1, 10, b1["targets"], 0], [b2["block"], 1, 10, [], 0]],
+                       [[b1["block"], 1, 0, [], 0]],
+                       [[b1["block"], 1, 10, b1["targets"]]],
+                       [[b1["block"], 1, 10, b1["targets"], -1]],
+                       [[b1["block"], 1, 10, b1["targets"], 1 << 32]],
+                       [[b1["block"], 1, 10, b1["targets"], 1.0]],
                        "nope"):
             with pytest.raises(BadRequest):
                 await call(svc, "commit", upload=up, blocks=blocks)
         reply = await call(svc, "commit", upload=up, blocks=[
-            [b1["block"], 1, BLOCK, b1["targets"]], [b2["block"], 1, 10, b2["targets"][:1]]])
+            [b1["block"], 1, BLOCK, b1["targets"], 7], [b2["block"], 1, 10, b2["targets"][:1], 8]])
         assert reply == {"path": "/d/f", "under_replicated": [str(b2["block"])]}
         st = await call(svc, "stat", path="/d/f")
         assert st["type"] == "file" and st["size"] == BLOCK + 10
@@ -166,8 +169,8 @@ def test_recover_block_bumps_the_generation_and_replaces_the_failed_server() -> 
         assert r["targets"][0] == good and bad not in r["targets"] and len(r["targets"]) == 2
         # The old generation can no longer be committed; the new one can.
         with pytest.raises(BadRequest):
-            await call(svc, "commit", upload=up, blocks=[[b["block"], 1, 5, [good]]])
-        await call(svc, "commit", upload=up, blocks=[[b["block"], 2, 5, r["targets"]]])
+            await call(svc, "commit", upload=up, blocks=[[b["block"], 1, 5, [good], 5]])
+        await call(svc, "commit", upload=up, blocks=[[b["block"], 2, 5, r["targets"], 5]])
         with pytest.raises(Unavailable):  # an unknown upload: start again
             await call(svc, "recover_block", upload=up, block=b["block"])
         await svc.stop()
@@ -197,7 +200,7 @@ def test_abort_and_replace_queue_deletes_through_heartbeats() -> None:
         b = await call(svc, "add_block", upload=up)
         # The chunkservers report the finalized replicas in their heartbeats.
         for i in range(2):
-            await beat(svc, i, received=[[b["block"], 1, 10]])
+            await beat(svc, i, received=[[b["block"], 1, 10, 10]])
         assert await call(svc, "abort", upload=up) == {}
         assert await call(svc, "abort", upload=up) == {}  # idempotent
         for i in range(2):
@@ -278,7 +281,7 @@ def test_a_failed_commit_does_not_leak_the_uploads_blocks() -> None:
         b = await call(svc, "add_block", upload=up)
         await call(svc, "mkdir", path="/a/f", parents=True)  # someone takes the name
         with pytest.raises(IsADirectory):
-            await call(svc, "commit", upload=up, blocks=[[b["block"], 1, 10, b["targets"]]])
+            await call(svc, "commit", upload=up, blocks=[[b["block"], 1, 10, b["targets"], 10]])
         await call(svc, "abort", upload=up)  # what the client does after a failed commit
         assert b["block"] not in svc.cluster.blocks
         await svc.stop()

@@ -173,14 +173,27 @@ def test_a_server_moving_to_a_new_address() -> None:
     assert cs.addr == "h:9" and "h:0" not in cl.by_addr and cl.by_addr["h:9"] is cs
 
 
-def test_add_replica_needs_the_current_generation() -> None:
+def test_commit_block_records_size_digest_and_the_acked_replicas_on_known_servers() -> None:
     cl = cluster_with(2)
-    cl.add_block(1, BlockInfo(2, 10, 2))
-    cl.add_replica(1, 1, "h:0")  # stale gen
-    cl.add_replica(1, 2, "h:1")
-    cl.add_replica(1, 2, "nowhere:1")  # unknown server
-    cl.add_replica(5, 2, "h:0")  # unknown block
-    assert cl.live_replicas(1) == ["h:1"]
+    cl.add_block(1, BlockInfo(2, 0, 2, upload=9))
+    cl.promise("h:0", 100)
+    cl.commit_block(1, 10, 1234, ["h:0", "nowhere:1"], promised=100)
+    info = cl.blocks[1]
+    assert (info.size, info.digest, info.upload) == (10, 1234, 0)
+    assert cl.live_replicas(1) == ["h:0"]
+    assert cl.servers["id0"].pending == 10  # the unused part of the promise is given back
+
+
+def test_a_reported_replica_that_is_not_the_committed_block_is_refused() -> None:
+    cl = cluster_with(3)
+    cl.add_block(1, BlockInfo(1, 10, 2, digest=1234))
+    cl.block_report(cl.servers["id0"], [[1, 1, 10, 1234]])  # the block
+    cl.block_report(cl.servers["id1"], [[1, 1, 10, 999]])  # same id and size, other bytes
+    cl.block_report(cl.servers["id2"], [[1, 1, 11, 1234]])  # other length
+    assert cl.live_replicas(1) == ["h:0"]
+    assert cl.servers["id1"].deletes == [[1, 1]] and cl.servers["id2"].deletes == [[1, 1]]
+    # Until those deletes are surely done, neither server is a target for a new copy.
+    assert not cl.bad_copy_gone(cl.blocks[1], cl.servers["id1"])
 
 
 def test_bump_generation_makes_old_replicas_stale() -> None:

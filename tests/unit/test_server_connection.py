@@ -135,7 +135,7 @@ def test_request_errors_keep_the_connection_open() -> None:
     hello(conn, t)
     send(conn, encode_frame({"op": "nope", "id": 2}) + encode_frame({"op": "missing", "id": 3})
          + encode_frame({"op": "crash", "id": 4}) + encode_frame({"op": "hello", "id": 5,
-                                                                   "version": 1}))
+                                                                   "version": PROTOCOL_VERSION}))
     r = t.replies()
     assert [(x["id"], x["err"]) for x in r] == [(2, "bad_request"), (3, "not_found"),
                                                 (4, "internal"), (5, "bad_request")]

@@ -1,0 +1,79 @@
+"""Re-replication, the sending side: copy a replica held here to another chunkserver when meta
+asks (in a heartbeat reply), paced so repair leaves room for clients.
+
+Owns the copies in flight and the shared pace; it reads through the block store and sends
+through the one block stream (net/blockstream.py), exactly as a writer would, so the target
+verifies every unit's CRC and acknowledges only once the copy is durable. The target reports
+the new replica to meta itself. Every unit is verified here before it is sent: rot found on
+this disk is never spread to a new replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from typing import Any
+
+from .. import checksum, config
+from ..errors import DFSError
+from ..net import ConnectionPool
+from ..net.blockstream import BlockStream, abort_block
+from .blockstore import BlockStore
+
+log = logging.getLogger(__name__)
+
+
+class Copier:
+    def __init__(self, store: BlockStore, pool: ConnectionPool, disk: Executor,
+                 rate: int = config.DEFAULT_REPLICATION_RATE) -> None:
+        self.store = store
+        self.pool = pool
+        self.disk = disk
+        self.rate = rate  # bytes/s for all copies together (0: unlimited)
+        self.copies: set[asyncio.Future[None]] = set()
+        self._clock = 0.0  # when the copy bandwidth is next free
+
+    def start(self, block_id: int, gen: int, target: str, token: Any = None) -> None:
+        """Copy our replica of (block, gen) to `target` in the background, with meta's write
+        token for it."""
+        task = asyncio.ensure_future(self._copy(block_id, gen, target, token))
+        self.copies.add(task)
+        task.add_done_callback(self.copies.discard)
+
+    async def _copy(self, block_id: int, gen: int, target: str, token: Any) -> None:
+        loop = asyncio.get_running_loop()
+        conn = None
+        stream: BlockStream | None = None
+        try:
+            size = self.store.lookup(block_id, gen)
+            conn = await self.pool.get(target)
+            stream = await BlockStream.open(conn, block_id, gen, [], token)
+            offset = 0
+            while offset < size:
+                n = min(config.PACKET_SIZE, size - offset)
+                data, crcs, _ = await loop.run_in_executor(
+                    self.disk, self.store.read, block_id, gen, offset, n)
+                checksum.verify(data, crcs)
+                await self._pace(n)
+                await stream.send(offset, data, crcs)
+                offset += n
+            await stream.finish(size)
+            log.info("copied block %d (%d bytes) to %s", block_id, size, target)
+        except (DFSError, OSError) as exc:
+            log.warning("copy of block %d to %s failed: %s", block_id, target, exc)
+            if stream is not None:
+                stream.abort()
+            else:
+                abort_block(conn, block_id)
+
+    async def _pace(self, n: int) -> None:
+        """Hold all copies together to `rate`."""
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        start = max(now, self._clock)
+        self._clock = start + n / self.rate
+        if start > now:
+            await asyncio.sleep(start - now)

@@ -1,0 +1,102 @@
+"""Journal records: the format of every namespace change, and how start-up replays them.
+
+Pure code, no I/O of its own: `restore` reads through the journal and checkpoint objects it
+is given. Every record is a msgpack array (meta/journal.py frames it, with checksums):
+
+    ["epoch", n]                 a new block id epoch; ids allocated after it are (n << 32) | k
+    ["mkdir", path, parents, mtime]
+    ["publish", path, blocks, replication, block_size, mtime]
+                                 blocks: [[id, gen, size, digest], ...]; records written before
+                                 digests existed hold [id, gen, size] (the digest is unknown)
+    ["rm", path, recursive, mtime]
+    ["mv", src, dst, mtime]
+
+Replay calls the same Namespace methods that served the live request, so a replayed namespace
+is the one the requests built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import checkpoint
+from .journal import JournalStore
+from .journal_codec import JournalCorrupt
+from .namespace import Block, File, Namespace
+
+
+def epoch(n: int) -> list[Any]:
+    return ["epoch", n]
+
+
+def mkdir(path: str, parents: bool, mtime: float) -> list[Any]:
+    return ["mkdir", path, parents, mtime]
+
+
+def publish(path: str, f: File, digests: list[int | None]) -> list[Any]:
+    blocks = [[b.id, b.gen, b.size] + ([d] if d is not None else [])
+              for b, d in zip(f.blocks, digests, strict=True)]
+    return ["publish", path, blocks, f.replication, f.block_size, f.mtime]
+
+
+def rm(path: str, recursive: bool, mtime: float) -> list[Any]:
+    return ["rm", path, recursive, mtime]
+
+
+def mv(src: str, dst: str, mtime: float) -> list[Any]:
+    return ["mv", src, dst, mtime]
+
+
+class Restored:
+    """What start-up rebuilt besides the namespace: the last epoch, and the digest of every
+    block whose digest was recorded (a block id -> digest map, dropped once the block map
+    holds them)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.digests: dict[int, int] = {}
+        self.records = 0  # journal records replayed after the checkpoint
+
+
+def apply(ns: Namespace, rec: list[Any], out: Restored) -> None:
+    """Replay one record into the namespace."""
+    op = rec[0]
+    if op == "epoch":
+        out.epoch = max(out.epoch, rec[1])
+    elif op == "mkdir":
+        ns.mkdir(rec[1], rec[2], rec[3])
+    elif op == "publish":
+        blocks = []
+        for entry in rec[2]:
+            blocks.append(Block(entry[0], entry[1], entry[2]))
+            if len(entry) > 3:
+                out.digests[entry[0]] = entry[3]
+        ns.publish(rec[1], File(blocks, rec[3], rec[4], rec[5]))
+    elif op == "rm":
+        ns.remove(rec[1], rec[2], rec[3])
+    elif op == "mv":
+        ns.rename(rec[1], rec[2], rec[3])
+    else:
+        raise ValueError(f"unknown journal record {op!r}")
+
+
+def restore(ns: Namespace, journal: JournalStore, checkpoint_path: str | None) -> Restored:
+    """Load the checkpoint (if any) into an empty namespace, then replay the journal records
+    that came after it. Raises CorruptFile (JournalCorrupt when the two do not fit together)."""
+    out = Restored()
+    cp = checkpoint.read(checkpoint_path) if checkpoint_path else None
+    if cp is not None:
+        checkpoint.load(cp, ns, out.digests)
+        out.epoch = cp.epoch
+    records = journal.load()
+    if cp is not None:
+        if journal.gen == cp.gen:  # crashed before the journal was rotated
+            records = records[cp.count:]
+        elif journal.gen != cp.gen + 1:
+            raise JournalCorrupt(getattr(journal, "path", "journal"), 0,
+                                 f"journal generation {journal.gen} does not follow "
+                                 f"checkpoint generation {cp.gen}")
+    for rec in records:
+        apply(ns, rec, out)
+    out.records = len(records)
+    return out

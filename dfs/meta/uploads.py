@@ -1,0 +1,200 @@
+"""Uploads in progress: their leases, new block ids, where their blocks go, and the rules a
+commit must pass.
+
+Owns the uploads and the block id counter; never touches the journal, the namespace or the
+network. The service hands it requests and journals what it returns; the block map (cluster.py)
+learns here about every block allocated, rebuilt or committed.
+
+Block ids are (epoch << 32) | k. A new epoch is journaled at every start of meta, and it is at
+least the current Unix time in seconds, so ids never repeat even when the journal that recorded
+earlier epochs is gone or rolled back (a restored backup, a truncated journal). The block map's
+digest check (cluster.py) is the second line: a replica that is not the committed block is
+refused whatever its id.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from .. import config
+from ..errors import BadRequest, DFSError, NoSpace, Unavailable
+from ..protocol.fields import is_uint
+from .cluster import BlockInfo, Cluster
+from .namespace import Block
+from .placement import choose_targets
+
+EPOCH_BITS = 32
+
+
+class Upload:
+    __slots__ = ("id", "path", "replication", "block_size", "expected", "blocks", "touched")
+
+    def __init__(self, uid: int, path: str, replication: int, block_size: int,
+                 expected: int | None, now: float) -> None:
+        self.id, self.path = uid, path
+        self.replication, self.block_size = replication, block_size
+        self.expected = expected  # the writer's word for the file's size, if it knew it
+        self.blocks: list[int] = []
+        self.touched = now
+
+    def need(self, index: int) -> int:
+        """Bytes a server needs free to take block `index` of this file: a whole block,
+        unless the writer said the file ends sooner."""
+        if self.expected is None:
+            return self.block_size
+        return max(1, min(self.block_size, self.expected - index * self.block_size))
+
+
+class BlockIds:
+    """Allocates block ids within the current epoch (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0  # the last epoch made durable in the journal; 0: none yet
+        self.next = 0
+
+    @staticmethod
+    def after(last: int, now: float, at_least: int = 0) -> int:
+        """The epoch to journal next."""
+        return max(last + 1, int(now), at_least)
+
+    def begin(self, epoch: int) -> None:
+        """`epoch` is durable: allocate from it."""
+        self.epoch, self.next = epoch, 0
+
+    @property
+    def running_low(self) -> bool:
+        """Half the epoch is used: time to journal the next one."""
+        return self.next >= 1 << (EPOCH_BITS - 1)
+
+    def take(self) -> int:
+        if not self.epoch:
+            raise Unavailable("meta cannot allocate blocks before it has journaled an epoch")
+        if self.next >= 1 << EPOCH_BITS:
+            raise Unavailable("this epoch's block ids are used up; meta is journaling a new "
+                              "one: retry")
+        block_id = (self.epoch << EPOCH_BITS) | self.next
+        self.next += 1
+        return block_id
+
+
+class Uploads:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.by_id: dict[int, Upload] = {}
+        self.ids = BlockIds()
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def create(self, path: str, replication: int, block_size: int, expected: int | None,
+               now: float) -> Upload:
+        uid = secrets.randbits(63) or 1
+        up = self.by_id[uid] = Upload(uid, path, replication, block_size, expected, now)
+        return up
+
+    def get(self, uid: int, now: float) -> Upload:
+        """A live upload, its lease renewed."""
+        up = self.by_id.get(uid)
+        if up is None:
+            # Not NotFound: that word is kept for paths. The upload must start again.
+            raise Unavailable("the upload is no longer known to meta (its lease expired, it "
+                              "was aborted, or meta restarted); upload the file again")
+        up.touched = now
+        return up
+
+    # placement --------------------------------------------------------------------------
+    def _place(self, count: int, need: int, exclude: set[str]) -> list[str]:
+        chosen = choose_targets(self.cluster.candidates(), count, need, exclude)
+        for c in chosen:
+            self.cluster.promise(c.addr, need)
+        return [c.addr for c in chosen]
+
+    def no_targets(self, need: int) -> DFSError:
+        live = self.cluster.live()
+        if not live:
+            return Unavailable("no live chunkservers")
+        if all(cs.decommission for cs in live):
+            return Unavailable("every live chunkserver is decommissioned or being drained")
+        return NoSpace(f"no live chunkserver has room for another block ({need} bytes)")
+
+    def allocate(self, up: Upload, exclude: set[str]) -> tuple[int, list[str]]:
+        """A new block for the upload and the chain of servers to write it to."""
+        need = up.need(len(up.blocks))
+        targets = self._place(up.replication, need, exclude)
+        if not targets:
+            raise self.no_targets(need)
+        block_id = self.ids.take()
+        self.cluster.add_block(block_id, BlockInfo(1, 0, up.replication, up.id))
+        up.blocks.append(block_id)
+        return block_id, targets
+
+    def recover(self, up: Upload, block_id: int, exclude: set[str],
+                keep: list[str]) -> tuple[int, list[str]]:
+        """A pipeline failed: a new generation, the survivors kept, the failed replaced if
+        any server can take them. Returns (gen, targets)."""
+        if block_id not in up.blocks:
+            raise BadRequest(f"block {block_id} is not part of this upload")
+        live = {cs.addr for cs in self.cluster.live()}
+        keep = [a for a in keep if a in live and a not in exclude]
+        need = up.need(up.blocks.index(block_id))
+        extra = self._place(up.replication - len(keep), need, exclude | set(keep))
+        targets = keep + extra
+        if not targets:
+            if self.cluster.live():
+                raise Unavailable(f"no chunkserver left to write block {block_id} to "
+                                  f"(excluded {', '.join(sorted(exclude))})")
+            raise self.no_targets(need)
+        return self.cluster.bump_generation(block_id), targets
+
+    # commit -----------------------------------------------------------------------------
+    def check_commit(self, up: Upload, entries: Any) -> list[tuple[Block, list[str], int]]:
+        """The written blocks a commit lists, checked against what this upload allocated:
+        (block, replicas that acked it, digest) each."""
+        if not isinstance(entries, list) or len(entries) > len(up.blocks):
+            raise BadRequest("commit needs the list of written blocks")
+        out: list[tuple[Block, list[str], int]] = []
+        seen: set[int] = set()
+        for i, e in enumerate(entries):
+            if not isinstance(e, list) or len(e) != 5:
+                raise BadRequest("each committed block is [id, gen, size, replicas, digest]")
+            block_id, gen, size, replicas, digest = e
+            if not isinstance(replicas, list) or not all(isinstance(a, str) for a in replicas):
+                raise BadRequest("a block's replicas must be a list of addresses")
+            info = self.cluster.blocks.get(block_id) if is_uint(block_id) else None
+            if info is None or info.upload != up.id or not is_uint(gen) or info.gen != gen:
+                raise BadRequest(f"block {block_id} gen {gen} is not the upload's current block")
+            if not is_uint(size) or not 0 < size <= up.block_size or \
+                    (i < len(entries) - 1 and size != up.block_size):
+                raise BadRequest(f"block {block_id} has a bad size {size!r}")
+            if not is_uint(digest) or digest >= 1 << 32:
+                raise BadRequest(f"block {block_id} has a bad digest {digest!r}")
+            if block_id in seen:
+                raise BadRequest(f"block {block_id} is listed twice")
+            seen.add(block_id)
+            out.append((Block(block_id, gen, size), replicas, digest))
+        return out
+
+    def finish(self, up: Upload, committed: list[tuple[Block, list[str], int]]) -> None:
+        """The upload's file is published: its blocks join the block map as committed, with
+        the replicas that acknowledged them; blocks it allocated but did not use go."""
+        del self.by_id[up.id]
+        for i, (b, replicas, digest) in enumerate(committed):
+            self.cluster.commit_block(b.id, b.size, digest, replicas, up.need(i))
+        kept = {b.id for b, _, _ in committed}
+        for block_id in up.blocks:
+            if block_id not in kept:
+                self.cluster.drop_block(block_id)
+
+    def abort(self, up: Upload) -> None:
+        self.by_id.pop(up.id, None)
+        for block_id in up.blocks:
+            self.cluster.drop_block(block_id)
+
+    def expired(self, now: float, lease: float) -> list[Upload]:
+        return [up for up in self.by_id.values() if now - up.touched > lease]
+
+
+def block_size_ok(block_size: int) -> bool:
+    return config.MIN_BLOCK_SIZE <= block_size <= config.MAX_BLOCK_SIZE and \
+        block_size % config.CHECKSUM_UNIT == 0

@@ -1,0 +1,59 @@
+"""Checks for the fields of a request header: one rule per kind of value, used by every role.
+
+Pure functions, no I/O. Each raises BadRequest naming the field, so a peer's malformed request
+gets one clear error and nothing else happens. The one integer rule: an integer on the wire is
+a msgpack integer (`type(v) is int`), never a bool or a float that compares equal to one, and
+every integer field of the protocol is non-negative.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import BadRequest
+
+_MISSING = object()
+
+
+def is_uint(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def uint(header: dict[str, Any], key: str, default: Any = _MISSING) -> int:
+    """A non-negative integer field (or `default` when the field is absent)."""
+    v = header.get(key, _MISSING)
+    if v is _MISSING:
+        if default is _MISSING:
+            raise BadRequest(f"field {key!r} is required")
+        return int(default)
+    if not is_uint(v):
+        raise BadRequest(f"field {key!r} must be a non-negative integer")
+    return int(v)
+
+
+def text(header: dict[str, Any], key: str) -> str:
+    v = header.get(key)
+    if not isinstance(v, str):
+        raise BadRequest(f"field {key!r} must be a string")
+    return v
+
+
+def addrs(header: dict[str, Any], key: str, limit: int | None = None) -> list[str]:
+    """A list of HOST:PORT strings (absent: empty)."""
+    v = header.get(key) or []
+    if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
+        raise BadRequest(f"field {key!r} must be a list of addresses")
+    if limit is not None and len(v) > limit:
+        raise BadRequest(f"field {key!r} lists more than {limit} addresses")
+    return v
+
+
+def rows(header: dict[str, Any], key: str, names: tuple[str, ...]) -> list[list[int]]:
+    """A list of rows of non-negative integers shaped like `names`, e.g. a block report of
+    [id, gen, size, digest] rows (absent: empty)."""
+    v = header.get(key) or []
+    if not isinstance(v, list) or not all(
+            isinstance(r, list) and len(r) == len(names) and all(is_uint(x) for x in r)
+            for r in v):
+        raise BadRequest(f"field {key!r} must be a list of [{', '.join(names)}]")
+    return v
