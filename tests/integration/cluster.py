@@ -97,6 +97,24 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str,
         time.sleep(interval)
 
 
+def connected_ports() -> set[int]:
+    """Remote ports of the established TCP connections (IPv4) that this process holds: which
+    servers an in-process client is talking to right now (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    ports = set()
+    with open("/proc/self/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                ports.add(int(fields[2].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def port_open(port: int, host: str = HOST) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
