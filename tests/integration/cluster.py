@@ -6,14 +6,15 @@ reproducible data and a recording TCP relay.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import socket
 import threading
 
 from dfs.local_cluster import HOST, Cluster, free_ports, port_open, wait_until
 
-__all__ = ["HOST", "Cluster", "KiB", "MiB", "RecordingRelay", "data_of", "free_ports",
-           "port_open", "wait_until"]
+__all__ = ["HOST", "Cluster", "KiB", "MiB", "RecordingRelay", "connected_ports", "data_of",
+           "free_ports", "port_open", "wait_until"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -22,6 +23,24 @@ MiB = 1024 * KiB
 def data_of(n: int, seed: int = 0) -> bytes:
     """n reproducible pseudo-random bytes (distinct for each (n, seed))."""
     return random.Random(f"{n}-{seed}").randbytes(n)
+
+
+def connected_ports() -> set[int]:
+    """Remote ports of the established TCP connections (IPv4) that this process holds: which
+    servers an in-process client is talking to right now (Linux /proc)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    ports = set()
+    with open("/proc/self/net/tcp") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                ports.add(int(fields[2].rsplit(":", 1)[1], 16))
+    return ports
 
 
 class RecordingRelay:

@@ -263,10 +263,12 @@ def test_a_closed_stdout_ends_the_command_quietly(meta: str, root: str, command:
     assert proc.returncode == 141, (proc.returncode, err)
 
 
-def test_ctrl_c_during_put_from_an_idle_stdin_exits_promptly(meta: str, root: str) -> None:
+def test_ctrl_c_during_put_from_an_idle_stdin_exits_promptly(meta: str, root: str,
+                                                             shared_cluster: Cluster) -> None:
     """`producer | dfs-cli put - /p`, producer stalls, user presses Ctrl-C: the CLI says
     `interrupted` (cli.py maps KeyboardInterrupt to exit 130) and exits, without waiting for
     more input; nothing appears at the remote path."""
+    uploads_before = shared_cluster.status()["uploads"]
     proc = subprocess.Popen(CLI + ["--meta", meta, "put", "-", f"{root}/p"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=clean_env())
@@ -274,10 +276,15 @@ def test_ctrl_c_during_put_from_an_idle_stdin_exits_promptly(meta: str, root: st
     try:
         proc.stdin.write(data_of(100 * KiB, 14))
         proc.stdin.flush()
-        time.sleep(1.5)  # started, upload open, blocked reading stdin
+        # Started, upload open at meta (so the CLI is past its imports and its handlers),
+        # then blocked reading stdin: Ctrl-C now.
+        wait_until(lambda: proc.poll() is not None or
+                   shared_cluster.status()["uploads"] > uploads_before, 60,
+                   "the CLI's upload to be open at meta")
+        assert proc.poll() is None, f"the CLI exited early: {proc.returncode}"
         proc.send_signal(signal.SIGINT)
         try:
-            code = proc.wait(5)
+            code = proc.wait(30)  # a ceiling: it exits at once; a hung CLI waits forever
         except subprocess.TimeoutExpired:
             code = None
     finally:
@@ -288,9 +295,10 @@ def test_ctrl_c_during_put_from_an_idle_stdin_exits_promptly(meta: str, root: st
             proc.kill()
             proc.wait()
     err = proc.stderr.read().decode(errors="replace")
-    assert code is not None, f"still running 5 s after SIGINT (then: {proc.returncode}, {err!r})"
+    assert code is not None, f"still running 30 s after SIGINT (then: {proc.returncode}, {err!r})"
     run = Run(["put", "-", f"{root}/p"], code, b"", err, 0)
     one_error_line(run, "interrupted")
+    assert run.code == 130, run
     assert cli("stat", f"{root}/p", meta=meta).code == 2
 
 # -- 4. JSON shapes and listings -------------------------------------------------------------

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster import HOST, Cluster, free_ports
+from cluster import HOST, Cluster, free_ports, port_open, wait_until
 
 import dfs
 from dfs.meta.journal_codec import read_records
@@ -27,11 +27,13 @@ def dfsd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "dfs.daemon"]
 
 
-def run_dfsd(args: list[str], cwd: Path, timeout: float = 10.0
+def run_dfsd(args: list[str], cwd: Path, timeout: float = 60.0
              ) -> tuple[subprocess.CompletedProcess[str], float]:
     t0 = time.monotonic()
     proc = subprocess.run(dfsd() + args, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
+    # (Start-up failures must be prompt: no retry loop. The callers' ceilings are generous
+    # because a cold interpreter start alone can take seconds on a busy machine.)
     return proc, time.monotonic() - t0
 
 
@@ -60,7 +62,7 @@ def test_port_in_use_is_one_line_and_nonzero(tmp_path: Path, role: str,
         args = role_args(role, port, tmp_path / "d") + (["--host", host] if host else [])
         proc, elapsed = run_dfsd(args, tmp_path)
     assert proc.returncode != 0
-    assert elapsed < 5, f"took {elapsed:.1f}s to give up"
+    assert elapsed < 15, f"took {elapsed:.1f}s to give up"
     line = one_line(proc.stderr)
     assert str(port) in line, line
     assert "in use" in line.lower(), line
@@ -73,7 +75,7 @@ def test_data_dir_that_is_a_file_is_one_line_and_nonzero(tmp_path: Path, role: s
     (port,) = free_ports(1)
     proc, elapsed = run_dfsd(role_args(role, port, not_a_dir), tmp_path)
     assert proc.returncode != 0
-    assert elapsed < 5
+    assert elapsed < 15, elapsed
     line = one_line(proc.stderr)
     assert str(not_a_dir) in line or "plain-file" in line, line
     assert not_a_dir.read_text() == "I am a file\n"
@@ -95,8 +97,11 @@ def test_sigterm_and_sigint_stop_promptly_with_status_0(cluster: Cluster) -> Non
                       ("meta", signal.SIGTERM)):
         t0 = time.monotonic()
         cluster.kill(name, sig)
-        assert cluster[name].wait(10) == 0, cluster[name].tail()
-        assert time.monotonic() - t0 < 3, f"{name} took {time.monotonic() - t0:.1f}s"
+        assert cluster[name].wait(30) == 0, cluster[name].tail()
+        # Nothing is in flight, so nothing waits out the 5 s grace for open requests
+        # (idle pooled connections must not hold the stop up); it takes ~0.05 s.
+        took = time.monotonic() - t0
+        assert took < 5, f"{name} took {took:.1f}s: it waited for idle connections?"
     cluster.restart("meta")
     cluster.restart("chunk0")
     cluster.restart("chunk1")
@@ -104,30 +109,45 @@ def test_sigterm_and_sigint_stop_promptly_with_status_0(cluster: Cluster) -> Non
 
 
 def test_sigterm_during_an_upload_exits_0(cluster: Cluster) -> None:
-    """Stopping meta while an upload is in flight must neither hang nor crash."""
+    """Stopping meta while uploads are in flight must neither hang nor crash."""
     client = cluster.client()
     errors: list[BaseException] = []
+    unexpected: list[BaseException] = []
+    late: list[str] = []  # puts begun after meta had exited that still succeeded
+    done = [0]
+    meta_down = threading.Event()
 
     def upload() -> None:
-        i = 0
-        deadline = time.monotonic() + 30
         try:
-            while time.monotonic() < deadline:  # until meta goes away
-                client.put_bytes(b"z" * 200_000, f"/busy/{i}")
-                i += 1
+            while True:  # until meta goes away
+                was_down = meta_down.is_set()
+                client.put_bytes(b"z" * 200_000, f"/busy/{done[0]}")
+                done[0] += 1
+                if was_down:
+                    late.append(f"/busy/{done[0] - 1}")
+                    return
         except dfs.DFSError as exc:
             errors.append(exc)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            unexpected.append(exc)
 
     t = threading.Thread(target=upload, daemon=True)
     t.start()
-    time.sleep(0.5)
+    # The uploader is in its loop (two puts done: the next one is on its way) ...
+    wait_until(lambda: done[0] >= 2 or not t.is_alive(), 30, "the uploader to get going")
+    assert t.is_alive(), (errors, unexpected)
     t0 = time.monotonic()
     cluster.kill("meta", signal.SIGTERM)
-    assert cluster["meta"].wait(10) == 0, cluster["meta"].tail()
-    assert time.monotonic() - t0 < 7
-    t.join(30)
+    assert cluster["meta"].wait(30) == 0, cluster["meta"].tail()
+    took = time.monotonic() - t0
+    meta_down.set()
+    t.join(60)
     assert not t.is_alive(), "the client hung after meta stopped"
-    assert errors, "puts kept succeeding with meta stopped"
+    assert not unexpected, unexpected
+    assert not late, f"a put begun after meta exited succeeded: {late}"
+    assert errors, "the uploader stopped without an error"
+    # Open requests get up to 5 s of grace, then meta exits.
+    assert took < 15, f"meta took {took:.1f}s to stop"
 
 
 def _meta_with_journal(make_cluster) -> Cluster:
@@ -148,7 +168,7 @@ def test_corrupt_journal_stops_start_up_with_one_line(make_cluster) -> None:
     journal.write_bytes(bytes(raw))
     proc, elapsed = run_dfsd(cluster["meta"].args, cluster.base)
     assert proc.returncode != 0
-    assert elapsed < 5
+    assert elapsed < 15, elapsed
     line = one_line(proc.stderr)
     assert "journal" in line and "offset" in line, line
     assert bytes(raw) == journal.read_bytes(), "a refused start-up must not touch the journal"
@@ -211,13 +231,15 @@ def test_second_daemon_on_a_data_dir_in_use_is_refused(cluster: Cluster, role: s
     second = cluster.track(subprocess.Popen(dfsd() + args, cwd=cluster.base,
                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                             text=True))
-    try:
-        _, err = second.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
+    # It either refuses (exits) or, wrongly, starts serving: wait for whichever comes first.
+    wait_until(lambda: second.poll() is not None or port_open(port), 60,
+               "the second dfsd to exit or to listen")
+    if second.poll() is None:
         second.kill()
         second.communicate()
         pytest.fail(f"a second dfsd --role {first.role} ran on {first.data_dir}, "
                     "which the first one is using")
+    _, err = second.communicate()
     assert second.returncode != 0
     one_line(err)
     assert first.running()

@@ -54,9 +54,9 @@ def test_full_chunkservers_fail_cleanly_and_recover_when_space_is_freed(
     assert cli(meta, "cat", "/first").stdout == first
     assert cli(meta, "stat", "/second").returncode == 2
     wait_until(lambda: no_tmp_files(c), 10, "partial replicas removed")
-    # Meta stops placing there: the servers report (almost) no room in their heartbeats.
-    wait_until(lambda: all(cs["capacity"] - cs["used"] < 3 * MiB
-                           for cs in c.status()["chunkservers"]), 10, "full servers reported")
+    # Their heartbeats tell meta what /first uses, so it knows how little room is left.
+    wait_until(lambda: all(cs["used"] >= 3 * MiB and cs["free"] < 3 * MiB
+                           for cs in c.status()["chunkservers"]), 20, "full servers reported")
     # Free space, and the same upload succeeds.
     assert cli(meta, "rm", "/first").returncode == 0
     wait_until(lambda: all(u < MiB for u in used(c).values()), 20,
@@ -68,24 +68,43 @@ def test_full_chunkservers_fail_cleanly_and_recover_when_space_is_freed(
 
 
 def test_a_full_server_gets_no_new_blocks_while_others_have_room(make_cluster) -> None:
-    c: Cluster = make_cluster(3, start=False)
+    """A server with room for only two 1 MiB blocks fills up first (with only one other
+    server, every block goes to both); once a third server with room joins, every new block
+    gets its 2 replicas there and on the other, none on the full one."""
+    c: Cluster = make_cluster(2, start=False)
     small = c.chunkservers[0]
-    small.args += ["--capacity", "3MiB", "--reserve", "0"]
+    small.args += ["--capacity", "3MiB", "--reserve", "0"]  # 2 blocks + checksums fit, not 3
     c.start()
     meta = c.meta_addr
     files = {f"/f{i}": data_of(MiB, 10 + i) for i in range(8)}
-    for path, data in files.items():
-        run = cli(meta, "put", "-", path, "--block-size", "1MiB", stdin=data)
+    filling, later = list(files)[:3], list(files)[3:]
+    for path in filling:
+        run = cli(meta, "put", "-", path, "--block-size", "1MiB", stdin=files[path])
         assert run.returncode == 0, run.stderr
+    # It really is full: two replicas on its disk, and it reports less room than a block.
+    assert len(c.block_files(small.name)) == 2, c.block_files(small.name)
+    wait_until(lambda: (st := {cs["addr"]: cs for cs in c.status()["chunkservers"]}
+                        [small.addr])["free"] < MiB and st["used"] > 2 * MiB,
+               20, "the small server to report itself full")
+    full_ids = c.stored_block_ids(small.name)
+    with c.client() as client:
+        # The third fill went to the other server only (or was re-replicated nowhere).
+        (b,) = client.stat(filling[2])["blocks"]
+        assert small.addr not in b["replicas"], b
+    c.add_chunkserver()  # a third server with room
+    for path in later:
+        run = cli(meta, "put", "-", path, "--block-size", "1MiB", stdin=files[path])
+        assert run.returncode == 0, run.stderr
+        assert b"under-replicated" not in run.stderr, run.stderr
     for path, data in files.items():
         assert cli(meta, "cat", path).stdout == data
-    small_addr = small.addr
     st = {cs["addr"]: cs for cs in c.status()["chunkservers"]}
-    assert st[small_addr]["used"] <= 3 * MiB  # never past its capacity
+    assert st[small.addr]["used"] <= 3 * MiB  # never past its capacity
+    assert c.stored_block_ids(small.name) == full_ids, "a full server got new blocks"
     with c.client() as client:
-        for path in files:  # every block kept its 2 replicas, on the servers with room
+        for path in later:  # every new block got its 2 replicas, on the servers with room
             for b in client.stat(path)["blocks"]:
-                assert len(b["replicas"]) == 2
+                assert len(b["replicas"]) == 2 and small.addr not in b["replicas"], b
     assert no_tmp_files(c)
 
 
@@ -93,13 +112,15 @@ def test_the_reserve_is_never_used_for_blocks(make_cluster) -> None:
     """A reserve bigger than the whole disk leaves that server no room at all: puts land on
     the other server only (under-replicated, with the CLI's warning)."""
     c: Cluster = make_cluster(2, start=False)
-    greedy = c.chunkservers[0]
+    greedy, other = c.chunkservers
     greedy.args += ["--reserve", "100000GiB"]
     c.start()
     st = {cs["addr"]: cs for cs in c.status()["chunkservers"]}
-    assert st[greedy.addr]["capacity"] - st[greedy.addr]["used"] >= 0
+    assert st[greedy.addr]["free"] == 0, st[greedy.addr]  # no room at all
+    assert st[other.addr]["free"] > MiB, st[other.addr]
     run = cli(c.meta_addr, "put", "-", "/x", stdin=data_of(300_000, 3))
     assert run.returncode == 0 and b"under-replicated" in run.stderr, run.stderr
     with c.client() as client:
-        assert client.stat("/x")["blocks"][0]["replicas"] != [greedy.addr]
+        assert client.stat("/x")["blocks"][0]["replicas"] == [other.addr]
     assert not c.block_files(greedy.name)
+    assert len(c.block_files(other.name)) == 1

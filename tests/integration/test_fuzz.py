@@ -1,8 +1,8 @@
 """A socket-level fuzzer against a real cluster (meta + 2 chunkservers, no secret).
 
 Each connection goes to meta or a chunkserver and follows one strategy: random bytes; a good
-hello and then garbage; frames of every op the server handles (the `handle_<op>` methods of
-MetaService and ChunkService) with fields of random types and random payloads; the same frames
+hello and then garbage; frames of every op the servers answer (listed in ops.py, checked
+against real servers below) with fields of random types and random payloads; the same frames
 with random byte mutations; requests before hello or a broken hello; well-formed request
 sequences (upload, pipeline write, read, phantom chunkserver) with one field type-confused;
 frames cut short; huge declared lengths; a pipelined flood that the server must throttle and
@@ -40,33 +40,34 @@ import crc32c
 import msgpack
 import pytest
 from cluster import HOST, Cluster
+from ops import CHUNK_OPS, META_OPS
 
 from dfs import checksum
-from dfs.chunk.service import ChunkService
 from dfs.client.async_client import AsyncClient
 from dfs.config import MAX_HEADER, MAX_PAYLOAD, PROTOCOL_VERSION
 from dfs.errors import ERROR_CODES, ProtocolViolation
-from dfs.meta.service import MetaService
 from dfs.protocol import FrameReader
 from dfs.protocol.buffers import BufferPool
 
 SEED = int(os.environ.get("DFS_FUZZ_SEED", "1337"))
 COUNT = int(os.environ.get("DFS_FUZZ_COUNT", "1000"))
+if COUNT < 1:
+    raise ValueError(f"DFS_FUZZ_COUNT={COUNT}: the fuzzer would run no connection at all")
 CHECK_EVERY = 50  # a normal put/get round trip after this many connections
 WAIT = 0.5  # seconds to wait for the replies of one connection
-SLOW_WAIT = 2.5  # ... when a reply that should come at once is still missing
+# ... when a reply that should come at once, or a close that must come, is still missing: a
+# ceiling (a busy machine can be slow), spent only when something is late.
+SLOW_WAIT = 10.0
 RSS_LIMIT = 300 * 1024 * 1024
 MARK = "dfsfuzz"  # in every path-like string sent; no file name may ever contain it
 CHUNK = 64 * 1024
 KiB, MiB = 1024, 1024 * 1024
 
-META_OPS = sorted(n[len("handle_"):] for n in dir(MetaService) if n.startswith("handle_"))
-CHUNK_OPS = sorted(n[len("handle_"):] for n in dir(ChunkService) if n.startswith("handle_"))
 # Ops whose reply may legitimately take longer than WAIT (a pipeline to a slow or unreachable
 # server down the chain).
 SLOW_OPS = {"write_block", "write_small", "packet"}
 
-# The fields each op reads (docs/PROTOCOL.md sections 7 and 8). An op added later without an
+# The fields each op reads (docs/PROTOCOL.md sections 7 and 8). An op of ops.py without an
 # entry here still gets fuzzed, with random fields only.
 FIELDS: dict[str, tuple[str, ...]] = {
     "register": ("chunk_id", "addr", "cluster_id", "capacity", "used", "free", "load",
@@ -270,9 +271,10 @@ class FuzzConn:
             if not self.must_close and len(self.replies) >= self.expected:
                 break
             if now() >= deadline:
-                if self.must_close or extended or not self.missing_prompt():
+                if extended or not ((self.must_close and not self.stalled)
+                                    or self.missing_prompt()):
                     break
-                extended, deadline = True, now() + SLOW_WAIT  # owed at once: wait longer
+                extended, deadline = True, now() + SLOW_WAIT  # owed: wait longer
             self.poll(min(deadline - now(), 0.1))
 
     def missing_prompt(self) -> list[str]:
@@ -659,7 +661,7 @@ def s_flood(c: Ctx) -> None:
     data = b"".join(frame_bytes(h) for h in reqs)
     t0 = now()
     c.conn.send(data, stall=10.0)
-    deadline = now() + 15
+    deadline = now() + 60  # a ceiling: all replies normally come within a second or two
     while len(c.conn.replies) < n + 1 and now() < deadline and c.conn.poll(0.2):
         pass
     if len(c.conn.replies) < n + 1:
@@ -1003,6 +1005,7 @@ def refresh_pools(cluster: Cluster, pools: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(max(120, int(60 + COUNT * 0.3)))
 def test_socket_fuzzer(cluster: Cluster) -> None:
+    assert COUNT >= 1, f"DFS_FUZZ_COUNT={COUNT}: nothing would be fuzzed"
     t_start = now()
     rng = random.Random(SEED)
     names = ["meta", "chunk0", "chunk1"]
@@ -1138,6 +1141,7 @@ def test_socket_fuzzer(cluster: Cluster) -> None:
 
     line = summary()
     print("\n" + line)
+    assert sum(per_strategy.values()) == COUNT >= 1, line
     print(f"FUZZ rss_mib start={_mib(rss0)} max={_mib(rss_max)} end={_mib(rss1)}")
     traces: collections.Counter[str] = collections.Counter()
     for d in cluster.daemons.values():
@@ -1179,14 +1183,43 @@ def _mib(d: dict[str, int]) -> dict[str, int]:
 # -- regressions: one deterministic test per bug the fuzzer found ---------------------------
 
 def rpc(port: int, *requests: tuple[dict[str, Any], bytes]) -> list[dict[str, Any] | None]:
-    """hello, then each request in turn; the reply to each (None: no reply within 5 s)."""
+    """hello, then each request in turn; the reply to each (None: no reply within 15 s)."""
     conn = FuzzConn(port)
     try:
         assert ok(conn.call({"op": "hello", "id": 1, "version": PROTOCOL_VERSION,
                              "role": "client"}))
-        return [conn.call(h, p, timeout=5.0) for h, p in requests]
+        return [conn.call(h, p, timeout=15.0) for h, p in requests]
     finally:
         conn.close("close")
+
+
+def test_every_listed_op_is_answered_by_a_real_server(shared_cluster: Cluster) -> None:
+    """The fuzzers' op lists (ops.py) are written out, not taken from the servers' handler
+    names: each listed op, sent bare to a real server, must reach a handler (any reply but
+    "unknown op"), so a renamed or removed op fails here instead of silently leaving the
+    fuzzers sending frames every server refuses alike."""
+    unknown = re.compile(r"unknown op")
+    for name, ops in (("meta", META_OPS), ("chunk0", CHUNK_OPS)):
+        control = f"no_such_op_{MARK}"
+        requests = [({"op": op, "id": 2 + i}, b"") for i, op in enumerate([control, *ops])]
+        replies = rpc(shared_cluster[name].port, *requests)
+        # The control shows what "unknown" looks like, so the check below can tell.
+        ctl = replies[0]
+        assert ctl is not None and ctl.get("err") == "bad_request" and \
+            unknown.search(str(ctl.get("msg"))), ctl
+        wrong = [f"{op}: {reply!r}" for op, reply in zip(ops, replies[1:], strict=True)
+                 if reply is None or unknown.search(str(reply.get("msg", "")))]
+        assert not wrong, f"{name} does not answer these listed ops:\n" + "\n".join(wrong)
+
+
+def test_listed_ops_match_the_protocol_document() -> None:
+    """ops.py and the message summary of docs/PROTOCOL.md (section 11) name the same ops for
+    each receiver: an op documented later is added to the fuzzers too."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
+    rows = re.findall(r"^\| `(\w+)` \| [^|]*→ (meta|chunk) \|", doc.read_text(), re.M)
+    assert rows, f"no message summary table found in {doc}"
+    documented = {role: sorted(op for op, r in rows if r == role) for role in ("meta", "chunk")}
+    assert documented == {"meta": META_OPS, "chunk": CHUNK_OPS}, documented
 
 
 def traceback_count(cluster: Cluster) -> int:
@@ -1383,12 +1416,20 @@ def test_a_copy_to_a_chunkserver_at_an_unresolvable_address_fails_cleanly(
                                 "replica": b["replicas"][0]}, b""))
     beat = {"op": "heartbeat", "id": 4, "chunk_id": f"{MARK}-bad-addr", "addr": UNRESOLVABLE,
             "capacity": 1 << 50, "used": 0, "free": 1 << 50, "load": 0, "writing": 0}
-    for _ in range(6):
-        time.sleep(0.5)
+    def copies() -> list[str]:
+        return [line for d in cluster.chunkservers for line in
+                d.log_path.read_text(errors="replace").splitlines()
+                if f"copy of block {int(b['id'])} to {UNRESOLVABLE}" in line]
+    # Until the source has tried (and failed) the copy: the event, not a fixed wait. The
+    # beats (every 0.5 s, as a real chunkserver's here) keep our server alive meanwhile.
+    deadline = time.monotonic() + 30
+    while not copies():
+        assert time.monotonic() < deadline, "no copy to the unresolvable server was tried " \
+            f"in 30 s:\n{cluster.log_tail(20)}"
         rpc(cluster["meta"].port, (beat, b""))
-    copies = [line for d in cluster.chunkservers for line in
-              d.log_path.read_text(errors="replace").splitlines() if "copy of block" in line]
-    assert traceback_count(cluster) == before, "\n".join(copies)
+        time.sleep(0.5)
+    assert any("failed" in line for line in copies()), copies()
+    assert traceback_count(cluster) == before, "\n".join(copies())
 
 
 def test_writes_survive_a_chunkserver_whose_address_holds_a_nul(cluster: Cluster) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import shutil
 import signal
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -76,8 +75,8 @@ def test_namespace_and_data_survive_meta_sigkill(cluster: Cluster) -> None:
     assert (st["files"], st["blocks"]) == (status_before["files"], status_before["blocks"])
     # The chunkservers were not restarted: they re-register and report their blocks.
     wait_until(lambda: all(s == "live" for s in cluster.states().values())
-               and len(cluster.states()) == 2, 10, "chunkservers to re-register")
-    wait_until(lambda: fully_replicated(client, list(expected)), 10,
+               and len(cluster.states()) == 2, 30, "chunkservers to re-register")
+    wait_until(lambda: fully_replicated(client, list(expected)), 30,
                "block reports to restore every replica")
     for path, data in expected.items():
         assert client.get_bytes(path) == data
@@ -105,7 +104,7 @@ def test_concurrent_small_puts_acknowledged_just_before_sigkill(cluster: Cluster
     assert listed == set(blobs)
     for path, data in blobs.items():
         assert client.stat(path)["size"] == len(data)
-    wait_until(lambda: fully_replicated(client, list(blobs)), 15,
+    wait_until(lambda: fully_replicated(client, list(blobs)), 30,
                "block reports to restore every replica")
 
     async def get_all() -> list[bytes]:
@@ -143,7 +142,7 @@ def test_torn_journal_tail_is_dropped_and_appends_continue(cluster: Cluster, how
     restart_meta(cluster)
     assert snapshot(client) == after
     assert set(after) == {"/one", "/two"}
-    wait_until(lambda: fully_replicated(client, ["/one", "/two"]), 10, "replicas reported")
+    wait_until(lambda: fully_replicated(client, ["/one", "/two"]), 30, "replicas reported")
     assert client.get_bytes("/two") == b"two"
 
 
@@ -157,7 +156,7 @@ def test_whole_cluster_restart_keeps_everything(cluster: Cluster) -> None:
     cluster.restart("meta")
     cluster.restart("chunk0")
     cluster.restart("chunk1")
-    wait_until(lambda: fully_replicated(client, ["/x/y.bin"]), 10, "replicas reported")
+    wait_until(lambda: fully_replicated(client, ["/x/y.bin"]), 30, "replicas reported")
     assert client.get_bytes("/x/y.bin") == data
 
 
@@ -176,10 +175,13 @@ def test_meta_killed_mid_upload_fails_the_put_cleanly(cluster: Cluster) -> None:
     client = cluster.client()
     outcome: dict[str, Any] = {}
     started = threading.Event()
+    meta_restarted = threading.Event()
 
     def progress(n: int) -> None:
+        # The writer holds after its first packet until meta has died and come back, so
+        # meta surely dies while the upload is mid-file.
         started.set()
-        time.sleep(0.02)  # a slow writer, so meta dies while it is mid-file
+        meta_restarted.wait(60)
 
     local = cluster.base / "src.bin"
     local.write_bytes(data_of(30 * MiB, 7))
@@ -196,7 +198,8 @@ def test_meta_killed_mid_upload_fails_the_put_cleanly(cluster: Cluster) -> None:
     assert started.wait(20)
     cluster.kill("meta")
     cluster.restart("meta")
-    t.join(30)
+    meta_restarted.set()
+    t.join(60)
     assert not t.is_alive(), "put hung after meta restarted"
     # (Which error depends on timing; test_writer_whose_upload_meta_forgot... pins the word.)
     assert isinstance(outcome.get("error"), dfs.DFSError), outcome
@@ -234,7 +237,7 @@ def test_checkpoints_keep_the_journal_short_and_survive_sigkill(make_cluster) ->
     client.mv("/ck/5", "/ck/five")
     want = sorted((e["path"], e["size"]) for d in client.ls("/ck") for e in client.ls(d["path"]))
     meta_dir = cluster.meta.data_dir
-    wait_until(lambda: (meta_dir / "checkpoint").exists(), 10, "a checkpoint to be written")
+    wait_until(lambda: (meta_dir / "checkpoint").exists(), 30, "a checkpoint to be written")
     cluster.kill("meta")
     journal_size = (meta_dir / "journal").stat().st_size
     cluster.restart("meta")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -139,13 +140,13 @@ def test_put_replaces_atomically_and_frees_old_blocks(client: dfs.Client,
         return all(not old_ids & shared_cluster.stored_block_ids(d.name)
                    for d in shared_cluster.chunkservers)
     # "Space of a deleted file is freed on every chunkserver within seconds."
-    wait_until(old_blocks_gone, 10, "replaced file's blocks deleted from chunkserver disks")
+    wait_until(old_blocks_gone, 20, "replaced file's blocks deleted from chunkserver disks")
 
     new_ids = {int(b["id"]) for b in st["blocks"]}
     assert client.rm(path) == 1
     wait_until(lambda: all(not new_ids & shared_cluster.stored_block_ids(d.name)
                            for d in shared_cluster.chunkservers),
-               10, "removed file's blocks deleted from chunkserver disks")
+               20, "removed file's blocks deleted from chunkserver disks")
 
 
 @pytest.mark.parametrize("block_size", [64 * KiB, 3 * MiB // 2],
@@ -405,22 +406,39 @@ def test_async_client_shared_by_many_tasks(shared_cluster: Cluster, root: str) -
     asyncio.run(main())
 
 
-def test_a_reader_of_the_old_version_finishes_within_the_delete_grace(
-        shared_cluster: Cluster, root: str) -> None:
+def test_a_reader_of_the_old_version_finishes_within_the_delete_grace(make_cluster) -> None:
     """A file replaced (or removed) while a reader has it open: its old blocks stay on disk
-    for meta's delete grace (3 s), so the reader gets the whole old version, never a mix and
-    never an error, although several heartbeats (0.5 s here) pass in between."""
-    path = f"{root}/f"
+    for meta's delete grace, so the reader gets the whole old version, never a mix and never
+    an error, although heartbeats (which carry deletes) pass in between.
+
+    The grace is 60 s here, so a slow machine cannot outlast it; instead of sleeping, the
+    reader goes on only after every chunkserver has sent two heartbeats since the replace
+    (a delete handed out in the reply to one beat is carried out before the next)."""
+    cluster = make_cluster(2, meta_args=["--delete-grace", "60s"])
+    path = "/grace/f"
     # Larger than the read-ahead window (8 segments of 1 MiB), so most is read after.
     old, new = data_of(12 * MiB + 11, 31), data_of(2 * MiB, 32)
 
+    def beats_since(t: float) -> bool:
+        asked = time.monotonic()  # meta's clock reads at least this when it answers
+        return all(asked - cs["last_heartbeat_s"] > t
+                   for cs in cluster.status()["chunkservers"])
+
     async def main() -> None:
-        async with dfs.AsyncClient(shared_cluster.meta_addr) as ac:
+        async with dfs.AsyncClient(cluster.meta_addr) as ac:
             await ac.put_bytes(old, path, block_size=MiB)
+            old_ids = {int(b["id"]) for b in (await ac.stat(path))["blocks"]}
             reader = await ac.open_read(path)  # the stat: the old version's blocks
             first = await reader.read(1000)
             await ac.put_bytes(new, path, block_size=MiB)
-            await asyncio.sleep(1.5)
+            since = time.monotonic()
+            for _ in range(2):
+                await asyncio.to_thread(wait_until, lambda t=since: beats_since(t), 30,
+                                        "a heartbeat of every chunkserver")
+                since = time.monotonic()
+            # Still there: the grace holds them back (not just a slow delete).
+            assert all(old_ids <= cluster.stored_block_ids(d.name)
+                       for d in cluster.chunkservers)
             rest = await reader.read()
             await reader.close()
             assert first + rest == old

@@ -419,17 +419,28 @@ def test_cli_without_or_with_wrong_secret_is_refused(secure: SecureCluster,
 
 def test_chunkserver_without_the_secret_cannot_register(tmp_path: Path,
                                                         clusters: list[Cluster]) -> None:
+    clusters_relays: list[RecordingRelay] = []
+    try:
+        _without_the_secret_cannot_register(tmp_path, clusters, clusters_relays)
+    finally:
+        for relay in clusters_relays:
+            relay.close()
+
+
+def _without_the_secret_cannot_register(tmp_path: Path, clusters: list[Cluster],
+                                        clusters_relays: list[RecordingRelay]) -> None:
     c = SecureCluster(tmp_path / "c", 1)
     clusters.append(c)
     c.start()
     wrong = tmp_path / "wrong-secret"
     write_secret(wrong)
-    right = c.chunk_args
-    c.chunk_args = ["--secret-file", str(wrong)]
-    bad = c.add_chunkserver(start=False)
-    c.chunk_args = []
-    none = c.add_chunkserver(start=False)
-    c.chunk_args = right
+    # Each reaches meta through a relay of its own, which counts its attempts.
+    relays = [RecordingRelay(c.meta.port) for _ in range(2)]
+    for relay in relays:
+        clusters_relays.append(relay)
+    bad = c.add_chunkserver(start=False, chunk_args=["--secret-file", str(wrong),
+                                                     "--meta", relays[0].addr])
+    none = c.add_chunkserver(start=False, chunk_args=["--meta", relays[1].addr])
     for d in (bad, none):
         d.start()
     for d in (bad, none):
@@ -441,18 +452,24 @@ def test_chunkserver_without_the_secret_cannot_register(tmp_path: Path,
         return "unauthorized" in text and "secret" in text
     for d in (bad, none):
         wait_until(lambda d=d: refused(d), 10, f"{d.name} logging why meta refused it")
-    # Several heartbeat intervals and retries later, meta still has never listed them.
-    deadline = time.monotonic() + 2.5
-    while time.monotonic() < deadline:
+    # Three attempts each (the first and two retries) later, meta has never listed them:
+    # checked at every poll while we wait for the attempts, not after a fixed sleep.
+    listed: list[dict[str, str]] = []
+
+    def tried_three_times() -> bool:
         states = c.states()
-        assert bad.addr not in states and none.addr not in states, states
-        time.sleep(0.25)
+        if bad.addr in states or none.addr in states:
+            listed.append(states)
+        return bool(listed) or all(len(r.recorded()) >= 3 for r in relays)
+    wait_until(tried_three_times, 30, "each refused chunkserver to try meta three times")
+    assert not listed, listed
     assert list(c.states().values()) == ["live"], c.states()
     for d in (bad, none):
         line = next(ln for ln in d.tail(200).splitlines() if "unauthorized" in ln)
         assert "meta" in line and "secret" in line, line
-    # Given the right secret (same port, same data dir) it registers.
+    # Given the right secret (same port, same data dir, and straight to meta) it registers.
     bad.args[bad.args.index(str(wrong))] = str(c.secret_file)
+    bad.args[bad.args.index(relays[0].addr)] = c.meta_addr
     c.restart(bad.name)
     assert c.states()[bad.addr] == "live"
     assert none.addr not in c.states()

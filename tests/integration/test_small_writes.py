@@ -17,7 +17,7 @@ import signal
 import socket
 import time
 from collections import defaultdict
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from cluster import HOST, Cluster, KiB, MiB, data_of, free_ports, wait_until
@@ -25,6 +25,7 @@ from cluster import HOST, Cluster, KiB, MiB, data_of, free_ports, wait_until
 import dfs
 from dfs.checksum import crcs_of
 from dfs.config import PROTOCOL_VERSION
+from dfs.errors import ERROR_CODES
 from dfs.net.connection import Connection
 from dfs.protocol import FrameReader, encode_frame
 
@@ -226,13 +227,16 @@ def test_empty_and_streamed_writers_of_small_files(cluster: Cluster, spy: Spy,
     first block comes with create but an empty one is dropped), and open("wb") fed in small
     writes (buffered into one packet, so one write_small at close)."""
     client = cluster.client()
-    client.put_bytes(b"", "/e/bytes")
+    r = client.put_bytes(b"", "/e/bytes")
+    assert (r["size"], r["blocks"], r["under_replicated"]) == (0, 0, []), r
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    client.put(str(empty), "/e/file")
+    r = client.put(str(empty), "/e/file")
+    assert (r["size"], r["blocks"], r["under_replicated"]) == (0, 0, []), r
     local = tmp_path / "small"
     local.write_bytes(data_of(5000, 1))
-    client.put(str(local), "/e/small")
+    r = client.put(str(local), "/e/small")
+    assert (r["size"], r["blocks"], r["under_replicated"]) == (5000, 1, []), r
     with client.open("/e/written", "wb") as f:
         for i in range(50):
             f.write(data_of(999, i))
@@ -386,7 +390,8 @@ def test_sigstopped_chunkserver_small_puts_recover(make_cluster: Any, spy: Spy) 
             for d in cluster.chunkservers:  # and this client's connection to each server
                 await ac.pool.get(d.addr)
             for p, b in fault_blobs(10, 2).items():
-                await ac.put_bytes(b, f"/warm{p}")
+                r = await ac.put_bytes(b, f"/warm{p}")
+                assert r["size"] == len(b) and not r["under_replicated"], r
             cluster.kill("chunk0", signal.SIGSTOP)
             t0 = time.monotonic()
             try:
@@ -405,17 +410,20 @@ def test_sigstopped_chunkserver_small_puts_recover(make_cluster: Any, spy: Spy) 
         assert not missing_committed(cluster, committed)
     finally:
         cluster.kill("chunk0", signal.SIGCONT)
-    # The committed replicas must survive the hung server's late, stale writes.
+    # The committed replicas must survive the hung server's late, stale writes: checked
+    # all along, from SIGCONT until its stale copies have been written and deleted again.
     lost: list[Any] = []
-    deadline = time.monotonic() + 6
-    while time.monotonic() < deadline and not lost:
-        lost = missing_committed(cluster, committed)
-        time.sleep(0.05)
+
+    def settled(done: Callable[[], bool]) -> bool:
+        lost.extend(missing_committed(cluster, committed))
+        return bool(lost) or done()
+    wait_until(lambda: settled(lambda: cluster.states()[cluster["chunk0"].addr] == "live"),
+               30, "chunk0 live again")
+    wait_until(lambda: settled(lambda: fsck_healthy(client)), 30, "fsck healthy after SIGCONT")
+    wait_until(lambda: settled(lambda: not leftovers(cluster, client, list(blobs))
+                               and not all_tmp(cluster)),
+               30, "only the committed replicas on disk")
     assert not lost, f"committed replicas vanished after SIGCONT: {lost[:5]}"
-    cluster.wait_state("chunk0", "live", 15)
-    wait_until(lambda: fsck_healthy(client), 20, "fsck healthy after SIGCONT")
-    wait_until(lambda: not leftovers(cluster, client, list(blobs)) and not all_tmp(cluster),
-               20, "only the committed replicas on disk")
 
 
 def test_acknowledged_small_files_survive_sigkill_of_every_chunkserver(
@@ -492,7 +500,12 @@ def test_hostile_write_small_frames_are_refused(cluster: Cluster) -> None:
         reply = conn.call(small_frame(ok_id, data), data)
         assert reply.get("replicas") == [chunk.addr], reply
     assert chunk.running(), chunk.tail()
-    time.sleep(0.5)  # anything written late would show up by now
+    # Each refused frame was answered before the next was read, and its handler is done:
+    # the server's index knows none of those ids, and neither does any disk.
+    with RawConn(chunk.port) as conn:
+        for i in ids:
+            reply = conn.call({"op": "block_info", "block": i, "gen": 1})
+            assert reply.get("err") == "not_found", (i, reply)
     for d in cluster.chunkservers:
         left = cluster.stored_block_ids(d.name) & {abs(i) for i in ids}
         assert not left, (d.name, left)
@@ -512,8 +525,15 @@ def test_write_small_whose_chain_names_the_receiver_itself(cluster: Cluster) -> 
     data = data_of(300 * KiB, 9)
     with RawConn(chunk.port) as conn:
         reply = conn.call(small_frame(bid, data, targets=[chunk.addr] * 3), data, timeout=40)
+    # An error (a known code, naming a server of the chain), or a success that lists this
+    # server once: never a claim of three replicas on one server.
+    if "err" in reply:
+        assert reply["err"] in ERROR_CODES and reply["err"] != "internal", reply
+        assert reply.get("bad") in (None, chunk.addr), reply
+    else:
+        assert reply.get("replicas") == [chunk.addr], reply
     assert chunk.running(), chunk.tail()
-    wait_until(lambda: not all_tmp(cluster), 5, "no .tmp left")
+    wait_until(lambda: not all_tmp(cluster), 20, "no .tmp left")
     assert len(cluster.block_files("chunk0", bid)) <= 1, reply
     client = cluster.client()
     client.put_bytes(b"x" * 5000, "/after-loop")
@@ -588,7 +608,9 @@ def test_concurrent_write_smalls_to_a_silent_downstream_fail_together(
         replies = [conn.wait(rid, timeout=30) for rid in rids]
     assert all(r.get("err") and r.get("bad") == silent for r in replies), replies
     times = sorted(round(r["_at"] - t0, 1) for r in replies)
-    assert times[-1] < 9, f"replies came one connect timeout after another: {times} s"
+    # Together: one shared connect attempt, not one CONNECT_TIMEOUT (5 s) after another
+    # (the spread, unlike the absolute times, does not grow on a busy machine).
+    assert times[-1] - times[0] < 4, f"replies came one connect timeout after another: {times} s"
 
 
 def test_late_older_generation_does_not_replace_a_newer_replica(cluster: Cluster) -> None:
@@ -609,6 +631,7 @@ def test_late_older_generation_does_not_replace_a_newer_replica(cluster: Cluster
     stale = data_of(100 * KiB, 9)
     with RawConn(chunk.port) as conn:
         reply = conn.call(small_frame(bid, stale, gen=gen - 1), stale)
+        assert reply.get("err") == "stale", reply
         names = [p.name for p in cluster.block_files("chunk0", bid)]
         assert newer in names, f"the committed replica was replaced (reply {reply}): {names}"
         read = conn.call({"op": "read_block", "block": bid, "gen": gen, "offset": 0,

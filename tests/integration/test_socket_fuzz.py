@@ -24,19 +24,18 @@ from typing import Any
 import msgpack
 import pytest
 from cluster import Cluster, data_of
+from ops import CHUNK_OPS, META_OPS
 
 import dfs
-from dfs.chunk.service import ChunkService
 from dfs.config import PROTOCOL_VERSION
-from dfs.meta.service import MetaService
 
 SEED = int(os.environ.get("DFS_FUZZ_SEED", "20261125"))
 COUNT = int(os.environ.get("DFS_FUZZ_COUNT", "240"))
+if COUNT < 1:
+    raise ValueError(f"DFS_FUZZ_COUNT={COUNT}: the fuzzer would run no connection at all")
 PREFIX = struct.Struct(">II")
 ESCAPE = "fuzz-escape-" + str(SEED)  # a name that must never appear outside the data dirs
 
-META_OPS = sorted(n[len("handle_"):] for n in dir(MetaService) if n.startswith("handle_"))
-CHUNK_OPS = sorted(n[len("handle_"):] for n in dir(ChunkService) if n.startswith("handle_"))
 FIELDS = ["path", "upload", "block", "gen", "offset", "length", "crcs", "size", "targets",
           "token", "replication", "block_size", "start_after", "limit", "recursive",
           "parents", "src", "dst", "exclude", "keep", "blocks", "addr", "chunk_id",
@@ -118,14 +117,16 @@ def strategy(rng: random.Random, ops: list[str]) -> tuple[str, bytes]:
     return name, reqs  # requests without hello first
 
 
-def exchange(addr: tuple[str, int], data: bytes) -> str:
-    """Send, then read until the server closes or goes quiet: the outcome in one word."""
+def exchange(addr: tuple[str, int], data: bytes, quiet: float = 0.1,
+             linger: float = 0.0) -> str:
+    """Send, then read until the server closes or goes quiet for `quiet` seconds (after a
+    reply, for `linger` seconds more at least): the outcome in one word."""
     with socket.create_connection(addr, timeout=2) as s:
         try:
             s.sendall(data)
         except OSError:
             return "closed-while-sending"
-        s.settimeout(0.1)
+        s.settimeout(quiet)
         got = b""
         try:
             while True:
@@ -133,6 +134,7 @@ def exchange(addr: tuple[str, int], data: bytes) -> str:
                 if not chunk:
                     return "closed" if got else "closed-silently"
                 got += chunk
+                s.settimeout(max(quiet, linger))
         except TimeoutError:
             return "replied-open" if got else "quiet-open"
         except OSError:
@@ -153,6 +155,7 @@ def round_trip(cluster: Cluster, n: int) -> None:
 
 @pytest.mark.timeout(max(120, int(60 + COUNT * 0.1)))
 def test_servers_survive_a_seeded_socket_fuzzer(make_cluster, tmp_path: Path) -> None:
+    assert COUNT >= 1, f"DFS_FUZZ_COUNT={COUNT}: nothing would be fuzzed"
     cluster: Cluster = make_cluster(2)
     rng = random.Random(SEED)
     targets = [("meta", META_OPS, cluster.meta)] + \
@@ -177,9 +180,16 @@ def test_servers_survive_a_seeded_socket_fuzzer(make_cluster, tmp_path: Path) ->
     for d in cluster.daemons.values():
         log = d.log_path.read_text(errors="replace")
         assert "Traceback" not in log, f"{d.name} logged a traceback:\n{log[-3000:]}"
-    # No client string became a path: nothing named after ESCAPE exists anywhere we can see.
-    for root in {tmp_path, Path("/tmp"), Path.cwd(), cluster.base}:
-        assert not list(root.rglob(f"*{ESCAPE}*")), f"{ESCAPE} appeared under {root}"
+    assert sum(strategies.values()) == sum(outcomes.values()) == COUNT, (strategies, outcomes)
+    # No client string became a path: nothing named after ESCAPE under this test's own tmp
+    # dir (the daemons' data dirs and working dir are in it), nor beside it or in the usual
+    # places a path like "/../../NAME" or "../NAME" would land (one level each, no walk of
+    # the whole, shared, system temp dir).
+    hits = list(tmp_path.rglob(f"*{ESCAPE}*"))
+    for root in {tmp_path.parent, tmp_path.parent.parent, Path("/tmp"), Path("/"),
+                 Path.cwd()}:
+        hits += [Path(e.path) for e in os.scandir(root) if ESCAPE in e.name]
+    assert not hits, f"{ESCAPE} appeared: {hits}"
     for d in cluster.chunkservers:
         names = {p.name for p in (d.data_dir / "blocks").rglob("*") if p.is_file()}
         assert all(n.startswith("blk_") for n in names), names
@@ -198,15 +208,22 @@ def test_fuzzing_before_auth_never_reaches_a_handler(make_cluster, tmp_path: Pat
                                     client_options={"secret_file": str(secret_file)})
     rng = random.Random(SEED + 1)
     outcomes: Counter[str] = Counter()
-    for _ in range(max(30, COUNT // 5)):
+    n = max(30, COUNT // 5)
+    for _ in range(n):
         role, ops, daemon = rng.choice([("meta", META_OPS, cluster.meta)] +
                                        [("chunk", CHUNK_OPS, d) for d in cluster.chunkservers])
         _, data = strategy(rng, ops)
         host, port = daemon.addr.rsplit(":", 1)
-        outcomes[exchange((host, int(port)), data)] += 1
+        # After any reply, wait up to 5 s for the close that must follow it (a busy
+        # machine may send the close a little after the refusal).
+        outcomes[exchange((host, int(port)), data, linger=5.0)] += 1
     # Without the secret no connection is ever answered and left open: refused, then closed
     # (or, for bytes that never make a whole frame, left to the hello timeout).
+    assert sum(outcomes.values()) == n, outcomes
     assert outcomes["replied-open"] == 0, outcomes
+    # And most are refused outright: the check above is not satisfied vacuously.
+    assert outcomes["closed"] + outcomes["reset"] + outcomes["closed-while-sending"] > 0, \
+        outcomes
     for d in cluster.daemons.values():
         assert d.running()
         assert "Traceback" not in d.log_path.read_text(errors="replace")

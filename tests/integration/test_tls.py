@@ -246,23 +246,33 @@ def test_bad_tls_options_in_cli(tls: Cluster, tmp_path: Path) -> None:
 
 def test_stranger_chunkservers_never_register(make_cluster: Callable[..., Cluster]) -> None:
     c = tls_cluster(make_cluster, 1)
-    strangers = {who: c.add_chunkserver(start=False, chunk_args=flags(files))
-                 for who, (files, _) in STRANGERS.items()}
-    for d in strangers.values():
-        d.start()
-    for who, d in strangers.items():
-        wait_until(lambda d=d: port_open(d.port), 15, f"{who} chunkserver listening")
-        # MetaLink logs its first failure to reach meta, then retries every second.
-        wait_until(lambda d=d: "retrying every second" in d.tail(), 15,
-                   f"{who} chunkserver failing to reach meta")
-    time.sleep(2.5)  # two more retries and five heartbeat intervals
-    states = status(c.meta_addr)
-    assert states == {c["chunk0"].addr: "live"}, states
-    for who, d in strangers.items():
-        assert d.running(), f"{who} chunkserver died:\n{d.tail()}"
-    # The outsider itself refuses meta's certificate, and says so.
-    assert "unauthorized" in strangers["outsider"].tail(), strangers["outsider"].tail()
-    assert_serving(c, "with-strangers")
+    # Each stranger reaches meta through a relay of its own, which counts its attempts.
+    relays = {who: RecordingRelay(c.meta.port) for who in STRANGERS}
+    try:
+        strangers = {who: c.add_chunkserver(start=False, chunk_args=[
+                         *flags(files), "--meta", relays[who].addr])
+                     for who, (files, _) in STRANGERS.items()}
+        for d in strangers.values():
+            d.start()
+        for who, d in strangers.items():
+            wait_until(lambda d=d: port_open(d.port), 15, f"{who} chunkserver listening")
+            # MetaLink logs its first failure to reach meta, then retries every second.
+            wait_until(lambda d=d: "retrying every second" in d.tail(), 15,
+                       f"{who} chunkserver failing to reach meta")
+        # Three attempts each (the first and two retries), instead of a fixed wait.
+        for who, relay in relays.items():
+            wait_until(lambda relay=relay: len(relay.recorded()) >= 3, 30,
+                       f"{who} chunkserver to try meta three times")
+        states = status(c.meta_addr)
+        assert states == {c["chunk0"].addr: "live"}, states
+        for who, d in strangers.items():
+            assert d.running(), f"{who} chunkserver died:\n{d.tail()}"
+        # The outsider itself refuses meta's certificate, and says so.
+        assert "unauthorized" in strangers["outsider"].tail(), strangers["outsider"].tail()
+        assert_serving(c, "with-strangers")
+    finally:
+        for relay in relays.values():
+            relay.close()
 
 
 # -- (e) TLS and the cluster secret together ---------------------------------------------------

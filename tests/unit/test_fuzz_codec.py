@@ -43,6 +43,8 @@ from dfs.protocol.frame import (
 )
 
 EXAMPLES = int(os.environ.get("DFS_FUZZ_EXAMPLES", "60"))
+if EXAMPLES < 1:  # (hypothesis refuses max_examples=0 too, but say why here)
+    raise ValueError(f"DFS_FUZZ_EXAMPLES={EXAMPLES}: no example would run")
 
 
 def fuzz(scale: int = 1) -> settings:

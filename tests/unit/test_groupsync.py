@@ -9,10 +9,12 @@ import errno
 import os
 import threading
 import time
+from typing import Callable
 
 import pytest
 
 from dfs import config
+from dfs.chunk import groupsync
 from dfs.chunk.blockstore import BlockStore
 from dfs.chunk.groupsync import GroupSync
 
@@ -63,16 +65,83 @@ def run_callers(group: GroupSync, n: int) -> list[tuple[float, float, BaseExcept
     return out
 
 
+class GatedSyncfs:
+    """A syncfs the test drives: each call is numbered and blocks until the test opens its
+    gate, so which callers a sync covers does not depend on thread timing."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.started = 0  # calls begun
+        self.allowed = 0  # calls allowed to finish
+
+    def __call__(self, fd: int) -> int:
+        with self.cond:
+            self.started += 1
+            number = self.started
+            self.cond.notify_all()
+            assert self.cond.wait_for(lambda: self.allowed >= number, 30), "gate never opened"
+        return 0
+
+    def open_gate(self, upto: int) -> None:
+        with self.cond:
+            self.allowed = upto
+            self.cond.notify_all()
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
 def test_concurrent_callers_share_syncs_and_each_waits_for_one_that_began_after_it(
-        tmp_path) -> None:
-    fake = FakeSyncfs()
-    group = GroupSync(str(tmp_path), fake)
-    calls = run_callers(group, 16)
-    assert len(calls) == 16 and all(err is None for _, _, err in calls)
-    assert group.syncs == len(fake.spans) <= 4, "16 concurrent seals should share a few syncs"
-    for called, returned, _ in calls:
-        assert any(called <= start and end <= returned for start, end in fake.spans), \
-            "a caller returned without a sync that began after its call"
+        tmp_path, monkeypatch) -> None:
+    """One caller's sync is running (held at the gate); 15 more call meanwhile. Each of them
+    must wait for a sync that begins after its call (not the running one), and one sync must
+    serve all 15: two syncs in all, whatever the thread timing."""
+    waiting = [0]  # threads parked in the group's condition wait right now
+
+    class CountingCondition(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            waiting[0] += 1  # (the lock is held here)
+            try:
+                return super().wait(timeout)
+            finally:
+                waiting[0] -= 1
+
+    fake = GatedSyncfs()
+    with monkeypatch.context() as m:  # (threading is global: patch only while it is built)
+        m.setattr(groupsync.threading, "Condition", CountingCondition)
+        group = GroupSync(str(tmp_path), fake)
+    results: dict[int, BaseException | None] = {}
+
+    def caller(k: int) -> None:
+        try:
+            group.sync()
+            results[k] = None
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            results[k] = exc
+
+    first = threading.Thread(target=caller, args=(0,))
+    first.start()
+    wait_for(lambda: fake.started == 1, "the first sync to begin")
+    others = [threading.Thread(target=caller, args=(k,)) for k in range(1, 16)]
+    for t in others:
+        t.start()
+    wait_for(lambda: waiting[0] == 15, "15 callers waiting behind the running sync")
+    assert not results, "a caller returned while the only sync so far was still running"
+    fake.open_gate(1)  # the first sync ends: it covers the first caller only
+    first.join(30)
+    assert results.get(0, "missing") is None, results
+    wait_for(lambda: fake.started == 2, "the second sync to begin")
+    assert list(results) == [0], "a caller returned on a sync that began before its call"
+    fake.open_gate(2)
+    for t in others:
+        t.join(30)
+    assert not any(t.is_alive() for t in [first, *others])
+    assert results == {k: None for k in range(16)}, results
+    assert group.syncs == fake.started == 2, "the 15 waiting callers should share one sync"
 
 
 def test_a_lone_caller_gets_its_own_sync(tmp_path) -> None:
