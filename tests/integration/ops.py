@@ -4,8 +4,9 @@ fail a test (test_fuzz.py::test_every_listed_op_is_answered_by_a_real_server), n
 shrink what the fuzzers send. `hello` and `auth` come before these and are fuzzed apart."""
 
 META_OPS = sorted([
-    "register", "heartbeat", "block_report", "create", "add_block", "recover_block", "renew", "commit",
-    "abort", "stat", "ls", "mkdir", "rm", "mv", "report_bad", "decommission", "fsck", "status",
+    "register", "heartbeat", "block_report", "create", "add_block", "recover_block", "renew",
+    "commit", "abort", "stat", "ls", "mkdir", "rm", "mv", "report_bad", "decommission", "fsck",
+    "status",
 ])
 CHUNK_OPS = sorted([
     "write_block", "write_small", "abort_block", "packet", "read_block", "block_info",

@@ -189,13 +189,11 @@ def test_chunkserver_hung_mid_upload_is_timed_out_and_replaced(make_cluster,
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.xfail(strict=True, reason="product bug: BlockWrite._send awaits conn.drain() "
-                   "with no timeout; with more than the socket buffers in flight to a hung "
-                   "head (a 32 MiB block) the upload waits forever")
 def test_hung_head_with_a_large_block_in_flight_is_timed_out(make_cluster) -> None:
     """As above with a hung head, but the block (32 MiB) is larger than the loopback socket
     buffers, so the client's writes to the hung head back up: the packet timeouts (25 s)
-    must still name the head; the upload must not wait for the hung server forever."""
+    must still name the head; the upload must not wait for the hung server forever.
+    (Regression: the writer waited for the socket to drain with no timeout, forever.)"""
     cluster = make_cluster(3)
     try:
         result, data, victim = upload_and_fault_a_chain_server(
