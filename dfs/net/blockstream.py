@@ -43,9 +43,10 @@ class BlockStream:
     async def open(cls, conn: Connection, block_id: int, gen: int, chain: list[str],
                    token: Any = None, window: int = config.WRITE_WINDOW) -> "BlockStream":
         """Open the stream (`write_block`): the head has opened its replica and its own
-        stream to the rest of the chain when this returns."""
-        (await conn.call("write_block", block=block_id, gen=gen, targets=chain,
-                         token=token)).release()
+        stream to the rest of the chain when this returns. The wait shrinks hop by hop like a
+        packet's, so a hung server deep in the chain is named by its neighbour."""
+        (await conn.call("write_block", block=block_id, gen=gen, targets=chain, token=token,
+                         timeout=config.packet_timeout(len(chain)))).release()
         return cls(conn, block_id, gen, chain, window)
 
     # sending --------------------------------------------------------------------------

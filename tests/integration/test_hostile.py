@@ -28,7 +28,7 @@ def raw_header(obj: Any, payload_len: int = 0) -> bytes:
     return struct.pack(">II", len(body), payload_len) + body
 
 
-def hello(version: int = 1, rid: int = 1) -> bytes:
+def hello(version: int = PROTOCOL_VERSION, rid: int = 1) -> bytes:
     return encode_frame({"op": "hello", "id": rid, "version": version, "role": "client"})
 
 
@@ -114,7 +114,8 @@ def test_bad_frame_gets_error_and_close(cluster: Cluster, role: str, case: str) 
     assert_refused(headers, closed, *codes)
     # The same garbage after a good hello is refused the same way.
     headers, closed = exchange(cluster[role].port, hello() + data)
-    assert headers and headers[0].get("version") == 1 and "err" not in headers[0], headers
+    assert headers and headers[0].get("version") == PROTOCOL_VERSION and "err" not in headers[0], \
+        headers
     assert_refused(headers[1:], closed, *codes)
     assert_serving(cluster, f"{role}-{case}")
 
@@ -146,7 +147,7 @@ def test_request_before_hello_is_refused(cluster: Cluster, role: str) -> None:
     assert_serving(cluster, f"{role}-nohello")
 
 
-@pytest.mark.parametrize("version", [0, 2, 999, "1", None])
+@pytest.mark.parametrize("version", [0, 1, PROTOCOL_VERSION + 1, 999, "2", None])
 @pytest.mark.parametrize("role", ROLES)
 def test_hello_with_wrong_version_is_refused(cluster: Cluster, role: str,
                                              version: Any) -> None:
