@@ -1,5 +1,6 @@
 """A throwaway certificate authority for `dfs-bench --tls`, made with the openssl command line
-(the same commands docs/SECURITY.md gives for a test CA). Never for production keys."""
+(a quicker cousin of the test CA in docs/SECURITY.md: no certificate extensions, keys
+unencrypted). Never for production keys."""
 
 from __future__ import annotations
 

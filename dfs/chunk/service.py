@@ -114,6 +114,8 @@ class ChunkService:
                     downstream = await BlockStream.open(await self.pool.get(chain[0]),
                                                         block_id, gen, chain[1:], token)
                 except DFSError as exc:
+                    if exc.details.get("token"):
+                        raise  # the token, not the server: the writer gets a new one
                     bad = exc.details.get("bad") or chain[0]
                     raise Unavailable(f"pipeline to {chain[0]} failed: {exc}",
                                       bad=bad) from None
@@ -321,6 +323,9 @@ class ChunkService:
             if down_ack is not None:
                 down_ack.cancel()
             raise stream.failed
+        if size != stream.writer.written:  # the writer's mistake, not this server's
+            raise self._fail(stream, BadRequest(
+                f"block ends at {size} but {stream.writer.written} bytes were sent"))
         try:
             replica = await loop.run_in_executor(self.disk, stream.writer.seal, size)
         except (OSError, ValueError, DFSError) as exc:

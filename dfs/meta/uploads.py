@@ -121,10 +121,10 @@ class Uploads:
     def allocate(self, up: Upload, exclude: set[str]) -> tuple[int, list[str]]:
         """A new block for the upload and the chain of servers to write it to."""
         need = up.need(len(up.blocks))
+        block_id = self.ids.take()  # first: a refusal here must not leave room promised
         targets = self._place(up.replication, need, exclude)
         if not targets:
             raise self.no_targets(need)
-        block_id = self.ids.take()
         self.cluster.add_block(block_id, BlockInfo(1, 0, up.replication, up.id))
         up.blocks.append(block_id)
         return block_id, targets
@@ -135,8 +135,8 @@ class Uploads:
         any server can take them. Returns (gen, targets)."""
         if block_id not in up.blocks:
             raise BadRequest(f"block {block_id} is not part of this upload")
-        live = {cs.addr for cs in self.cluster.live()}
-        keep = [a for a in keep if a in live and a not in exclude]
+        in_service = {c.addr for c in self.cluster.candidates()}  # not dead, not draining
+        keep = [a for a in keep if a in in_service and a not in exclude]
         need = up.need(up.blocks.index(block_id))
         extra = self._place(up.replication - len(keep), need, exclude | set(keep))
         targets = keep + extra

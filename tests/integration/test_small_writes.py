@@ -638,3 +638,20 @@ def test_late_older_generation_does_not_replace_a_newer_replica(cluster: Cluster
                           "length": 128 * KiB})
         assert "err" not in read and read["size"] == len(data), read
     assert client.get_bytes("/gen") == data
+
+
+def test_a_last_packet_whose_size_differs_from_the_bytes_sent_is_a_bad_request(
+        cluster: Cluster) -> None:
+    """The writer's mistake is its own: `bad_request`, not `unavailable` blaming the server
+    (which would make a writer exclude a healthy chunkserver)."""
+    (block,) = fresh_ids(1)
+    data = data_of(2 * 64 * 1024, 9)
+    with RawConn(cluster["chunk0"].port) as conn:
+        assert "err" not in conn.call({"op": "write_block", "block": block, "gen": 1,
+                                       "targets": []})
+        assert "err" not in conn.call({"op": "packet", "block": block, "offset": 0,
+                                       "crcs": crcs_of(data)}, data)
+        reply = conn.call({"op": "packet", "block": block, "offset": len(data), "crcs": [],
+                           "last": True, "size": len(data) + 1})
+    assert reply.get("err") == "bad_request" and "bad" not in reply, reply
+    assert not cluster.block_files("chunk0", block) and not cluster.tmp_files("chunk0")

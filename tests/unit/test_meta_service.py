@@ -21,7 +21,7 @@ from dfs.errors import (
 from dfs.meta.namespace import File
 from dfs.protocol import encode_header
 
-from ._meta import BLOCK, GiB, addr, call, new_meta, put, register
+from ._meta import BLOCK, GiB, KiB, addr, call, new_meta, put, register
 
 
 def run(coro):
@@ -152,6 +152,37 @@ def test_write_read_lifecycle_fields() -> None:
         assert [c["addr"] for c in status["chunkservers"]] == [addr(i) for i in range(3)]
         assert set(status["chunkservers"][0]) >= {"id", "addr", "state", "blocks", "used",
                                                   "capacity", "last_heartbeat_s"}
+        await svc.stop()
+
+    run(main())
+
+
+def test_recover_block_keeps_no_server_that_is_being_drained() -> None:
+    async def main() -> None:
+        svc = await new_meta(servers=4)
+        up = (await call(svc, "create", path="/f", replication=2, block_size=BLOCK))["upload"]
+        b = await call(svc, "add_block", upload=up)
+        bad, draining = b["targets"]
+        await call(svc, "decommission", addr=draining)
+        r = await call(svc, "recover_block", upload=up, block=b["block"], exclude=[bad],
+                       keep=[draining])
+        assert bad not in r["targets"] and draining not in r["targets"], r
+        assert len(r["targets"]) == 2
+        await svc.stop()
+
+    run(main())
+
+
+def test_sizes_the_writer_announces_decide_how_much_room_placement_needs() -> None:
+    async def main() -> None:
+        svc = await new_meta(servers=2, free=10 * KiB * 64)  # 640 KiB each: < one 1 MiB block
+        big = 16 * BLOCK  # 1 MiB blocks
+        with pytest.raises(NoSpace):
+            up = (await call(svc, "create", path="/a", block_size=big))["upload"]
+            await call(svc, "add_block", upload=up)
+        up = (await call(svc, "create", path="/b", block_size=big, size=100 * KiB,
+                         first_block=True))
+        assert len(up["first"]["targets"]) == 2  # 100 KiB fits where 1 MiB would not
         await svc.stop()
 
     run(main())
