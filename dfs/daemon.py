@@ -226,8 +226,9 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
     except CorruptFile as exc:
         raise StartupError(str(exc)) from None
     except OSError as exc:
-        where = exc.filename or jpath
-        raise StartupError(f"cannot read {where}: {exc.strerror or exc}") from None
+        if exc.filename:  # reading the journal or checkpoint
+            raise StartupError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
+        raise StartupError(f"journal {jpath}: {exc}") from None  # its first append failed
     await server.start(service)
     log.info("meta listening on %s, data in %s", addr, path)
     warn_if_open(sec, args)

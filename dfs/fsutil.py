@@ -34,6 +34,14 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """os.pwrite at `offset` until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    n = os.pwrite(fd, view, offset)
+    while n < len(view):
+        n += os.pwrite(fd, view[n:], offset + n)
+
+
 def atomic_write(path: str, data: bytes) -> None:
     """Replace `path` with `data` durably: write a temporary file beside it, fsync it, rename it
     over `path`, fsync the directory. A crash leaves the old file or the new one, never a mix.
@@ -43,8 +51,11 @@ def atomic_write(path: str, data: bytes) -> None:
     try:
         write_all(fd, data)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        os.unlink(tmp)  # a half-written copy must not hold the disk's last free space
+        raise
+    os.close(fd)
     os.rename(tmp, path)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 

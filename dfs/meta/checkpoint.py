@@ -15,11 +15,13 @@ File layout (integers big-endian)::
                                           (a block whose digest is unknown, committed before
                                           digests existed, is [id, gen, size])
 
-A checkpoint covers records 0..count-1 of journal generation `gen`. It is written to a
-temporary file, fsynced, renamed over `checkpoint` and its directory fsynced; only then is
-the journal rotated to generation gen+1 holding just the records appended since. Start-up
-loads the checkpoint, then replays the journal: all of it if its generation is gen+1, or the
-records after `count` if it is still `gen` (a crash between the rename and the rotation).
+A checkpoint covers records 0..count-1 of journal generation `gen`, all of them fsynced in
+the journal before it is written (checkpointer.py). It is written to a temporary file,
+fsynced, renamed over `checkpoint` and its directory fsynced; only then is the journal rotated
+to generation gen+1 holding just the records appended since. Start-up loads the checkpoint,
+then replays the journal: all of it if its generation is gen+1, or the records after `count`
+if it is still `gen` (a crash between the rename and the rotation); records.restore refuses a
+pair that does not fit.
 Any damage in the file stops start-up with one clear error: it is never half-loaded.
 """
 
@@ -93,8 +95,12 @@ def read(path: str) -> Checkpoint | None:
                           "checkpoint")
     if crc32c.crc32c(body) != crc:
         raise CorruptFile(path, len(MAGIC) + HEAD.size, "checksum mismatch", "checkpoint")
-    m = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-    return Checkpoint(m["gen"], m["count"], m["epoch"], m["dirs"], m["files"])
+    try:
+        m = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+        return Checkpoint(m["gen"], m["count"], m["epoch"], m["dirs"], m["files"])
+    except (ValueError, KeyError, TypeError) as exc:  # msgpack's errors are ValueErrors
+        raise CorruptFile(path, len(MAGIC) + HEAD.size, f"body cannot be read: {exc!r}",
+                          "checkpoint") from None
 
 
 def load(cp: Checkpoint, ns: Namespace, digests: dict[int, int]) -> None:

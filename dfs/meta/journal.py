@@ -28,7 +28,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from .. import config
-from ..fsutil import fsync_dir, write_all
+from ..fsutil import fsync_dir, pwrite_all, write_all
 from .journal_codec import MAGIC, JournalCorrupt, encode_record, read_records
 
 __all__ = ["FileJournal", "JournalCorrupt", "JournalStore", "MemoryJournal"]
@@ -42,12 +42,14 @@ class JournalStore(Protocol):
     """What the metadata service needs from a journal; tests use MemoryJournal."""
 
     gen: int  # generation (bumped by each checkpoint's rotation)
+    base: int | None  # records of generation gen-1 this one follows (None: not recorded)
     count: int  # records in this generation
     full: bool  # no room for more changes now: meta is read-only until make_room() succeeds
 
     def load(self) -> list[list[Any]]: ...
     def append(self, record: list[Any]) -> asyncio.Future[None]: ...
     def mark(self) -> tuple[int, int]: ...
+    def synced(self) -> asyncio.Future[None]: ...
     def unmark(self) -> None: ...
     def rotate(self) -> asyncio.Future[None]: ...
     async def make_room(self) -> bool: ...
@@ -60,6 +62,12 @@ def _done() -> asyncio.Future[None]:
     return fut
 
 
+def _failed(exc: BaseException) -> asyncio.Future[None]:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    fut.set_exception(OSError(f"journal failed earlier: {exc}"))
+    return fut
+
+
 class MemoryJournal:
     """A journal that forgets on exit; same interface, for unit tests. Set `full` to see
     meta go read-only."""
@@ -67,6 +75,7 @@ class MemoryJournal:
     def __init__(self) -> None:
         self.records: list[list[Any]] = []
         self.gen = 0
+        self.base: int | None = None
         self.count = 0
         self.full = False
         self._mark = 0
@@ -84,12 +93,16 @@ class MemoryJournal:
         self._mark = len(self.records)
         return self.gen, self.count
 
+    def synced(self) -> asyncio.Future[None]:
+        return _done()
+
     def unmark(self) -> None:
         return None
 
     def rotate(self) -> asyncio.Future[None]:
         self.records = self.records[self._mark:]
         self.gen += 1
+        self.base = self._mark
         self.count = len(self.records)
         return _done()
 
@@ -111,6 +124,8 @@ class FileJournal:
         self._on_fatal = on_fatal
         self.syncs = 0  # fdatasync calls made (group commit makes this << records)
         self.gen = 0  # journal generation: bumped each time a checkpoint rotates it
+        self.base: int | None = None  # records of generation gen-1 before this one's first
+        self._last: asyncio.Future[None] | None = None  # the newest append's future
         self.count = 0  # records in this generation (what a checkpoint's `count` refers to)
         self._tail: list[bytes] | None = None  # records appended since mark()
         self._marked = 0  # count at mark()
@@ -147,6 +162,7 @@ class FileJournal:
         self._extend()
         if records and records[0][0] == "gen":
             self.gen = int(records[0][1])
+            self.base = int(records[0][2]) if len(records[0]) > 2 else None
             records = records[1:]
         self.count = len(records)
         return records
@@ -209,6 +225,7 @@ class FileJournal:
             return fut
         data = encode_record(record)
         self._pending.append((data, fut))
+        self._last = fut
         self.count += 1
         if self._tail is not None:
             self._tail.append(data)
@@ -223,6 +240,14 @@ class FileJournal:
         self._marked = self.count
         return self.gen, self.count
 
+    def synced(self) -> asyncio.Future[None]:
+        """Done when every record appended so far is on disk (or failed with the journal).
+        A checkpoint waits for it: it must never cover a record the journal could lose."""
+        last = self._last
+        if last is None or last.done():
+            return _done() if self._failed is None else _failed(self._failed)
+        return asyncio.shield(last)
+
     def unmark(self) -> None:
         self._tail = None
 
@@ -232,10 +257,10 @@ class FileJournal:
         assert self._tail is not None, "rotate() without mark()"
         tail, self._tail = self._tail, None
         # From this call on, appends belong to the new generation (they queue behind it).
-        self.gen += 1
-        self.count = len(tail)
+        rot = _Rotation(self.gen + 1, tail, self._marked, self.base)
+        self.gen, self.base, self.count = rot.gen, rot.marked, len(tail)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((_Rotation(self.gen, tail, self._marked), fut))
+        self._pending.append((rot, fut))
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         return fut
@@ -278,11 +303,8 @@ class FileJournal:
 
     def _write(self, data: bytes) -> None:
         with self._io:
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(self._fd, view, self._end)
-                self._end += n
-                view = view[n:]
+            pwrite_all(self._fd, data, self._end)
+            self._end += len(data)
             os.fdatasync(self._fd)
             self.syncs += 1
             self._allocated = max(self._allocated, self._end)
@@ -293,7 +315,7 @@ class FileJournal:
         """Write generation gen+1 beside the journal, then rename it over: a crash leaves
         either the old journal (the checkpoint's `count` skips what it covers) or the new."""
         tmp = self.path + ".next"
-        body = MAGIC + encode_record(["gen", rot.gen]) + b"".join(rot.tail)
+        body = MAGIC + encode_record(["gen", rot.gen, rot.marked]) + b"".join(rot.tail)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             write_all(fd, body)
@@ -321,6 +343,7 @@ class FileJournal:
         """No room for the new generation: keep appending to this one. The checkpoint just
         written covers `rot.marked` records of it, which start-up then skips."""
         self.gen -= 1
+        self.base = rot.base
         self.count += rot.marked
         log.error("journal %s: could not start a new generation after the checkpoint (%s); "
                   "it keeps growing until there is room", self.path, exc.strerror or exc)
@@ -349,7 +372,8 @@ class FileJournal:
 class _Rotation:
     """A place in the append queue where the journal moves to a new generation."""
 
-    __slots__ = ("gen", "tail", "marked")
+    __slots__ = ("gen", "tail", "marked", "base")
 
-    def __init__(self, gen: int, tail: list[bytes], marked: int) -> None:
+    def __init__(self, gen: int, tail: list[bytes], marked: int, base: int | None) -> None:
         self.gen, self.tail, self.marked = gen, tail, marked
+        self.base = base  # the old generation's base, should the rotation be undone

@@ -19,10 +19,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import DFSError
+from ..fsutil import CorruptFile
 from . import checkpoint
 from .journal import JournalStore
 from .journal_codec import JournalCorrupt
 from .namespace import Block, File, Namespace
+
+# What a well-framed record or checkpoint of the wrong shape raises when it is applied.
+_BAD_SHAPE = (ValueError, KeyError, IndexError, TypeError, AttributeError, DFSError)
 
 
 def epoch(n: int) -> list[Any]:
@@ -86,17 +91,42 @@ def restore(ns: Namespace, journal: JournalStore, checkpoint_path: str | None) -
     out = Restored()
     cp = checkpoint.read(checkpoint_path) if checkpoint_path else None
     if cp is not None:
-        checkpoint.load(cp, ns, out.digests)
+        try:
+            checkpoint.load(cp, ns, out.digests)
+        except _BAD_SHAPE as exc:  # its checksum passed: written wrong, not damaged on disk
+            raise CorruptFile(str(checkpoint_path), 0, f"cannot be loaded: {exc!r}",
+                              "checkpoint") from None
         out.epoch = cp.epoch
     records = journal.load()
     if cp is not None:
+        why = _mismatch(journal, len(records), cp.gen, cp.count)
+        if why:
+            raise JournalCorrupt(getattr(journal, "path", "journal"), 0, why)
         if journal.gen == cp.gen:  # crashed before the journal was rotated
             records = records[cp.count:]
-        elif journal.gen != cp.gen + 1:
+    for i, rec in enumerate(records):
+        try:
+            apply(ns, rec, out)
+        except _BAD_SHAPE as exc:  # a record that cannot have been made by a live request
             raise JournalCorrupt(getattr(journal, "path", "journal"), 0,
-                                 f"journal generation {journal.gen} does not follow "
-                                 f"checkpoint generation {cp.gen}")
-    for rec in records:
-        apply(ns, rec, out)
+                                 f"record {i} after the checkpoint cannot be replayed: "
+                                 f"{exc!r}") from None
     out.records = len(records)
     return out
+
+
+def _mismatch(journal: JournalStore, records: int, cp_gen: int, cp_count: int) -> str:
+    """Why a checkpoint covering `cp_count` records of generation `cp_gen` and this journal
+    cannot have been written together ("" when they can): replaying them would skip or repeat
+    changes. Seen after a backup copied the two at different moments."""
+    if journal.gen == cp_gen:
+        if records < cp_count:
+            return (f"the checkpoint covers {cp_count} records of journal generation {cp_gen} "
+                    f"but the journal holds {records}")
+    elif journal.gen == cp_gen + 1:
+        if journal.base is not None and journal.base != cp_count:
+            return (f"journal generation {journal.gen} follows record {journal.base} of "
+                    f"generation {cp_gen} but the checkpoint covers {cp_count}")
+    else:
+        return f"journal generation {journal.gen} does not follow checkpoint generation {cp_gen}"
+    return ""

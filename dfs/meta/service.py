@@ -20,12 +20,13 @@ from .. import config
 from ..errors import BadRequest, DFSError, NoSpace, NotFound
 from ..net import NO_SECURITY, Security, ServerConnection
 from ..protocol.fields import addrs, rows, text, uint
-from . import checkpoint, records, views
+from . import records, views
+from .checkpointer import Checkpointer
 from .cluster import BlockInfo, Cluster
 from .journal import JournalStore
 from .namespace import Dir, File, Namespace, normalise
 from .replication import Replicator
-from .uploads import Uploads, block_size_ok
+from .uploads import EPOCH_BITS, Uploads, block_size_ok
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,11 @@ class MetaService:
         self._last_epoch = 0  # the newest epoch journaled or being journaled
         self.safe_mode = False
         self.safe_until = 0.0
-        self.checkpoint_path = checkpoint_path
+        self.checkpointer = Checkpointer(checkpoint_path, journal, checkpoint_interval,
+                                         checkpoint_records)
         self.orphan_grace = orphan_grace
         self.delete_grace = delete_grace
         self.security = security  # signs the block tokens chunkservers check
-        self.checkpoint_interval = checkpoint_interval
-        self.checkpoint_records = checkpoint_records
-        self._last_checkpoint = time.monotonic()
-        self._checkpointing = False
 
     @property
     def epoch(self) -> int:
@@ -80,7 +78,7 @@ class MetaService:
         # them over and over while they are created, so it waits until they exist.
         gc.disable()
         try:
-            restored = records.restore(self.ns, self.journal, self.checkpoint_path)
+            restored = records.restore(self.ns, self.journal, self.checkpointer.path)
             for _path, f in views.files_under(self.ns.root, "/"):
                 for b in f.blocks:
                     self.cluster.add_block(b.id, BlockInfo(b.gen, b.size, f.replication,
@@ -104,19 +102,23 @@ class MetaService:
         self.safe_mode = True
         self._sweeper = asyncio.ensure_future(self._sweep())
 
-    async def _new_epoch(self, at_least: int = 0) -> None:
-        """Journal the next block id epoch and allocate from it once it is durable."""
-        epoch = self.uploads.ids.after(max(self._last_epoch, self.epoch), time.time(),
-                                       at_least)
-        self._last_epoch = epoch
-        await self.journal.append(records.epoch(epoch))
-        self.uploads.ids.begin(epoch)
+    async def _new_epoch(self) -> None:
+        """Journal the next block id epoch and allocate from it once it is durable; again if
+        a report asked for a newer one meanwhile."""
+        ids = self.uploads.ids
+        while not ids.epoch or ids.epoch < ids.wanted or ids.running_low:
+            epoch = ids.after(max(self._last_epoch, ids.epoch), time.time())
+            self._last_epoch = epoch
+            await self.journal.append(records.epoch(epoch))
+            ids.begin(epoch)
 
-    def _roll_epoch(self, at_least: int = 0) -> None:
+    def _roll_epoch(self) -> None:
         """Start journaling a new epoch in the background (ids of this one run low, or a
-        chunkserver reported ids from an epoch at least as new)."""
+        chunkserver reported ids from an epoch at least as new). A failure is the journal's
+        and is logged (fatally) there."""
         if self._epoch_task is None or self._epoch_task.done():
-            self._epoch_task = asyncio.ensure_future(self._new_epoch(at_least))
+            self._epoch_task = asyncio.ensure_future(self._new_epoch())
+            self._epoch_task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _check_safe_mode(self, now: float) -> None:
         if not self.safe_mode:
@@ -129,38 +131,11 @@ class MetaService:
                      "every block reported" if complete else "the wait for reports is over")
 
     async def checkpoint(self) -> None:
-        """Write the namespace to the checkpoint file, then start a new journal generation
-        holding only what came after it, so restart time follows the namespace's size, not
-        its history. The snapshot is taken in one step of the event loop: one moment."""
-        if self.checkpoint_path is None or self._checkpointing:
-            return
-        self._checkpointing = True
-        try:
-            gen, count = self.journal.mark()
-            data = checkpoint.snapshot(self.ns, gen, count, self._last_epoch, self._digest)
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    None, checkpoint.write, self.checkpoint_path, data)
-                await self.journal.rotate()
-            except OSError as exc:
-                self.journal.unmark()
-                log.error("checkpoint failed (the journal keeps everything): %s", exc)
-                return
-            self._last_checkpoint = time.monotonic()
-            log.info("checkpoint written: %d files, %d bytes; journal generation %d starts",
-                     self.ns.files, len(data), gen + 1)
-        finally:
-            self._checkpointing = False
+        await self.checkpointer.write(self.ns, self._last_epoch, self._digest)
 
     def _digest(self, block_id: int) -> int | None:
         info = self.cluster.blocks.get(block_id)
         return info.digest if info is not None else None
-
-    def _checkpoint_due(self, now: float) -> bool:
-        count = self.journal.count
-        return self.checkpoint_path is not None and not self._checkpointing and (
-            count >= self.checkpoint_records
-            or (count > 1 and now - self._last_checkpoint >= self.checkpoint_interval))
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -186,7 +161,7 @@ class MetaService:
                 self._schedule_copies(now)
             if self.journal.full:
                 await self.journal.make_room()
-            elif self._checkpoint_due(now):
+            elif self.checkpointer.due(now):
                 asyncio.ensure_future(self.checkpoint())
             if not self.journal.full and (not self.epoch or self.uploads.ids.running_low):
                 self._roll_epoch()
@@ -266,11 +241,12 @@ class MetaService:
     def _reported(self, server_id: str, report: list[list[int]]) -> None:
         cs = self.cluster.servers[server_id]
         self.cluster.block_report(cs, report)
-        newest = max((e[0] >> 32 for e in report), default=0)
-        if newest > self.epoch and self.epoch:  # a clock set back, and a lost journal
+        newest = max((e[0] >> EPOCH_BITS for e in report), default=0)
+        if self.uploads.ids.seen(newest):  # a clock set back, and a lost journal
             log.warning("%s holds block ids of epoch %d, newer than this meta's %d: "
                         "moving to a newer epoch", cs.addr, newest, self.epoch)
-            self._roll_epoch(newest + 1)
+            if self.epoch:  # (a read-only meta takes it when it journals its first epoch)
+                self._roll_epoch()
 
     def handle_block_report(self, h: dict[str, Any], payload: memoryview,
                             conn: ServerConnection) -> Reply:

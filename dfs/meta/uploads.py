@@ -25,6 +25,7 @@ from .namespace import Block
 from .placement import choose_targets
 
 EPOCH_BITS = 32
+MAX_EPOCH = (1 << (64 - EPOCH_BITS)) - 1  # the last epoch whose ids fit in 64 bits
 
 
 class Upload:
@@ -52,11 +53,20 @@ class BlockIds:
     def __init__(self) -> None:
         self.epoch = 0  # the last epoch made durable in the journal; 0: none yet
         self.next = 0
+        self.wanted = 0  # the next epoch must be at least this (chunkservers hold older ids)
 
-    @staticmethod
-    def after(last: int, now: float, at_least: int = 0) -> int:
+    def after(self, last: int, now: float) -> int:
         """The epoch to journal next."""
-        return max(last + 1, int(now), at_least)
+        return max(last + 1, int(now), self.wanted)
+
+    def seen(self, epoch: int) -> bool:
+        """A chunkserver holds ids of `epoch`. True when that calls for a newer epoch than the
+        one in use (a clock set back, and a lost journal). An epoch that leaves no room for a
+        newer one is someone's garbage, not ours: ignored, so ids stay within 64 bits."""
+        if epoch >= MAX_EPOCH:
+            return False
+        self.wanted = max(self.wanted, epoch + 1)
+        return 0 < self.epoch < epoch
 
     def begin(self, epoch: int) -> None:
         """`epoch` is durable: allocate from it."""

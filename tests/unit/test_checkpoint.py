@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import pytest
 
@@ -127,3 +128,117 @@ def test_a_journal_from_another_generation_stops_start_up(tmp_path) -> None:
             await new_meta(FileJournal(jpath), checkpoint_path=cpath)
 
     asyncio.run(main())
+
+
+def test_a_checkpoint_waits_until_the_journal_holds_what_it_covers(tmp_path,
+                                                                   monkeypatch) -> None:
+    """Were it written first, a crash before the journal's fsync would leave a checkpoint
+    covering records the journal lost; records appended later would take their places and be
+    skipped at the next start."""
+    jpath, cpath = paths(tmp_path)
+
+    async def main() -> None:
+        svc = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        await build(svc, "one")
+        flushed = asyncio.get_running_loop().create_future()
+        asked = []
+        monkeypatch.setattr(svc.journal, "synced", lambda: asked.append(1) or flushed)
+        written = []
+        monkeypatch.setattr(checkpoint, "write", lambda *a: written.append(a))
+        task = asyncio.ensure_future(svc.checkpoint())
+        for _ in range(1000):
+            if asked:
+                break
+            await asyncio.sleep(0)
+        assert asked, "the checkpoint never asked whether the journal was synced"
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert not written, "the checkpoint was written before the journal was synced"
+        flushed.set_result(None)
+        await task
+        assert written
+        await svc.journal.close()
+
+    asyncio.run(main())
+
+
+def test_a_journal_shorter_than_its_checkpoint_stops_start_up(tmp_path) -> None:
+    jpath, cpath = paths(tmp_path)
+
+    async def main() -> None:
+        svc = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        await build(svc, "one")
+        gen, count = svc.journal.mark()
+        checkpoint.write(cpath, checkpoint.snapshot(svc.ns, gen, count + 3, svc.epoch))
+        await svc.journal.close()
+        with pytest.raises(JournalCorrupt, match=f"covers {count + 3} records of journal "
+                                                 f"generation 0 but the journal holds "
+                                                 f"{count}$"):
+            await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+
+    asyncio.run(main())
+
+
+def test_a_checkpoint_copied_before_an_interrupted_rotation_does_not_fit(tmp_path) -> None:
+    """A backup that copies `checkpoint` (generation 0, count c) and later `journal`
+    (generation 1, following a later checkpoint at record c2): replaying would skip the
+    records between c and c2."""
+    jpath, cpath = paths(tmp_path)
+
+    async def main() -> None:
+        svc = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        await build(svc, "one")
+        gen, early = svc.journal.mark()
+        svc.journal.unmark()
+        old = checkpoint.snapshot(svc.ns, gen, early, svc.epoch)
+        await build(svc, "two")
+        await svc.checkpoint()
+        later = svc.journal.base
+        assert svc.journal.gen == 1 and later > early
+        await svc.journal.close()
+        checkpoint.write(cpath, old)
+        with pytest.raises(JournalCorrupt, match=f"follows record {later} of generation 0 "
+                                                 f"but the checkpoint covers {early}"):
+            await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+
+    asyncio.run(main())
+
+
+def test_a_failed_checkpoint_is_tried_again_later_not_every_second(tmp_path,
+                                                                   monkeypatch) -> None:
+    jpath, cpath = paths(tmp_path)
+
+    async def main() -> None:
+        svc = await new_meta(FileJournal(jpath), checkpoint_path=cpath, checkpoint_records=5)
+        await build(svc, "one")
+        now = time.monotonic()
+        assert svc.checkpointer.due(now)
+
+        def no_room(*_):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(checkpoint, "write", no_room)
+        await svc.checkpoint()
+        assert svc.journal.gen == 0  # the journal keeps everything
+        assert not svc.checkpointer.due(time.monotonic())
+        assert svc.checkpointer.due(time.monotonic() + 1.5)  # the first pause is 1 s
+        await svc.checkpoint()
+        assert not svc.checkpointer.due(time.monotonic() + 1.5)  # then 2 s, 4 s, ...
+        monkeypatch.undo()
+        await svc.checkpoint()
+        assert svc.journal.gen == 1 and svc.checkpointer.due(time.monotonic()) is False
+        await svc.stop()
+
+    asyncio.run(main())
+
+
+def test_a_checkpoint_that_fails_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+    """atomic_write removes its temporary copy: on a full disk it would hold the room the
+    journal needs."""
+    cpath = str(tmp_path / "checkpoint")
+
+    def fail(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError):
+        checkpoint.write(cpath, b"x" * 1000)
+    assert os.listdir(tmp_path) == []

@@ -249,7 +249,7 @@ def test_block_id_and_digest_examples() -> None:
                   r"`blocks/(\w+)/(\w+)_<gen>`", notation)
     assert m, "no block id example"
     epoch, k, bid = (int(g) for g in m.group(1, 2, 3))
-    assert BlockIds.after(0, epoch + 0.9) == epoch  # an epoch is at least the Unix time
+    assert BlockIds().after(0, epoch + 0.9) == epoch  # an epoch is at least the Unix time
     ids = BlockIds()
     ids.begin(epoch)
     assert [ids.take() for _ in range(k + 1)][-1] == bid

@@ -448,3 +448,20 @@ def test_replay_rebuilds_the_same_namespace(kind: str, tmp_path) -> None:
         await third.stop()
 
     run(main())
+
+
+@pytest.mark.parametrize("record", [["bogus", 1], ["mv", "/nowhere", "/x", 1.0],
+                                    ["mkdir"], ["publish", "/f", [[1]], 2, 65536, 1.0]])
+def test_a_well_framed_record_that_cannot_be_replayed_stops_start_up(record, tmp_path) -> None:
+    """Its checksums pass, so it was written that way: one clear line naming the record, not
+    a traceback."""
+    jpath = str(tmp_path / "journal")
+    with open(jpath, "wb") as f:
+        f.write(MAGIC + encode_record(["mkdir", "/a", False, 1.0]) + encode_record(record))
+
+    async def main() -> None:
+        with pytest.raises(JournalCorrupt, match="record 1 after the checkpoint cannot be "
+                                                 "replayed"):
+            await new_meta(FileJournal(jpath), servers=0)
+
+    asyncio.run(main())

@@ -18,6 +18,7 @@ from dfs.errors import (
     NotFound,
     Unavailable,
 )
+from dfs.meta.journal import MemoryJournal
 from dfs.meta.namespace import File
 from dfs.protocol import encode_header
 
@@ -204,6 +205,55 @@ def test_recover_block_bumps_the_generation_and_replaces_the_failed_server() -> 
         await call(svc, "commit", upload=up, blocks=[[b["block"], 2, 5, r["targets"], 5]])
         with pytest.raises(Unavailable):  # an unknown upload: start again
             await call(svc, "recover_block", upload=up, block=b["block"])
+        await svc.stop()
+
+    run(main())
+
+
+async def epoch_after_reports(svc, *epochs: int) -> int:
+    """Register a server holding one block id of each epoch; the epoch meta then allocates."""
+    await register(svc, 7, blocks=[[e << 32, 1, 10, 10] for e in epochs])
+    if svc._epoch_task is not None:
+        await svc._epoch_task
+    b = await call(svc, "add_block",
+                   upload=(await call(svc, "create", path=f"/e{len(epochs)}"))["upload"])
+    return b["block"] >> 32
+
+
+def test_ids_of_a_newer_epoch_on_a_chunkserver_move_meta_past_it() -> None:
+    async def main() -> None:
+        svc = await new_meta()
+        now = svc.epoch
+        assert await epoch_after_reports(svc, now) == now  # its own epoch: nothing to do
+        assert await epoch_after_reports(svc, now + 10**6, now + 5) == now + 10**6 + 1
+        await svc.stop()
+
+    run(main())
+
+
+def test_an_epoch_with_no_room_after_it_is_ignored() -> None:
+    """Ids must fit in 64 bits: one report of 2**64-1 must not stop allocation for good."""
+    async def main() -> None:
+        svc = await new_meta()
+        now = svc.epoch
+        assert await epoch_after_reports(svc, (1 << 32) - 1) == now
+        await svc.stop()
+
+    run(main())
+
+
+def test_a_read_only_meta_remembers_newer_epochs_for_its_first_one() -> None:
+    async def main() -> None:
+        journal = MemoryJournal()
+        journal.full = True
+        svc = await new_meta(journal, servers=2)
+        assert svc.epoch == 0
+        future = int(time.time()) + 10**6
+        await register(svc, 7, blocks=[[future << 32, 1, 10, 10]])
+        journal.full = False
+        svc._roll_epoch()  # what the sweep does once the journal has room again
+        await svc._epoch_task
+        assert svc.epoch == future + 1
         await svc.stop()
 
     run(main())
