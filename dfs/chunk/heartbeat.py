@@ -112,18 +112,22 @@ class MetaLink:
         if theirs and not mine:
             self.store.write_identity("cluster.id", theirs)
         for i in range(REPORT_PAGE, len(report), REPORT_PAGE):
-            await self._report_page(report[i:i + REPORT_PAGE])
+            if not await self._report_page(report[i:i + REPORT_PAGE]):
+                return  # meta forgot us meanwhile (it restarted): register again
         self.registered = True
         self._last_full_report = time.monotonic()  # registration carried a full report
         log.info("registered with meta %s as %s (%d blocks)", self.meta_addr, self.addr,
                  len(self.store.index))
 
-    async def _report_page(self, page: list[list[int]], **full: Any) -> None:
+    async def _report_page(self, page: list[list[int]], **full: Any) -> bool:
+        """Send one page; False when meta does not know this server (it must register)."""
         assert self.conn is not None
         reply = await self.conn.call("block_report", chunk_id=self.store.server_id,
                                      addr=self.addr, blocks=page, **full)
         if reply.header.get("reregister"):
             self.registered = False
+            return False
+        return True
 
     async def _full_report(self) -> None:
         """The periodic full block report, checked against the disk first: meta reconciles
@@ -135,8 +139,9 @@ class MetaLink:
         report = self.store.report()
         starts = range(0, max(len(report), 1), REPORT_PAGE)
         for i in starts:
-            await self._report_page(report[i:i + REPORT_PAGE], full=True, first=i == 0,
-                                    last=i == starts[-1])
+            if not await self._report_page(report[i:i + REPORT_PAGE], full=True,
+                                           first=i == 0, last=i == starts[-1]):
+                return
 
     async def _beat(self) -> None:
         assert self.conn is not None

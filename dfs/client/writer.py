@@ -103,7 +103,7 @@ class BlockWrite:
             if attempt == config.PIPELINE_RETRIES:
                 break
             await self._recover()
-        self.forget()
+        self.abandon()
         assert self.error is not None
         raise self.error
 
@@ -118,9 +118,11 @@ class BlockWrite:
         stream = BlockStream(conn, self.block_id, self.gen, self.targets[1:])
         return await stream.replicas(stream.small(data, crcs, self.token))
 
-    def forget(self) -> None:
+    def abandon(self) -> None:
+        """Give the block up: stop waiting for acks and have the chain drop its partial
+        replicas now (not when the pooled connection closes, which may be much later)."""
         if self.stream is not None:
-            self.stream.forget()
+            self.stream.abort()
 
     async def _recover(self) -> None:
         """Ask meta for a new generation and chain without the failed server, then resend."""
@@ -266,7 +268,7 @@ class FileWriter:
         self.closed = True
         self._stop_renewing()
         if self.block is not None:
-            self.block.forget()
+            self.block.abandon()
         if self.upload:
             try:
                 await self.client.meta_call("abort", upload=self.upload)

@@ -234,14 +234,20 @@ def test_open_wb_is_invisible_until_close(client: dfs.Client, shared_cluster: Cl
     assert client.get_bytes(fresh) == data[:MiB + 5]
 
 
-def test_open_wb_aborted_by_an_exception_never_appears(client: dfs.Client, root: str) -> None:
+def test_open_wb_aborted_by_an_exception_never_appears(client: dfs.Client, root: str,
+                                                       shared_cluster: Cluster) -> None:
     path = f"{root}/aborted.bin"
     with pytest.raises(RuntimeError):
-        with client.open(path, "wb", block_size=MiB) as f:
-            f.write(data_of(MiB + 100, 9))
+        with client.open(path, "wb", block_size=4 * MiB) as f:
+            f.write(data_of(2 * MiB + 100, 9))  # two packets sent: the block is open
             raise RuntimeError("the writer gives up")
     with pytest.raises(dfs.NotFound):
         client.stat(path)
+    # The client (and its pooled connections) lives on: the partial replicas go now, not
+    # whenever those connections close.
+    wait_until(lambda: not any(shared_cluster.tmp_files(cs.name)
+                               for cs in shared_cluster.chunkservers),
+               10, "partial replicas of the aborted write to be dropped")
 
 
 # -- namespace and shapes ----------------------------------------------------------------------
