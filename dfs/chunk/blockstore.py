@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from .. import checksum, config
 from ..errors import ChecksumError, NoSpace, NotFound, StaleGeneration
-from ..fsutil import atomic_write, fsync_dir, read_text
+from ..fsutil import atomic_write, fsync_dir, pwrite_all, read_text
 from .groupsync import GroupSync
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,9 @@ class BlockWriter:
 
     @staticmethod
     def _pwrite_all(fd: int, offset: int, data: memoryview) -> None:
+        """Write all of data into (and then close) fd, a duplicate for this one write."""
         try:
-            n = os.pwrite(fd, data, offset)
-            while n < len(data):
-                n += os.pwrite(fd, data[n:], offset + n)
+            pwrite_all(fd, data, offset)
         finally:
             os.close(fd)
 

@@ -26,6 +26,8 @@ import stat as stat_mod
 import threading
 from typing import BinaryIO
 
+from ..fsutil import pwrite_all
+
 DIRECT_MIN = 64 * 1024 * 1024  # smaller downloads are not worth it
 STAGE = 4 * 1024 * 1024  # bytes per direct write (a multiple of the page size)
 ALIGN = 4096
@@ -53,7 +55,7 @@ class DirectFile:
                 self._flush(STAGE)
 
     def _flush(self, n: int) -> None:
-        _pwrite_all(self.dfd, memoryview(self.stage)[:n], self.offset)
+        pwrite_all(self.dfd, memoryview(self.stage)[:n], self.offset)
         self.offset += n
         rest = self.fill - n
         if rest:
@@ -66,17 +68,11 @@ class DirectFile:
             if aligned:
                 self._flush(aligned)
             if self.fill:
-                _pwrite_all(self.fd, memoryview(self.stage)[:self.fill], self.offset)
+                pwrite_all(self.fd, memoryview(self.stage)[:self.fill], self.offset)
                 self.offset += self.fill
                 self.fill = 0
         finally:
             os.close(self.dfd)
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    n = 0
-    while n < len(data):
-        n += os.pwrite(fd, data[n:], offset + n)
 
 
 def open_direct(fd: int, size: int) -> DirectFile | None:
@@ -175,7 +171,6 @@ class Drain:
         self._room = asyncio.Semaphore(depth)
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._error: BaseException | None = None
-        self._complete = False
         threading.Thread(target=self._run, args=(f,), name="dfs-sink", daemon=True).start()
 
     def _run(self, f: BinaryIO | DirectFile) -> None:
