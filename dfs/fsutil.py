@@ -42,20 +42,30 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         n += os.pwrite(fd, view[n:], offset + n)
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Replace `path` with `data` durably: write a temporary file beside it, fsync it, rename it
-    over `path`, fsync the directory. A crash leaves the old file or the new one, never a mix.
-    Blocking."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def write_synced(path: str, data: bytes) -> int:
+    """Create (or truncate) `path`, write `data`, fsync it; return its descriptor, still open.
+    On failure the file is removed: a half-written copy must not hold a full disk's last free
+    space. Blocking."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(tmp)  # a half-written copy must not hold the disk's last free space
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
         raise
-    os.close(fd)
+    return fd
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Replace `path` with `data` durably: write a temporary file beside it, fsync it, rename it
+    over `path`, fsync the directory. A crash leaves the old file or the new one, never a mix.
+    Blocking."""
+    tmp = path + ".tmp"
+    os.close(write_synced(tmp, data))
     os.rename(tmp, path)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 

@@ -28,7 +28,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from .. import config
-from ..fsutil import fsync_dir, pwrite_all, write_all
+from ..fsutil import fsync_dir, pwrite_all, write_synced
 from .journal_codec import MAGIC, JournalCorrupt, encode_record, read_records
 
 __all__ = ["FileJournal", "JournalCorrupt", "JournalStore", "MemoryJournal"]
@@ -316,17 +316,7 @@ class FileJournal:
         either the old journal (the checkpoint's `count` skips what it covers) or the new."""
         tmp = self.path + ".next"
         body = MAGIC + encode_record(["gen", rot.gen, rot.marked]) + b"".join(rot.tail)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            write_all(fd, body)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise  # no room (the old generation goes on), or fatal
+        fd = write_synced(tmp, body)  # no room: the old generation goes on; else fatal
         try:
             os.rename(tmp, self.path)
             fsync_dir(os.path.dirname(os.path.abspath(self.path)))
