@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .. import config
 from ..errors import DFSError
-from ..net import NO_SECURITY, Connection, Security, cancel_and_wait
+from ..net import NO_SECURITY, Connection, Security, cancel_and_wait, within
 from .blockstore import BlockStore, Replica
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class MetaLink:
                 await asyncio.sleep(1.0)
                 continue
             try:
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                await within(self._wake.wait(), self.interval)
                 await asyncio.sleep(0.05)  # let a burst of finalized blocks share one message
             except asyncio.TimeoutError:
                 pass

@@ -29,9 +29,13 @@ from .copier import Copier
 log = logging.getLogger(__name__)
 
 
-def _chain(h: dict[str, Any]) -> list[str]:
-    """The servers after this one in a write pipeline."""
-    return addrs(h, "targets", config.MAX_REPLICATION)
+def _chain(h: dict[str, Any], me: str) -> list[str]:
+    """The servers after this one in a write pipeline: distinct, and never this one (a chain
+    that loops back would write one replica several times and report each as another)."""
+    chain = addrs(h, "targets", config.MAX_REPLICATION)
+    if me in chain or len(set(chain)) != len(chain):
+        raise BadRequest("a pipeline chain must name distinct servers other than the receiver")
+    return chain
 
 
 class Stream:
@@ -92,7 +96,7 @@ class ChunkService:
     def handle_write_block(self, h: dict[str, Any], payload: memoryview,
                            conn: ServerConnection) -> Awaitable[dict[str, Any]]:
         block_id, gen = uint(h, "block"), uint(h, "gen")
-        chain = _chain(h)
+        chain = _chain(h, self.addr)
         token = h.get("token")
         self.security.check(token, block_id, gen, "w")
         streams = self._streams(conn)
@@ -149,7 +153,7 @@ class ChunkService:
         forwarded down the chain as one frame, and written, sealed and made durable here in
         one disk-thread call, so a small block costs one frame and one thread hop per hop."""
         block_id, gen, size = uint(h, "block"), uint(h, "gen"), uint(h, "size")
-        chain = _chain(h)
+        chain = _chain(h, self.addr)
         if size != len(payload) or not 0 < size <= config.MAX_PAYLOAD:
             raise BadRequest(f"write_small carries the whole block: size {size} but "
                              f"{len(payload)} bytes of payload")

@@ -13,7 +13,8 @@ import hmac
 import itertools
 import logging
 import ssl
-from typing import Any, cast
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
 
 from .. import config
 from ..config import format_addr
@@ -32,6 +33,7 @@ from .security import NO_SECURITY, Security
 log = logging.getLogger(__name__)
 
 Payload = bytes | bytearray | memoryview
+T = TypeVar("T")
 
 
 class FrameProtocol(asyncio.BufferedProtocol):
@@ -206,7 +208,7 @@ class Connection:
         if security.client_ssl is not None:
             tls = {"ssl": security.client_ssl, "ssl_handshake_timeout": timeout}
         try:
-            _, proto = await asyncio.wait_for(
+            _, proto = await within(
                 loop.create_connection(lambda: ClientProtocol(addr), host, port, **tls),
                 timeout)
         except asyncio.TimeoutError:
@@ -303,7 +305,7 @@ class Connection:
             await self.protocol.drain()  # returns (or raises) at once: no timer needed
             return
         try:
-            await asyncio.wait_for(self.protocol.drain(), timeout)
+            await within(self.protocol.drain(), timeout)
         except asyncio.TimeoutError:
             raise Timeout(f"{self.addr} took no {what} for {timeout:g}s") from None
 
@@ -311,10 +313,36 @@ class Connection:
         self.protocol.close()
 
 
+async def within(aw: Awaitable[T], timeout: float) -> T:
+    """Await `aw` for `timeout` seconds at most (asyncio.TimeoutError after that, `aw`
+    cancelled). Unlike asyncio.wait_for before Python 3.12, a cancellation of the caller that
+    arrives in the same loop iteration as `aw`'s result is never swallowed: a reply and a
+    Ctrl-C can land together, and the command must still stop."""
+    fut = asyncio.ensure_future(aw)
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        fut.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        if expired and not (cancelling is not None and cancelling()):
+            raise asyncio.TimeoutError() from None
+        raise
+    finally:
+        timer.cancel()
+
+
 async def wait_reply(fut: asyncio.Future[Frame], timeout: float, what: str) -> Frame:
     """Await a reply future; time out as `Timeout`, turn an error reply into its exception."""
     try:
-        reply = await asyncio.wait_for(fut, timeout)
+        reply = await within(fut, timeout)
     except asyncio.TimeoutError:
         raise Timeout(f"{what} got no reply in {timeout:g}s") from None
     if "err" in reply.header:

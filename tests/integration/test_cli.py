@@ -269,9 +269,12 @@ def test_ctrl_c_during_put_from_an_idle_stdin_exits_promptly(meta: str, root: st
     `interrupted` (cli.py maps KeyboardInterrupt to exit 130) and exits, without waiting for
     more input; nothing appears at the remote path."""
     uploads_before = shared_cluster.status()["uploads"]
+    # As a terminal starts it: a suite run from a background shell (`cmd &`, nohup) has
+    # SIGINT ignored, children inherit that, and a CLI that ignores Ctrl-C is then correct.
     proc = subprocess.Popen(CLI + ["--meta", meta, "put", "-", f"{root}/p"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=clean_env())
+                            stderr=subprocess.PIPE, env=clean_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdin is not None and proc.stderr is not None
     try:
         proc.stdin.write(data_of(100 * KiB, 14))

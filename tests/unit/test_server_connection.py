@@ -12,6 +12,7 @@ import pytest
 
 from dfs.config import MAX_HEADER, PROTOCOL_VERSION
 from dfs.errors import NotFound
+from dfs.net.connection import within
 from dfs.net.server import Server, ServerConnection
 from dfs.protocol import FrameReader, encode_frame
 from dfs.protocol.buffers import BufferPool
@@ -390,5 +391,34 @@ def test_client_matches_out_of_order_replies_and_maps_errors() -> None:
         with pytest.raises(TooLarge):
             await c
         assert t.closing
+
+    asyncio.run(main())
+
+
+def test_within_returns_a_result_and_times_out_cancelling_what_it_waited_for() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+        loop.call_soon(done.set_result, 7)
+        assert await within(done, 5) == 7
+        never: asyncio.Future[int] = loop.create_future()
+        with pytest.raises(asyncio.TimeoutError):
+            await within(never, 0.01)
+        assert never.cancelled()
+
+    asyncio.run(main())
+
+
+def test_within_never_swallows_a_cancellation_that_lands_with_the_result() -> None:
+    """A reply and a Ctrl-C in one loop iteration: asyncio.wait_for (before Python 3.12)
+    returns the reply and drops the cancellation, and the command goes on."""
+    async def main() -> None:
+        reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        caller = asyncio.ensure_future(within(reply, 10))
+        await asyncio.sleep(0)  # the caller now waits for the reply
+        reply.set_result(1)
+        caller.cancel()  # same iteration
+        with pytest.raises(asyncio.CancelledError):
+            await caller
 
     asyncio.run(main())
