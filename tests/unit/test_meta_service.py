@@ -174,6 +174,25 @@ def test_recover_block_keeps_no_server_that_is_being_drained() -> None:
     run(main())
 
 
+def test_recovery_with_servers_left_but_no_room_is_no_space() -> None:
+    """The writer's one target ran out of space and the other server has no room either: the
+    user must read "no space", not "no chunkserver left" (which means every server failed)."""
+    async def main() -> None:
+        svc = await new_meta(servers=2, free=BLOCK + BLOCK // 2)  # room for one block each
+        up = (await call(svc, "create", path="/f", replication=2, block_size=BLOCK))["upload"]
+        b = await call(svc, "add_block", upload=up)
+        first, second = b["targets"]
+        with pytest.raises(NoSpace):  # `second` is promised this block already: no room
+            await call(svc, "recover_block", upload=up, block=b["block"], exclude=[first],
+                       keep=[])
+        with pytest.raises(Unavailable, match="no chunkserver left"):
+            await call(svc, "recover_block", upload=up, block=b["block"],
+                       exclude=[first, second], keep=[])
+        await svc.stop()
+
+    run(main())
+
+
 def test_sizes_the_writer_announces_decide_how_much_room_placement_needs() -> None:
     async def main() -> None:
         svc = await new_meta(servers=2, free=10 * KiB * 64)  # 640 KiB each: < one 1 MiB block
