@@ -218,11 +218,10 @@ class FileJournal:
 
     # appending --------------------------------------------------------------------------
     def append(self, record: list[Any]) -> asyncio.Future[None]:
+        if self._failed is not None:
+            return _failed(self._failed)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
-        if self._failed is not None:
-            fut.set_exception(OSError(f"journal failed earlier: {self._failed}"))
-            return fut
         data = encode_record(record)
         self._pending.append((data, fut))
         self._last = fut

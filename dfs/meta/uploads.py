@@ -151,7 +151,7 @@ class Uploads:
         extra = self._place(up.replication - len(keep), need, exclude | set(keep))
         targets = keep + extra
         if not targets:
-            if self.cluster.live() and in_service <= exclude:  # every one failed this block
+            if in_service and in_service <= exclude:  # every one failed this block
                 raise Unavailable(f"no chunkserver left to write block {block_id} to "
                                   f"(excluded {', '.join(sorted(exclude))})")
             raise self.no_targets(need)  # some are left, but none has room: say so
