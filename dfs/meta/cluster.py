@@ -63,7 +63,8 @@ class BlockInfo:
     """The expected state of one block (generation, size, digest of its CRC table) and where
     its good replicas are."""
 
-    __slots__ = ("gen", "size", "digest", "replication", "replicas", "upload", "corrupt")
+    __slots__ = ("gen", "size", "digest", "replication", "replicas", "upload", "corrupt",
+                 "refs")
 
     def __init__(self, gen: int, size: int, replication: int, upload: int = 0,
                  digest: int | None = None) -> None:
@@ -82,6 +83,10 @@ class BlockInfo:
         # which its delete has surely been carried out (KEEP: not deleted yet, it is the last
         # copy there is). Until then the server is no target for a new copy of this block.
         self.corrupt: dict[str, int] | None = None
+        # Files that use the block: a cluster-side copy (`cp`) shares a committed block
+        # instead of copying bytes, and the block is garbage only when the last one goes.
+        # Its `replication` is then the highest any of those files asks for.
+        self.refs = 1
 
     def add(self, server_id: str) -> None:
         if server_id not in self.replicas:
@@ -198,6 +203,28 @@ class Cluster:
     def add_block(self, block_id: int, info: BlockInfo) -> None:
         self.blocks[block_id] = info
 
+    def share(self, block_id: int, replication: int) -> bool:
+        """One more file uses a committed block (a copy of a file, or, at start-up, another
+        file found holding it). True if the block now wants more replicas than before."""
+        info = self.blocks[block_id]
+        info.refs += 1
+        if replication > info.replication:
+            info.replication = replication
+            return True
+        return False
+
+    def set_replication(self, block_id: int, replication: int) -> bool:
+        """The files using the block now ask for `replication` copies: extra replicas are
+        deleted at once (from the fullest servers); True if it needs more copies."""
+        info = self.blocks.get(block_id)
+        if info is None or info.upload:
+            return False
+        grew = replication > info.replication
+        info.replication = replication
+        if len(info.replicas) > replication:
+            self.trim(block_id, info)
+        return grew
+
     def block_report(self, cs: ChunkServer, report: Iterable[list[int]]) -> None:
         """A full or incremental report of finalized replicas ([id, gen, size, digest] each;
         the digest may be left out)."""
@@ -231,7 +258,7 @@ class Cluster:
             info.add(cs.id)
             cs.blocks.add(block_id)
             if not info.upload and len(info.replicas) > info.replication:
-                self._trim(block_id, info)
+                self.trim(block_id, info)
 
     def begin_full_report(self, cs: ChunkServer) -> None:
         """A periodic full block report starts (it may come in several pages)."""
@@ -261,7 +288,7 @@ class Cluster:
         """Each committed block has at least one replica reported (safe mode may end)."""
         return all(info.replicas or info.upload for info in self.blocks.values())
 
-    def _trim(self, block_id: int, info: BlockInfo) -> None:
+    def trim(self, block_id: int, info: BlockInfo) -> None:
         """More live replicas than asked (a server came back after its blocks were copied
         elsewhere): delete the extras, from the fullest servers first. Never below R live."""
         live = [self.servers[sid] for sid in info.replicas
@@ -366,11 +393,16 @@ class Cluster:
         return ("healthy" if len(live) >= info.replication else "under_replicated"), live
 
     def drop_block(self, block_id: int, due: float = 0.0) -> None:
-        """The block is garbage: every holder deletes it, at once or from time `due` on
-        (monotonic; deletes keep the order they were asked in, so `due` must not decrease)."""
-        info = self.blocks.pop(block_id, None)
+        """A file no longer uses the block. When it was the last one the block is garbage:
+        every holder deletes it, at once or from time `due` on (monotonic; deletes keep the
+        order they were asked in, so `due` must not decrease)."""
+        info = self.blocks.get(block_id)
         if info is None:
             return
+        if info.refs > 1:
+            info.refs -= 1
+            return
+        del self.blocks[block_id]
         for sid in info.replicas:
             cs = self.servers.get(sid)
             if cs is not None:

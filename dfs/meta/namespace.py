@@ -265,6 +265,61 @@ class Namespace:
             self._count_out(replaced)
         return join(dparts), replaced
 
+    def copy(self, src: str, dst: str, recursive: bool, mtime: float
+             ) -> tuple[str, list[File], File | None]:
+        """Copy a file (or, with `recursive`, a directory tree) to `dst`, sharing its blocks:
+        committed blocks never change, so a copy is new File objects over the same block ids.
+        An existing directory at `dst` receives the copy inside it; an existing file there
+        is replaced by a copied file (never by a directory). Returns (final path, the new
+        files, the replaced file). The caller counts the extra references to the blocks."""
+        sparts, dparts = split_path(src), split_path(dst)
+        node = self._walk(sparts, src)
+        if isinstance(node, Dir) and not recursive:
+            raise IsADirectory(f"{join(sparts)} is a directory (use cp -r)")
+        target = self._walk_or_none(dparts, dst)
+        if isinstance(target, Dir):
+            if not sparts:
+                raise BadRequest("cannot copy / into a directory")
+            dparts = dparts + [sparts[-1]]
+            target = target.children.get(sparts[-1])
+        if not dparts:
+            raise BadRequest("cannot copy onto /")
+        if dparts == sparts:
+            raise BadRequest(f"{join(sparts)} and its copy would be the same path")
+        if isinstance(node, Dir):
+            if dparts[:len(sparts)] == sparts:
+                raise BadRequest(f"cannot copy {join(sparts)} into itself")
+            if target is not None:
+                raise AlreadyExists(join(dparts))
+        elif isinstance(target, Dir):
+            raise AlreadyExists(f"{join(dparts)} (a directory)")
+        dparent = self._parent(dparts, dst, True, mtime)
+        copied: list[File] = []
+        clone = _clone(node, mtime, copied)
+        dparent.put(dparts[-1], clone)
+        dparent.mtime = mtime
+        self.files += len(copied)
+        self.blocks += sum(len(f.blocks) for f in copied)
+        replaced = target if isinstance(target, File) else None
+        if replaced is not None:
+            self._count_out(replaced)
+        return join(dparts), copied, replaced
+
+    def set_replication(self, path: str, replication: int, recursive: bool) -> list[File]:
+        """Set the replication of a file, or of every file under a directory (`recursive`);
+        returns the files whose replication changed."""
+        node = self.lookup(path)
+        if isinstance(node, Dir) and not recursive:
+            raise IsADirectory(f"{normalise(path)} is a directory (use -R)")
+        changed = [f for f in iter_files(node) if f.replication != replication]
+        for f in changed:
+            f.replication = replication
+        return changed
+
+    def touch(self, path: str, mtime: float) -> None:
+        """Set a file's or directory's modification time (touch, sync keeping mtimes)."""
+        self.lookup(path).mtime = mtime
+
     def _walk_or_none(self, parts: list[str], path: str) -> Node | None:
         try:
             return self._walk(parts, path)
@@ -287,6 +342,27 @@ def walk(d: Dir, prefix: str = "") -> Iterator[tuple[str, Node]]:
             yield path, child
             if isinstance(child, Dir):
                 stack.append((path, child))
+
+
+def _clone(node: Node, mtime: float, files: list[File]) -> Node:
+    """A copy of a file or directory tree over the same blocks; new files go to `files`.
+    Iterative: a path of 4096 characters can nest 2048 directories, past Python's stack."""
+    def one(n: Node) -> Node:
+        if isinstance(n, File):
+            f = File(list(n.blocks), n.replication, n.block_size, mtime)
+            files.append(f)
+            return f
+        return Dir(mtime)
+    top = one(node)
+    stack = [(node, top)]
+    while stack:
+        src, dst = stack.pop()
+        if isinstance(src, Dir) and isinstance(dst, Dir):
+            for name, child in src.children.items():
+                twin = one(child)
+                dst.children[name] = twin
+                stack.append((child, twin))
+    return top
 
 
 def iter_files(node: Node) -> Iterator[File]:

@@ -10,6 +10,9 @@ is given. Every record is a msgpack array (meta/journal.py frames it, with check
                                  digests existed hold [id, gen, size] (the digest is unknown)
     ["rm", path, recursive, mtime]
     ["mv", src, dst, mtime]
+    ["cp", src, dst, recursive, mtime]   a copy that shares the source's blocks
+    ["setrep", path, replication, recursive]
+    ["touch", path, mtime]
 
 Replay calls the same Namespace methods that served the live request, so a replayed namespace
 is the one the requests built.
@@ -52,6 +55,18 @@ def mv(src: str, dst: str, mtime: float) -> list[Any]:
     return ["mv", src, dst, mtime]
 
 
+def cp(src: str, dst: str, recursive: bool, mtime: float) -> list[Any]:
+    return ["cp", src, dst, recursive, mtime]
+
+
+def setrep(path: str, replication: int, recursive: bool) -> list[Any]:
+    return ["setrep", path, replication, recursive]
+
+
+def touch(path: str, mtime: float) -> list[Any]:
+    return ["touch", path, mtime]
+
+
 class Restored:
     """What start-up rebuilt besides the namespace: the last epoch, and the digest of every
     block whose digest was recorded (a block id -> digest map, dropped once the block map
@@ -81,6 +96,12 @@ def apply(ns: Namespace, rec: list[Any], out: Restored) -> None:
         ns.remove(rec[1], rec[2], rec[3])
     elif op == "mv":
         ns.rename(rec[1], rec[2], rec[3])
+    elif op == "cp":
+        ns.copy(rec[1], rec[2], rec[3], rec[4])
+    elif op == "setrep":
+        ns.set_replication(rec[1], rec[2], rec[3])
+    elif op == "touch":
+        ns.touch(rec[1], rec[2])
     else:
         raise ValueError(f"unknown journal record {op!r}")
 

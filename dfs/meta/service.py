@@ -19,18 +19,18 @@ from typing import Any, Awaitable
 from .. import config
 from ..errors import BadRequest, DFSError, NoSpace, NotFound
 from ..net import NO_SECURITY, Security, ServerConnection
-from ..protocol.fields import addrs, rows, text, uint
+from ..protocol.fields import addrs, text, uint
 from . import records, views
 from .checkpointer import Checkpointer
 from .cluster import BlockInfo, Cluster
 from .journal import JournalStore
 from .namespace import Dir, File, Namespace, normalise
 from .replication import Replicator
-from .uploads import EPOCH_BITS, Uploads, block_size_ok
+from .reports import ChunkserverReports
+from .uploads import Uploads, block_size_ok
 
 log = logging.getLogger(__name__)
 
-REPORT_ROW = ("id", "gen", "size", "digest")
 Reply = dict[str, Any]
 
 
@@ -64,6 +64,11 @@ class MetaService:
         self.orphan_grace = orphan_grace
         self.delete_grace = delete_grace
         self.security = security  # signs the block tokens chunkservers check
+        reports = ChunkserverReports(self.cluster, self.replicator, self.uploads.ids,
+                                     cluster_id, heartbeat_interval, self._roll_epoch)
+        self.handle_register = reports.handle_register
+        self.handle_block_report = reports.handle_block_report
+        self.handle_heartbeat = reports.handle_heartbeat
 
     @property
     def epoch(self) -> int:
@@ -79,10 +84,14 @@ class MetaService:
         gc.disable()
         try:
             restored = records.restore(self.ns, self.journal, self.checkpointer.path)
+            blocks = self.cluster.blocks
             for _path, f in views.files_under(self.ns.root, "/"):
                 for b in f.blocks:
-                    self.cluster.add_block(b.id, BlockInfo(b.gen, b.size, f.replication,
-                                                           digest=restored.digests.get(b.id)))
+                    if b.id in blocks:  # shared with a copy
+                        self.cluster.share(b.id, f.replication)
+                    else:
+                        self.cluster.add_block(b.id, BlockInfo(
+                            b.gen, b.size, f.replication, digest=restored.digests.get(b.id)))
             del restored.digests
         finally:
             gc.enable()
@@ -212,85 +221,6 @@ class MetaService:
             for b in f.blocks:
                 self.cluster.drop_block(b.id, due)
 
-    # chunkservers ---------------------------------------------------------------------
-    def handle_register(self, h: dict[str, Any], payload: memoryview,
-                        conn: ServerConnection) -> Reply:
-        """A chunkserver (re)joins with its stats and the first page of its block report
-        (the rest follow as `block_report` requests)."""
-        sid, addr = text(h, "chunk_id"), text(h, "addr")
-        cid = h.get("cluster_id") or ""
-        if cid and self.cluster_id and cid != self.cluster_id:
-            raise BadRequest(f"chunkserver belongs to cluster {cid}, this meta is "
-                             f"{self.cluster_id}")
-        try:
-            config.parse_addr(addr)
-            if not addr.isprintable() or " " in addr:
-                raise ValueError(addr)
-        except ValueError:
-            raise BadRequest(f"chunkserver address {addr!r} is not HOST:PORT") from None
-        stats = self._stats(h)
-        report = rows(h, "blocks", REPORT_ROW)
-        # Everything is valid: only now does the chunkserver exist for placement.
-        cs = self.cluster.register(sid, addr, time.monotonic())
-        self.cluster.heartbeat(cs, *stats, time.monotonic())
-        self._reported(cs.id, report)
-        log.info("chunkserver %s registered (%s): %d blocks reported, %d kept",
-                 addr, sid, len(report), len(cs.blocks))
-        return {"cluster_id": self.cluster_id, "heartbeat_interval": self.heartbeat_interval}
-
-    def _reported(self, server_id: str, report: list[list[int]]) -> None:
-        cs = self.cluster.servers[server_id]
-        self.cluster.block_report(cs, report)
-        newest = max((e[0] >> EPOCH_BITS for e in report), default=0)
-        if self.uploads.ids.seen(newest):  # a clock set back, and a lost journal
-            log.warning("%s holds block ids of epoch %d, newer than this meta's %d: "
-                        "moving to a newer epoch", cs.addr, newest, self.epoch)
-            if self.epoch:  # (a read-only meta takes it when it journals its first epoch)
-                self._roll_epoch()
-
-    def handle_block_report(self, h: dict[str, Any], payload: memoryview,
-                            conn: ServerConnection) -> Reply:
-        """One page of a block report. Pages after a registration add replicas; pages of a
-        periodic full report (`full`, from `first` to `last`) also let meta find replicas the
-        server no longer has."""
-        cs = self.cluster.servers.get(text(h, "chunk_id"))
-        if cs is None or cs.addr != h.get("addr"):
-            return {"reregister": True}
-        report = rows(h, "blocks", REPORT_ROW)
-        full = bool(h.get("full"))
-        if full and h.get("first"):
-            self.cluster.begin_full_report(cs)
-        self._reported(cs.id, report)
-        if full:
-            self.cluster.note_full_report(cs, report)
-            if h.get("last"):
-                self.replicator.check_all(self.cluster.end_full_report(cs))
-        return {}
-
-    @staticmethod
-    def _stats(h: dict[str, Any]) -> tuple[int, int, int, int, int]:
-        """capacity, used, free, load, writing from a register or heartbeat."""
-        c, u, f, lo, w = (uint(h, k, 0) for k in ("capacity", "used", "free", "load", "writing"))
-        return c, u, f, lo, w
-
-    def handle_heartbeat(self, h: dict[str, Any], payload: memoryview,
-                         conn: ServerConnection) -> Reply:
-        cs = self.cluster.servers.get(text(h, "chunk_id"))
-        if cs is None or cs.addr != h.get("addr"):
-            return {"reregister": True}
-        stats = self._stats(h)
-        received = rows(h, "received", REPORT_ROW)
-        corrupt = rows(h, "corrupt", ("id", "gen"))
-        self.cluster.heartbeat(cs, *stats, time.monotonic())
-        for block_id, _gen in corrupt:  # found by the chunkserver's scrubber
-            if self.cluster.bad_replica(block_id, cs.addr):
-                self.replicator.check(block_id)
-        if received:
-            self._reported(cs.id, received)
-            for entry in received:
-                self.replicator.arrived(entry[0], cs.id)
-        return {"commands": self.cluster.take_commands(cs)}
-
     # uploads --------------------------------------------------------------------------
     def handle_create(self, h: dict[str, Any], payload: memoryview,
                       conn: ServerConnection) -> Reply:
@@ -349,7 +279,12 @@ class MetaService:
         self._writable()
         up = self.uploads.get(uint(h, "upload"), time.monotonic())
         committed = self.uploads.check_commit(up, h.get("blocks"))
-        f = File([b for b, _, _ in committed], up.replication, up.block_size, time.time())
+        mtime = h.get("mtime")  # a client keeping the local file's time (sync, put -p)
+        if mtime is None:
+            mtime = time.time()
+        elif type(mtime) not in (int, float) or not 0 <= mtime < 1e11:
+            raise BadRequest("mtime must be seconds since 1970")
+        f = File([b for b, _, _ in committed], up.replication, up.block_size, float(mtime))
         # Publish first: if the path cannot take the file (a directory appeared there since
         # create), nothing has changed yet and the client's abort reclaims the blocks.
         old = self.ns.publish(up.path, f)
@@ -421,6 +356,69 @@ class MetaService:
         if replaced is not None:
             self._garbage([replaced])
         return self._durable(records.mv(src, dst, now), {"path": final})
+
+    def handle_cp(self, h: dict[str, Any], payload: memoryview,
+                  conn: ServerConnection) -> Awaitable[Reply]:
+        """Copy a file or tree inside the cluster: no bytes move, the copy shares the
+        source's blocks (each block counts the files using it)."""
+        self._writable()
+        src, dst = normalise(h.get("src")), normalise(h.get("dst"))
+        recursive = bool(h.get("recursive"))
+        now = time.time()
+        final, copied, replaced = self.ns.copy(src, dst, recursive, now)
+        for f in copied:  # count the new users before the replaced file lets go of any
+            for b in f.blocks:
+                if self.cluster.share(b.id, f.replication):
+                    self.replicator.check(b.id)
+        if replaced is not None:
+            self._garbage([replaced])
+        return self._durable(records.cp(src, dst, recursive, now),
+                             {"path": final, "files": len(copied)})
+
+    def handle_setrep(self, h: dict[str, Any], payload: memoryview,
+                      conn: ServerConnection) -> Awaitable[Reply]:
+        """Change the replication of a file or of every file under a directory; copies are
+        added by re-replication, extra replicas deleted with the next heartbeats."""
+        self._writable()
+        path = normalise(h.get("path"))
+        replication = uint(h, "replication")
+        recursive = bool(h.get("recursive"))
+        if not 1 <= replication <= config.MAX_REPLICATION:
+            raise BadRequest(f"replication must be 1..{config.MAX_REPLICATION}")
+        changed = self.ns.set_replication(path, replication, recursive)
+        for block_id, wanted in views.block_replication(self.ns.root, changed,
+                                                        self.cluster).items():
+            if self.cluster.set_replication(block_id, wanted):
+                self.replicator.check(block_id)
+        return self._durable(records.setrep(path, replication, recursive),
+                             {"path": path, "files": len(changed)})
+
+    def handle_touch(self, h: dict[str, Any], payload: memoryview,
+                     conn: ServerConnection) -> Awaitable[Reply]:
+        """Set a file's or directory's mtime (`mtime`, default now)."""
+        self._writable()
+        path = normalise(h.get("path"))
+        mtime = h.get("mtime", time.time())
+        if type(mtime) not in (int, float) or not 0 <= mtime < 1e11:
+            raise BadRequest("mtime must be seconds since 1970")
+        self.ns.touch(path, float(mtime))
+        return self._durable(records.touch(path, float(mtime)), {"path": path})
+
+    def handle_du(self, h: dict[str, Any], payload: memoryview,
+                  conn: ServerConnection) -> Reply:
+        """Space used under a path; with `children`, one page of its entries' totals."""
+        path = normalise(h.get("path"))
+        node = self.ns.lookup(path)
+        if not h.get("children"):
+            return views.du(path, node, self.cluster)
+        start_after = h.get("start_after") or ""
+        if not isinstance(start_after, str):
+            raise BadRequest("bad du paging")
+        entries, more = self.ns.listdir(path, start_after, uint(h, "limit", 1000))
+        base = "" if path == "/" else path
+        if not isinstance(node, Dir):
+            base = path.rsplit("/", 1)[0]
+        return views.du_page(base, entries, more, self.cluster)
 
     # repair and administration --------------------------------------------------------
     def handle_report_bad(self, h: dict[str, Any], payload: memoryview,

@@ -29,6 +29,10 @@ def entry(path: str, node: Node, cluster: Cluster, security: Security,
         out["blocks"] = [{"id": str(b.id), "gen": b.gen, "size": b.size,
                           "replicas": cluster.live_replicas(b.id)}
                          for b in node.blocks]
+        for b, e in zip(node.blocks, out["blocks"], strict=True):
+            info = cluster.blocks.get(b.id)
+            if info is not None and info.digest is not None:
+                e["digest"] = info.digest  # of the block's CRC table (see checksum.py)
         if security.authenticating:  # read tokens for the chunkservers
             for b, e in zip(node.blocks, out["blocks"], strict=True):
                 e["token"] = security.issue(b.id, b.gen, "r")
@@ -120,3 +124,72 @@ def chunkservers(cluster: Cluster, now: float) -> list[dict[str, Any]]:
              "used": cs.used, "capacity": cs.capacity, "free": cs.free,
              "last_heartbeat_s": round(now - cs.last_heartbeat, 3)}
             for cs in sorted(cluster.servers.values(), key=lambda c: c.addr)]
+
+
+def block_replication(root: Dir, changed: list[File], cluster: Cluster) -> dict[int, int]:
+    """The replication each block of `changed` files now wants: its file's, or for a block
+    shared by copies, the highest among every file using it (found by one walk of the
+    namespace, paid only when a changed file shares blocks)."""
+    wanted: dict[int, int] = {}
+    shared: set[int] = set()
+    for f in changed:
+        for b in f.blocks:
+            info = cluster.blocks.get(b.id)
+            if info is not None and info.refs > 1:
+                shared.add(b.id)
+                wanted[b.id] = 0
+            else:
+                wanted[b.id] = f.replication
+    if shared:
+        for _path, f in files_under(root, "/"):
+            for b in f.blocks:
+                if b.id in shared and f.replication > wanted[b.id]:
+                    wanted[b.id] = f.replication
+    return wanted
+
+
+def _usage(node: Node, cluster: Cluster) -> tuple[int, int, int, int]:
+    """(logical bytes, bytes stored on live chunkservers, files, directories) at or under a
+    node. Logical bytes count every file in full, copies too; stored bytes count each block
+    once however many files share it, times its live replicas."""
+    size = stored = files = dirs = 0
+    seen: set[int] = set()
+    nodes = [node] if isinstance(node, File) else [n for _, n in walk(node)]
+    servers = cluster.servers
+    for n in nodes:
+        if isinstance(n, Dir):
+            dirs += 1
+            continue
+        files += 1
+        size += n.size
+        for b in n.blocks:
+            if b.id in seen:
+                continue
+            seen.add(b.id)
+            info = cluster.blocks.get(b.id)
+            if info is not None:
+                live = sum(1 for sid in info.replicas
+                           if sid in servers and servers[sid].state == "live")
+                stored += b.size * live
+    return size, stored, files, dirs
+
+
+def du(path: str, node: Node, cluster: Cluster) -> dict[str, Any]:
+    """`dfs-cli du -s`: the totals of one path."""
+    size, stored, files, dirs = _usage(node, cluster)
+    return {"path": path, "type": "dir" if isinstance(node, Dir) else "file", "size": size,
+            "replicated": stored, "files": files, "dirs": dirs}
+
+
+def du_page(base: str, entries: list[tuple[str, Node]], more: bool,
+            cluster: Cluster) -> dict[str, Any]:
+    """`dfs-cli du`: a page of a directory's entries, each with its totals."""
+    out: list[dict[str, Any]] = []
+    budget = _BUDGET
+    for name, node in entries:
+        budget -= len(base) + len(name.encode()) + 120
+        if budget < 0 and out:
+            more = True
+            break
+        out.append(du(f"{base}/{name}", node, cluster))
+    return {"entries": out, "more": more}

@@ -60,7 +60,7 @@ def test_crash_after_the_checkpoint_before_the_rotation_repeats_nothing(tmp_path
         svc = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
         await build(svc, "one")
         gen, count = svc.journal.mark()
-        checkpoint.write(cpath, checkpoint.snapshot(svc.ns, gen, count, svc.epoch))
+        checkpoint.write(cpath, checkpoint.snapshot(svc.ns, gen, count, svc.epoch, svc._digest))
         svc.journal.unmark()  # the process "dies" here: the journal still holds everything
         await build(svc, "two")
         want = await walk(svc)
