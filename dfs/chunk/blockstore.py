@@ -438,6 +438,20 @@ class BlockStore:
             raise ChecksumError(f"block {block_id} replica file is shorter than its index says")
         return data, list(struct.unpack(f">{count}I", table)), size
 
+    def crc_table(self, block_id: int, gen: int) -> bytes:
+        """The replica's whole packed CRC table, as stored after its data: what a file
+        checksum combines without reading the data. Blocking (one pread)."""
+        size = self.lookup(block_id, gen)
+        want = 4 * checksum.units(size)
+        fd = os.open(self.path(block_id, gen), os.O_RDONLY)
+        try:
+            table = os.pread(fd, want, size)
+        finally:
+            os.close(fd)
+        if len(table) != want:  # as in `read`: a corrupt replica, try another
+            raise ChecksumError(f"block {block_id} replica file is shorter than its index says")
+        return table
+
     def delete(self, block_id: int, gen: int) -> bool:
         """Delete the replica if its generation is `gen` or older."""
         have = self.index.get(block_id)

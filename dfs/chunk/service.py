@@ -393,3 +393,21 @@ class ChunkService:
         block_id, gen = uint(h, "block"), uint(h, "gen")
         self.security.check(h.get("token"), block_id, gen, "r")
         return {"size": self.store.lookup(block_id, gen)}
+
+    def handle_block_crcs(self, h: dict[str, Any], payload: memoryview,
+                          conn: ServerConnection) -> Awaitable[tuple[dict[str, Any], bytes]]:
+        """The replica's stored CRC table (4 bytes per 64 KiB: 64 KiB for a 1 GiB block), for
+        a file checksum computed without moving the data. Always from a disk thread: after a
+        restart the table is not in the page cache, and a disk read must not stall the loop."""
+        block_id, gen = uint(h, "block"), uint(h, "gen")
+        self.security.check(h.get("token"), block_id, gen, "r")
+        size = self.store.lookup(block_id, gen)  # NotFound / StaleGeneration at once
+        return asyncio.get_running_loop().run_in_executor(
+            self.disk, self._crc_table, block_id, gen, size)
+
+    def _crc_table(self, block_id: int, gen: int, size: int) -> tuple[dict[str, Any], bytes]:
+        try:
+            table = self.store.crc_table(block_id, gen)
+        except OSError as exc:
+            raise DFSError(f"reading the checksums of block {block_id} failed: {exc}") from None
+        return {"size": size, "unit": UNIT}, table

@@ -79,7 +79,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "add_block": ("upload", "exclude"),
     "recover_block": ("upload", "block", "exclude", "keep"),
     "renew": ("upload",),
-    "commit": ("upload", "blocks"),
+    "commit": ("upload", "blocks", "mtime"),
     "abort": ("upload",),
     "stat": ("path", "blocks"),
     "ls": ("path", "start_after", "limit", "columns"),
@@ -90,12 +90,17 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "status": (),
     "fsck": ("path",),
     "decommission": ("addr",),
+    "cp": ("src", "dst", "recursive"),
+    "setrep": ("path", "replication", "recursive"),
+    "touch": ("path", "mtime"),
+    "du": ("path", "children", "start_after", "limit"),
     "write_block": ("block", "gen", "targets", "token"),
     "packet": ("block", "offset", "crcs", "last", "size"),
     "write_small": ("block", "gen", "targets", "crcs", "size", "token"),
     "abort_block": ("block",),
     "read_block": ("block", "gen", "offset", "length", "token"),
     "block_info": ("block", "gen", "token"),
+    "block_crcs": ("block", "gen", "token"),
     "hello": ("version", "role", "nonce"),
     "auth": ("proof",),
 }
@@ -103,7 +108,8 @@ PATH_FIELDS = {"path", "src", "dst", "start_after"}
 ADDR_FIELDS = {"addr", "replica"}
 ADDR_LIST_FIELDS = {"targets", "exclude", "keep"}
 REPORT_FIELDS = {"received", "corrupt"}  # and "blocks" of register and block_report
-BOOL_FIELDS = {"first_block", "parents", "recursive", "last", "columns", "full", "first"}
+BOOL_FIELDS = {"first_block", "parents", "recursive", "last", "columns", "full", "first",
+               "children"}
 # Chunkserver identity fields never carry a real chunkserver's address: without a secret, a
 # register or decommission naming a live server's address takes it over or drains it (by
 # design), which would only test that the fuzzer can break the cluster on purpose.
