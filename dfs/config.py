@@ -112,6 +112,23 @@ def parse_size(text: str | int) -> int:
     return int(value)
 
 
+def format_size(n: int) -> str:
+    """A size as one would type it (the inverse of parse_size): 64 MiB -> 64MiB."""
+    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as one would type it (the inverse of parse_duration): 3.0 -> 3s,
+    3600.0 -> 1h, 0.5 -> 500ms."""
+    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= scale and seconds % scale == 0:
+            return f"{seconds // scale:.0f}{unit}"
+    return f"{seconds * 1000:g}ms" if seconds else "0s"
+
+
 def parse_duration(text: str | float) -> float:
     """Parse `500ms`, `3s`, `2m`, `1h`, `7d` or plain seconds into seconds."""
     if isinstance(text, (int, float)):

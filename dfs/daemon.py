@@ -17,7 +17,7 @@ import sys
 import uuid
 from typing import Any
 
-from . import config
+from . import __version__, config
 from .chunk.blockstore import BlockStore
 from .chunk.heartbeat import MetaLink
 from .chunk.scrubber import Scrubber
@@ -39,57 +39,77 @@ class FatalError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d, s = config.format_duration, config.format_size
     p = argparse.ArgumentParser(prog="dfsd", description="dfs metadata server or chunkserver")
-    p.add_argument("--role", choices=("meta", "chunk"), required=True)
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=int, help="port (meta 5000, chunk 6001)")
-    p.add_argument("--data-dir", help="default ./dfs-data/<role>-<port>")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--role", choices=("meta", "chunk"), required=True,
+                   help="run the metadata server or a chunkserver (required: no default)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, help=f"port to listen on (default: "
+                   f"{config.DEFAULT_META_PORT} for meta, {config.DEFAULT_CHUNK_PORT} for chunk)")
+    p.add_argument("--data-dir", help="where the journal or the blocks live "
+                   "(default: ./dfs-data/<role>-<port>)")
     p.add_argument("--meta", default=f"{config.DEFAULT_META_HOST}:{config.DEFAULT_META_PORT}",
-                   help="chunk: the meta server HOST:PORT")
+                   help="chunk: the meta server HOST:PORT (default: %(default)s)")
     p.add_argument("--advertise", help="chunk: HOST:PORT clients should use to reach this "
                    "server (default: the listen address, or the address used to reach meta)")
     p.add_argument("--capacity", type=config.parse_size, default=0,
                    help="chunk: bytes this server may use (default: the disk's free space)")
     p.add_argument("--reserve", type=config.parse_size, default=None,
                    help="chunk: disk space never used for blocks (default: the smaller of "
-                        "1GiB and 5%% of the disk)")
+                        f"{s(config.DEFAULT_RESERVE)} and "
+                        f"{config.DEFAULT_RESERVE_FRACTION * 100:g}%% of the disk)")
     p.add_argument("--heartbeat-interval", type=config.parse_duration,
-                   default=config.DEFAULT_HEARTBEAT_INTERVAL)
+                   default=config.DEFAULT_HEARTBEAT_INTERVAL,
+                   help="chunk: send meta a heartbeat this often; meta: the interval it "
+                        f"expects (default: {d(config.DEFAULT_HEARTBEAT_INTERVAL)})")
     p.add_argument("--dead-timeout", type=config.parse_duration,
-                   default=config.DEFAULT_DEAD_TIMEOUT)
+                   default=config.DEFAULT_DEAD_TIMEOUT,
+                   help="meta: a chunkserver silent this long is dead and its blocks are "
+                        f"re-replicated (default: {d(config.DEFAULT_DEAD_TIMEOUT)})")
     p.add_argument("--orphan-grace", type=config.parse_duration, default=config.ORPHAN_GRACE,
-                   help="meta: delete a replica no file refers to after this long (default 30s)")
+                   help="meta: delete a replica no file refers to after this long "
+                        f"(default: {d(config.ORPHAN_GRACE)})")
     p.add_argument("--delete-grace", type=config.parse_duration, default=config.DELETE_GRACE,
                    help="meta: keep the blocks of a removed or replaced file this long for "
-                        "readers that opened it (default 3s)")
+                        f"readers that opened it (default: {d(config.DELETE_GRACE)})")
     p.add_argument("--checkpoint-interval", type=config.parse_duration,
                    default=config.CHECKPOINT_INTERVAL,
-                   help="meta: checkpoint the namespace this often (default 1h)")
+                   help="meta: checkpoint the namespace this often "
+                        f"(default: {d(config.CHECKPOINT_INTERVAL)})")
     p.add_argument("--checkpoint-records", type=int, default=config.CHECKPOINT_RECORDS,
-                   help="meta: ... or once the journal holds this many records")
+                   help="meta: ... or once the journal holds this many records "
+                        "(default: %(default)s)")
     p.add_argument("--block-report-interval", type=config.parse_duration,
                    default=config.BLOCK_REPORT_INTERVAL,
-                   help="chunk: send a full block report this often (default 1h)")
+                   help="chunk: send a full block report this often "
+                        f"(default: {d(config.BLOCK_REPORT_INTERVAL)})")
     p.add_argument("--replication-rate", type=config.parse_size,
                    default=config.DEFAULT_REPLICATION_RATE,
                    help="chunk: bytes per second for re-replication copies it sends "
-                        "(default 64MiB; 0 = unlimited)")
+                        f"(default: {s(config.DEFAULT_REPLICATION_RATE)}; 0 = unlimited)")
     p.add_argument("--scrub-rate", type=config.parse_size, default=config.DEFAULT_SCRUB_RATE,
-                   help="chunk: bytes per second the scrubber re-reads (default 8MiB)")
+                   help="chunk: bytes per second the scrubber re-reads "
+                        f"(default: {s(config.DEFAULT_SCRUB_RATE)})")
     p.add_argument("--scrub-interval", type=config.parse_duration,
                    default=config.DEFAULT_SCRUB_INTERVAL,
-                   help="chunk: start a full scrub pass this often (default 7d)")
+                   help="chunk: start a full scrub pass this often "
+                        f"(default: {d(config.DEFAULT_SCRUB_INTERVAL)})")
     p.add_argument("--upload-lease", type=config.parse_duration, default=config.UPLOAD_LEASE,
                    help=argparse.SUPPRESS)
     p.add_argument("--secret-file", help="the cluster secret (default: $DFS_SECRET_FILE); "
                    "without one, anyone who can reach the port can read and write")
     p.add_argument("--token-lifetime", type=config.parse_duration,
                    default=config.TOKEN_LIFETIME,
-                   help="meta: how long a block token stays valid (default 10m)")
-    p.add_argument("--tls-cert", help="this server's certificate (PEM); TLS on every connection")
-    p.add_argument("--tls-key", help="its private key (PEM)")
-    p.add_argument("--tls-ca", help="the CA that signed every member's certificate (PEM)")
-    p.add_argument("--log-level", default="INFO")
+                   help="meta: how long a block token stays valid "
+                        f"(default: {d(config.TOKEN_LIFETIME)})")
+    p.add_argument("--tls-cert", help="this server's certificate (PEM); TLS on every "
+                   "connection (default: none, plain TCP)")
+    p.add_argument("--tls-key", help="its private key (PEM) (default: none)")
+    p.add_argument("--tls-ca", help="the CA that signed every member's certificate (PEM) "
+                   "(default: none)")
+    p.add_argument("--log-level", default="INFO",
+                   help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)")
     return p
 
 

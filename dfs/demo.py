@@ -7,12 +7,14 @@ surviving replica, compares SHA-256 digests, and stops everything. Exit 0 only i
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 
+from . import __version__
 from .local_cluster import Cluster
 
 
@@ -34,7 +36,17 @@ def _cli(*args: str, cwd: str) -> None:
     subprocess.run(cmd, cwd=cwd, check=True)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dfs-demo", description="Start meta and two chunkservers on loopback, put a file, "
+        "SIGKILL one chunkserver, get the file back and compare digests. Exit 0 only if "
+        "identical.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
+    build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dfs-demo-") as base:
         cluster = Cluster(base, chunkservers=2, dead_timeout="5s")
         try:

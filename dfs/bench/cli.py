@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
-from .. import config
+from .. import __version__, config
 from ..local_cluster import Cluster
 from . import limits, startup
 from .measure import peak_rss_mib, reset_peak_rss, run_timed, same_file
@@ -54,16 +54,19 @@ def _size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dfs-bench", description="Benchmark dfs on this machine.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="kind", required=True, metavar="large|small|meta|startup")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print one JSON object")
         sp.add_argument("--compare", choices=["seaweedfs"],
-                        help="run the same work on a local SeaweedFS in the same run")
+                        help="run the same work on a local SeaweedFS in the same run "
+                             "(default: dfs alone)")
         sp.add_argument("--peer-fsync", action="store_true",
                         help="ask SeaweedFS to fsync its writes too (it does not by default)")
         sp.add_argument("--meta", metavar="HOST:PORT",
-                        help="use this running cluster instead of starting one")
+                        help="use this running cluster instead of starting one "
+                             "(default: start meta and two chunkservers on loopback)")
         sp.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
         sp.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
         sp.add_argument("--secret", action="store_true",
@@ -71,21 +74,28 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tls", action="store_true",
                         help="run every connection over TLS (a throwaway CA made with openssl)")
 
+    def size(sp: argparse.ArgumentParser, default: int, what: str) -> None:
+        sp.add_argument("--size", type=_size, default=default,
+                        help=f"{what} (default: {config.format_size(default)})")
+
+    def count(sp: argparse.ArgumentParser, flag: str, default: int, what: str) -> None:
+        sp.add_argument(flag, type=int, default=default, help=f"{what} (default: {default})")
+
     lg = sub.add_parser("large", help="put and get one large file, R=2")
-    lg.add_argument("--size", type=_size, default=config.GiB)
+    size(lg, config.GiB, "size of the file")
     common(lg)
     sm = sub.add_parser("small", help="many small files from concurrent clients")
-    sm.add_argument("--files", type=int, default=5000)
-    sm.add_argument("--size", type=_size, default=4 * config.KiB)
-    sm.add_argument("--concurrency", type=int, default=16)
+    count(sm, "--files", 5000, "files to put and get")
+    size(sm, 4 * config.KiB, "size of each file")
+    count(sm, "--concurrency", 16, "concurrent clients")
     common(sm)
     mt = sub.add_parser("meta", help="create/stat/rm of empty files, ls of a big directory")
-    mt.add_argument("--ops", type=int, default=20_000)
-    mt.add_argument("--concurrency", type=int, default=16)
-    mt.add_argument("--ls-entries", type=int, default=100_000)
+    count(mt, "--ops", 20_000, "empty files to create, stat and remove")
+    count(mt, "--concurrency", 16, "concurrent clients")
+    count(mt, "--ls-entries", 100_000, "entries in the directory listed")
     common(mt)
     st = sub.add_parser("startup", help="meta's start time and memory per file at N files")
-    st.add_argument("--files", type=int, default=1_000_000)
+    count(st, "--files", 1_000_000, "files in the namespace meta starts with")
     st.add_argument("--json", action="store_true", help="print one JSON object")
     st.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
     st.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
