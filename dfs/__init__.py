@@ -7,6 +7,8 @@
 """
 
 from .client import AsyncClient, Client
+from .client.filechecksum import local_checksum
+from .client.tree import Tally, TreeResult
 from .errors import (
     AlreadyExists,
     BadRequest,
@@ -32,5 +34,5 @@ __all__ = [
     "AlreadyExists", "AsyncClient", "BadRequest", "ChecksumError", "Client", "DFSError",
     "DirectoryNotEmpty", "InternalError", "IsADirectory", "NoSpace", "NotADirectory",
     "NotFound", "StaleGeneration", "Timeout", "TooLarge", "Unauthorized", "Unavailable",
-    "VersionMismatch", "__version__",
+    "VersionMismatch", "Tally", "TreeResult", "local_checksum", "__version__",
 ]

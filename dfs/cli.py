@@ -9,32 +9,52 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import sys
-import time
 from typing import Any, Callable, NoReturn
 
-from . import config
+from . import __version__, completion, config
+from .cli_admin import (
+    cmd_decommission,
+    cmd_df,
+    cmd_du,
+    cmd_fsck,
+    cmd_setrep,
+    cmd_status,
+    print_json,
+    size_text,
+    when,
+)
+from .cli_transfers import (
+    EXIT_ERROR,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    UsageError,
+    cmd_cat,
+    cmd_get,
+    cmd_put,
+    cmd_sync,
+    cmd_tail,
+    human,
+)
 from .client.async_client import AsyncClient
+from .client.filechecksum import ALGORITHM, local_checksum
+from .client.tree import DEFAULT_PARALLEL
 from .errors import DFSError, NotFound
 
-EXIT_OK, EXIT_ERROR, EXIT_NOT_FOUND = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + 13  # stdout closed early (`| head`): 128 + SIGPIPE, as for `cat`
 
 # A trailing meta address, as in the classic `dfs-cli put a /a http://127.0.0.1:5000`.
 _URL = re.compile(r"^(https?://)[^/\s]+/?$|^[A-Za-z0-9_.\-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
 _VALUE_OPTIONS = {"--meta", "-r", "--replication", "--block-size", "--secret-file",
-                  "--tls-cert", "--tls-key", "--tls-ca"}
+                  "--tls-cert", "--tls-key", "--tls-ca", "--parallel", "-c"}
 # Positionals each command needs before a trailing HOST:PORT can be the meta address (ls's
 # path is optional, and a remote path is absolute, so HOST:PORT is never an ls path).
 _POSITIONALS = {"put": 2, "get": 2, "cat": 1, "ls": 0, "stat": 1, "mkdir": 1, "rm": 1,
-                "mv": 2, "status": 0, "fsck": 0, "decommission": 1}
-
-
-class UsageError(Exception):
-    pass
+                "mv": 2, "status": 0, "fsck": 0, "decommission": 1, "sync": 2, "cp": 2,
+                "tail": 1, "touch": 1, "test": 1, "du": 0, "df": 0, "setrep": 2,
+                "checksum": 1}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,50 +86,140 @@ def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dfs-cli", description="Use a dfs cluster.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _global_options(p, suppress=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def cmd(name: str, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+    def cmd(name: str, help: str, human: bool = False) -> argparse.ArgumentParser:
+        """A subcommand; `human`: -h means human-readable sizes (as in ls, du and df), so
+        help is --help alone."""
+        sp = sub.add_parser(name, help=help, description=help, add_help=not human)
+        if human:
+            sp.add_argument("--help", action="help", help="show this help and exit")
+            sp.add_argument("-h", "--human", dest="human", action="store_true",
+                            help="sizes as KiB/MiB/GiB (default: bytes)")
         _global_options(sp, suppress=True)
         return sp
 
-    sp = cmd("put", "upload a local file (- for stdin); replaces REMOTE atomically")
-    sp.add_argument("local")
-    sp.add_argument("remote")
-    sp.add_argument("-r", "--replication", type=int, default=config.DEFAULT_REPLICATION)
-    sp.add_argument("--block-size", type=_size, default=config.DEFAULT_BLOCK_SIZE)
-    sp = cmd("get", "download REMOTE to a local file (- for stdout)")
-    sp.add_argument("remote")
-    sp.add_argument("local")
+    def parallel(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL, metavar="N",
+                        help="files moved at once (default: %(default)s)")
+
+    def writing(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-r", "--replication", type=int, default=config.DEFAULT_REPLICATION,
+                        metavar="N", help="replicas of each new file (default: %(default)s)")
+        sp.add_argument("--block-size", type=_size, default=config.DEFAULT_BLOCK_SIZE,
+                        metavar="SIZE", help="block size of new files (default: "
+                        f"{config.format_size(config.DEFAULT_BLOCK_SIZE)})")
+
+    def json_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--json", action="store_true", help="print JSON (default: text)")
+
+    sp = cmd("put", "upload local files and directories (recursively; - for stdin); each "
+             "file replaces its remote path atomically. Several sources or a directory: "
+             "REMOTE is a directory, created if missing")
+    sp.add_argument("sources", nargs="+", metavar="LOCAL")
+    sp.add_argument("remote", metavar="REMOTE")
+    writing(sp)
+    parallel(sp)
+    sp.add_argument("-p", "--preserve", action="store_true",
+                    help="keep each local file's mtime (default: the upload time)")
+    sp = cmd("get", "download remote files, directories (recursively) and globs "
+             "('/logs/2026-*'); - for stdout. Several sources, a glob or a directory: LOCAL "
+             "is a directory, created if missing")
+    sp.add_argument("sources", nargs="+", metavar="REMOTE")
+    sp.add_argument("local", metavar="LOCAL")
+    parallel(sp)
+    sp.add_argument("-p", "--preserve", action="store_true",
+                    help="keep each remote file's mtime (default: the download time)")
+    sp = cmd("sync", "make DST match SRC, copying only new and changed files (size or "
+             "mtime; content with --checksum). The dfs side may be written dfs:/PATH; "
+             "without it SRC is local and DST remote")
+    sp.add_argument("src", metavar="SRC")
+    sp.add_argument("dst", metavar="DST")
+    sp.add_argument("--delete", action="store_true",
+                    help="remove what SRC no longer has (default: keep it)")
+    sp.add_argument("--dry-run", action="store_true", help="list what would change, change "
+                    "nothing")
+    sp.add_argument("--checksum", action="store_true", help="compare content by checksum "
+                    "instead of mtime (default: size and mtime)")
+    writing(sp)
+    parallel(sp)
     sp = cmd("cat", "write a file to stdout")
     sp.add_argument("remote")
-    sp = cmd("ls", "list a directory")
+    sp = cmd("tail", "write the last bytes of a file to stdout (one range read)")
+    sp.add_argument("-c", dest="bytes", type=_size, default=1024, metavar="N",
+                    help="how many bytes (default: 1024)")
+    sp.add_argument("remote")
+    sp = cmd("ls", "list a directory", human=True)
     sp.add_argument("-l", dest="long", action="store_true", help="long listing")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("-R", dest="recursive", action="store_true",
+                    help="list subdirectories too, with full paths")
+    json_flag(sp)
     sp.add_argument("path", nargs="?", default="/")
-    sp = cmd("stat", "show a file's or directory's metadata and block locations")
-    sp.add_argument("--json", action="store_true")
+    sp = cmd("stat", "show a file's or directory's metadata, block locations and checksum")
+    json_flag(sp)
     sp.add_argument("path")
     sp = cmd("mkdir", "create a directory")
     sp.add_argument("-p", dest="parents", action="store_true", help="create parents; no error "
                     "if it exists")
     sp.add_argument("path")
     sp = cmd("rm", "remove a file, or a directory with -r")
-    sp.add_argument("-r", dest="recursive", action="store_true")
+    sp.add_argument("-r", dest="recursive", action="store_true", help="a directory and "
+                    "everything in it")
     sp.add_argument("path")
     sp = cmd("mv", "rename or move a file or directory")
     sp.add_argument("src")
     sp.add_argument("dst")
+    sp = cmd("cp", "copy inside the cluster without moving bytes: the copy shares the "
+             "source's blocks (milliseconds, whatever the size)")
+    sp.add_argument("-r", dest="recursive", action="store_true", help="copy a directory tree")
+    sp.add_argument("src")
+    sp.add_argument("dst")
+    sp = cmd("touch", "create an empty file, or set an existing one's mtime to now")
+    sp.add_argument("path")
+    sp = cmd("test", "exit 0 if PATH is what is asked, else 1 (prints nothing)")
+    kind = sp.add_mutually_exclusive_group(required=True)
+    for flag, what in (("-e", "exists"), ("-f", "is a file"), ("-d", "is a directory"),
+                       ("-s", "is a file that is not empty"), ("-z", "is an empty file")):
+        kind.add_argument(flag, dest="test", action="store_const", const=flag[1], help=what)
+    sp.add_argument("path")
+    sp = cmd("du", "space used by each entry of PATH (or PATH itself with -s): logical bytes, "
+             "and with --replicated the bytes stored on live chunkservers", human=True)
+    sp.add_argument("-s", dest="summary", action="store_true", help="one total for PATH")
+    sp.add_argument("--replicated", action="store_true", help="also bytes on disk, every "
+                    "replica counted, shared blocks once")
+    json_flag(sp)
+    sp.add_argument("path", nargs="?", default="/")
+    sp = cmd("df", "the cluster's capacity, used and free bytes (chunkservers that are live)",
+             human=True)
+    json_flag(sp)
+    sp = cmd("setrep", "change the replication of a file, or of every file under a directory "
+             "with -R; meta adds or trims replicas in the background")
+    sp.add_argument("replication", type=int, metavar="N")
+    sp.add_argument("path")
+    sp.add_argument("-R", dest="recursive", action="store_true", help="every file under PATH")
+    sp.add_argument("--wait", action="store_true", help="return once every block has N "
+                    "replicas (default: return at once)")
+    sp = cmd("checksum", "a file's COMPOSITE-CRC32C from the stored checksums (no data is "
+             "read); equal for equal bytes whatever the block size, and equal to "
+             "`checksum --local` of the same local file")
+    sp.add_argument("--local", action="store_true", help="checksum local files instead")
+    json_flag(sp)
+    sp.add_argument("paths", nargs="+", metavar="PATH")
     sp = cmd("fsck", "check the health of every block under PATH (exit 1 unless all healthy)")
-    sp.add_argument("--json", action="store_true")
+    json_flag(sp)
     sp.add_argument("path", nargs="?", default="/")
     sp = cmd("decommission", "drain a chunkserver's blocks elsewhere, then mark it "
              "decommissioned (returns at once; watch `status`)")
     sp.add_argument("addr", metavar="HOST:PORT")
     sp = cmd("status", "show the cluster: chunkservers, their state and capacity")
-    sp.add_argument("--json", action="store_true")
+    json_flag(sp)
+    sp = cmd("completion", "print a shell completion script: "
+             "`source <(dfs-cli completion bash)`, or for zsh "
+             "`dfs-cli completion zsh > ~/.zfunc/_dfs-cli`")
+    sp.add_argument("shell", choices=("bash", "zsh"))
     return p
 
 
@@ -128,126 +238,30 @@ def split_trailing_address(argv: list[str]) -> tuple[list[str], str | None]:
     return argv, None
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
-
-
-class Progress:
-    """A tqdm bar on stderr when it is a terminal; otherwise nothing at all."""
-
-    def __init__(self, total: int | None, desc: str) -> None:
-        self.bar: Any = None
-        if sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:  # pragma: no cover - tqdm is a declared dependency
-                return
-            self.bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True,
-                            unit_divisor=1024, leave=False, file=sys.stderr)
-
-    def set_total(self, total: int) -> None:
-        if self.bar is not None:
-            self.bar.total = total
-            self.bar.refresh()
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2))
-
-
 # commands ---------------------------------------------------------------------------------
-async def cmd_put(c: AsyncClient, a: argparse.Namespace) -> int:
-    remote = a.remote
-    if a.local != "-" and remote.endswith("/"):
-        remote += os.path.basename(a.local)
-    elif a.local != "-":
-        try:
-            if (await c.stat(remote))["type"] == "dir":
-                remote = remote.rstrip("/") + "/" + os.path.basename(a.local)
-        except NotFound:
-            pass
-    if a.local == "-":
-        bar = Progress(None, remote)
-        try:
-            result = await c.put_stream(sys.stdin.buffer, remote, replication=a.replication,
-                                        block_size=a.block_size, progress=bar.update)
-        finally:
-            bar.close()
-    else:
-        try:
-            f = open(a.local, "rb")
-        except OSError as exc:
-            raise UsageError(f"cannot read {a.local}: {exc.strerror}") from None
-        with f:
-            if os.path.isdir(a.local):
-                raise UsageError(f"cannot read {a.local}: Is a directory")
-            bar = Progress(os.fstat(f.fileno()).st_size, remote)
-            try:
-                result = await c.put_stream(f, remote, replication=a.replication,
-                                            block_size=a.block_size, progress=bar.update)
-            finally:
-                bar.close()
-    under = result.get("under_replicated") or []
-    if under:
-        print(f"dfs-cli: warning: {result['path']} is under-replicated: {len(under)} of "
-              f"{result['blocks']} blocks have fewer than {a.replication} live replicas",
-              file=sys.stderr)
-    return EXIT_OK
-
-
-async def cmd_get(c: AsyncClient, a: argparse.Namespace) -> int:
-    bar = Progress(None, a.remote)
-    try:
-        if a.local == "-":
-            await c.get_stream(a.remote, sys.stdout.buffer, bar.update, bar.set_total)
-            sys.stdout.buffer.flush()
-        else:
-            local = a.local
-            if os.path.isdir(local):
-                local = os.path.join(local, os.path.basename(a.remote.rstrip("/")))
-            try:
-                await c.get(a.remote, local, progress=bar.update, on_open=bar.set_total)
-            except OSError as exc:
-                raise UsageError(f"cannot write {local}: {exc.strerror}") from None
-    finally:
-        bar.close()
-    return EXIT_OK
-
-
-async def cmd_cat(c: AsyncClient, a: argparse.Namespace) -> int:
-    await c.get_stream(a.remote, sys.stdout.buffer)
-    sys.stdout.buffer.flush()
-    return EXIT_OK
-
-
 async def cmd_ls(c: AsyncClient, a: argparse.Namespace) -> int:
     entries = await c.ls(a.path)
+    if a.recursive:  # depth first, each directory followed by what it holds, as ls -R
+        out: list[dict[str, Any]] = []
+        stack = list(reversed(entries))
+        while stack:
+            e = stack.pop()
+            out.append(e)
+            if e["type"] == "dir":
+                stack.extend(reversed(await c.ls(e["path"])))
+        entries = out
     if a.json:
-        _print_json(entries)
+        print_json(entries)
     elif a.long:
         for e in entries:
             kind = "d" if e["type"] == "dir" else "-"
             repl = str(e.get("replication", "-"))
-            print(f"{kind} {repl:>2} {e['size']:>14} {_when(e['mtime'])} {e['path']}")
+            print(f"{kind} {repl:>2} {size_text(e['size'], a):>14} {when(e['mtime'])} "
+                  f"{e['path']}")
     else:
         for e in entries:
-            print(e["path"].rsplit("/", 1)[-1] + ("/" if e["type"] == "dir" else ""))
+            name = e["path"] if a.recursive else e["path"].rsplit("/", 1)[-1]
+            print(name + ("/" if e["type"] == "dir" else ""))
     return EXIT_OK
 
 
@@ -255,8 +269,14 @@ async def cmd_stat(c: AsyncClient, a: argparse.Namespace) -> int:
     info = await c.stat(a.path)
     for b in info.get("blocks", []):
         b.pop("token", None)  # a read credential: not for printing
+    if info["type"] == "file":
+        try:
+            info["checksum"] = (await c.checksum(info["path"]))["checksum"]
+        except DFSError:  # a block with no replica answering: the rest still shows
+            info["checksum"] = None
+        info["checksum_algorithm"] = ALGORITHM
     if a.json:
-        _print_json(info)
+        print_json(info)
         return EXIT_OK
     print(f"path:        {info['path']}")
     print(f"type:        {info['type']}")
@@ -264,12 +284,58 @@ async def cmd_stat(c: AsyncClient, a: argparse.Namespace) -> int:
         print(f"size:        {info['size']} ({human(info['size'])})")
         print(f"replication: {info['replication']}")
         print(f"block size:  {info['block_size']} ({human(info['block_size'])})")
+        print(f"checksum:    {info['checksum'] or 'unavailable'} ({ALGORITHM})")
     else:
         print(f"entries:     {info.get('entries', 0)}")
-    print(f"modified:    {_when(info['mtime'])}")
+    print(f"modified:    {when(info['mtime'])}")
     for b in info.get("blocks", []):
         replicas = ", ".join(b["replicas"]) or "NO LIVE REPLICA"
         print(f"block {b['id']}: {b['size']} bytes on {replicas}")
+    return EXIT_OK
+
+
+async def cmd_cp(c: AsyncClient, a: argparse.Namespace) -> int:
+    await c.cp(a.src, a.dst, recursive=a.recursive)
+    return EXIT_OK
+
+
+async def cmd_touch(c: AsyncClient, a: argparse.Namespace) -> int:
+    await c.touch(a.path)
+    return EXIT_OK
+
+
+async def cmd_test(c: AsyncClient, a: argparse.Namespace) -> int:
+    """Exit status only, as test(1) and `hdfs dfs -test`: a missing path is 1, not 2."""
+    try:
+        e = await c.stat(a.path, blocks=False)
+    except NotFound:
+        return EXIT_ERROR
+    ok = {"e": True, "f": e["type"] == "file", "d": e["type"] == "dir",
+          "s": e["type"] == "file" and e["size"] > 0,
+          "z": e["type"] == "file" and e["size"] == 0}[a.test]
+    return EXIT_OK if ok else EXIT_ERROR
+
+
+async def cmd_checksum(c: AsyncClient, a: argparse.Namespace) -> int:
+    out = []
+    for path in a.paths:
+        if a.local:
+            try:
+                out.append(local_checksum(path))
+            except OSError as exc:
+                raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        else:
+            out.append(await c.checksum(path))
+    if a.json:
+        print_json(out if len(out) > 1 else out[0])
+    else:
+        for r in out:
+            print(f"{r['checksum']}  {r['path']}")
+    return EXIT_OK
+
+
+async def cmd_completion(c: AsyncClient, a: argparse.Namespace) -> int:
+    print(completion.script(build_parser(), a.shell, "dfs-cli"), end="")
     return EXIT_OK
 
 
@@ -288,54 +354,12 @@ async def cmd_mv(c: AsyncClient, a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_status(c: AsyncClient, a: argparse.Namespace) -> int:
-    st = await c.status()
-    if a.json:
-        _print_json(st)
-        return EXIT_OK
-    live = sum(1 for s in st["chunkservers"] if s["state"] == "live")
-    print(f"meta {st['meta']}: {st['files']} files, {st['blocks']} blocks, "
-          f"{live}/{len(st['chunkservers'])} chunkservers live")
-    if st.get("safe_mode"):
-        print(f"  SAFE MODE: waiting for block reports ({st.get('safe_mode_s', 0):.0f}s left); "
-              "no repair or orphan deletion until then")
-    if st.get("read_only"):
-        print(f"  READ-ONLY: {st.get('read_only_reason') or 'meta takes no changes'}")
-    for s in st["chunkservers"]:
-        print(f"  {s['addr']:<22} {s['state']:<15} {s['blocks']:>8} blocks  "
-              f"{human(s['used']):>10} used of {human(s['capacity']):>10}  "
-              f"heartbeat {s['last_heartbeat_s']:.1f}s ago")
-    return EXIT_OK
-
-
-async def cmd_fsck(c: AsyncClient, a: argparse.Namespace) -> int:
-    report = await c.fsck(a.path)
-    sick = report["blocks"] - report["healthy"]
-    if a.json:
-        _print_json(report)
-    else:
-        print(f"{report['path']}: {report['files']} files, {report['blocks']} blocks: "
-              f"{report['healthy']} healthy, {report['under_replicated']} under-replicated, "
-              f"{report['missing']} missing, {report['corrupt']} corrupt")
-        for p in report["problems"]:
-            where = ", ".join(p["replicas"]) or "no live replica"
-            print(f"  {p['state']:<17} block {p['block']} of {p['path']} ({where})")
-        if report.get("problems_truncated"):
-            print("  ... more problems not listed")
-        print("HEALTHY" if not sick else "NOT HEALTHY")
-    return EXIT_OK if not sick else EXIT_ERROR
-
-
-async def cmd_decommission(c: AsyncClient, a: argparse.Namespace) -> int:
-    r = await c.decommission(a.addr)
-    print(f"{r['addr']}: {r['state']} ({r['blocks']} blocks to keep elsewhere)")
-    return EXIT_OK
-
-
 COMMANDS: dict[str, Callable[[AsyncClient, argparse.Namespace], Any]] = {
-    "put": cmd_put, "get": cmd_get, "cat": cmd_cat, "ls": cmd_ls, "stat": cmd_stat,
-    "mkdir": cmd_mkdir, "rm": cmd_rm, "mv": cmd_mv, "status": cmd_status, "fsck": cmd_fsck,
-    "decommission": cmd_decommission,
+    "put": cmd_put, "get": cmd_get, "sync": cmd_sync, "cat": cmd_cat, "tail": cmd_tail,
+    "ls": cmd_ls, "stat": cmd_stat, "mkdir": cmd_mkdir, "rm": cmd_rm, "mv": cmd_mv,
+    "cp": cmd_cp, "touch": cmd_touch, "test": cmd_test, "du": cmd_du, "df": cmd_df,
+    "setrep": cmd_setrep, "checksum": cmd_checksum, "status": cmd_status, "fsck": cmd_fsck,
+    "decommission": cmd_decommission, "completion": cmd_completion,
 }
 
 

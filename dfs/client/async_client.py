@@ -15,8 +15,10 @@ import tempfile
 from typing import Any, BinaryIO, Callable
 
 from .. import config
-from ..errors import BadRequest, DFSError, IsADirectory, Unavailable
+from ..errors import BadRequest, DFSError, IsADirectory, NotFound, Unavailable
 from ..net import Connection, ConnectionPool, Security, SecurityError
+from . import tree, treesync
+from .filechecksum import file_checksum
 from .localfile import DirectFile, Drain, Pump, open_direct, read_full
 from .reader import FileReader
 from .writer import FileWriter
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 
 # Requests that change nothing may be retried once on a fresh connection after meta restarts.
-_IDEMPOTENT = frozenset({"stat", "ls", "status", "fsck", "renew"})
+_IDEMPOTENT = frozenset({"stat", "ls", "status", "fsck", "renew", "du"})
 
 
 def meta_address(meta: str | None) -> str:
@@ -133,8 +135,11 @@ class AsyncClient:
                 log.warning("could not report bad replica to meta: %s", exc)
         asyncio.ensure_future(report())
 
-    async def stat(self, path: str) -> dict[str, Any]:
-        """A dict like `dfs-cli stat --json`: type, size, replication, blocks with replicas."""
+    async def stat(self, path: str, blocks: bool = True) -> dict[str, Any]:
+        """A dict like `dfs-cli stat --json`: type, size, replication, blocks with replicas
+        (`blocks=False`: the entry alone, as `ls` shows it)."""
+        if not blocks:
+            return await self.meta_call("stat", path=path, blocks=False)
         return await self.meta_call("stat", path=path)
 
     async def ls(self, path: str = "/") -> list[dict[str, Any]]:
@@ -179,6 +184,106 @@ class AsyncClient:
         """Cluster summary shaped like `dfs-cli status --json`."""
         return await self.meta_call("status")
 
+    async def cp(self, src: str, dst: str, recursive: bool = False) -> str:
+        """Copy inside the cluster, moving no bytes: the copy shares the source's blocks
+        (a file, or a directory tree with recursive=True). Returns the copy's path."""
+        reply = await self.meta_call("cp", src=src, dst=dst, recursive=recursive)
+        return str(reply["path"])
+
+    async def setrep(self, path: str, replication: int, recursive: bool = False,
+                     wait: bool = False, poll: float = 0.25) -> int:
+        """Set the replication of a file (every file under a directory with recursive=True);
+        meta adds or trims replicas in the background. `wait`: return once every block has
+        the replicas asked for. Returns how many files changed."""
+        reply = await self.meta_call("setrep", path=path, replication=replication,
+                                     recursive=recursive)
+        while wait:
+            report = await self.fsck(path)
+            if report["missing"] or report["corrupt"]:
+                raise Unavailable(f"{report['missing'] + report['corrupt']} blocks under "
+                                  f"{path} have no good replica left to copy from")
+            if not report["under_replicated"]:
+                break
+            live = [s for s in (await self.status())["chunkservers"] if s["state"] == "live"]
+            if len(live) < replication:
+                raise Unavailable(f"{replication} replicas asked, {len(live)} chunkservers "
+                                  "live: waiting would never end")
+            await asyncio.sleep(poll)
+        return int(reply["files"])
+
+    async def du(self, path: str, summary: bool = True) -> list[dict[str, Any]]:
+        """Space used: for `path` itself ([one dict]) or, with summary=False, for each entry
+        of the directory. Each dict: path, type, size (logical bytes, copies counted in
+        full), replicated (bytes on live chunkservers, shared blocks once), files, dirs."""
+        if summary:
+            return [await self.meta_call("du", path=path)]
+        out: list[dict[str, Any]] = []
+        start_after = ""
+        while True:
+            page = await self.meta_call("du", path=path, children=True,
+                                        start_after=start_after, limit=config.MAX_LS_PAGE)
+            out.extend(page["entries"])
+            if not page.get("more") or not page["entries"]:
+                return out
+            start_after = page["entries"][-1]["path"].rsplit("/", 1)[-1]
+
+    async def df(self) -> dict[str, int]:
+        """Cluster capacity, used and free bytes, over chunkservers in service."""
+        servers = [s for s in (await self.status())["chunkservers"]
+                   if s["state"] == "live"]
+        return {"capacity": sum(s["capacity"] for s in servers),
+                "used": sum(s["used"] for s in servers),
+                "free": sum(s.get("free", 0) for s in servers), "chunkservers": len(servers)}
+
+    async def touch(self, path: str, mtime: float | None = None) -> None:
+        """Create an empty file, or set an existing entry's mtime (default: now)."""
+        try:
+            await self.meta_call("touch", path=path,
+                                 **({} if mtime is None else {"mtime": mtime}))
+        except NotFound:
+            writer = await self.open_write(path, size=0)
+            writer.mtime = mtime
+            await writer.close()
+
+    async def checksum(self, path: str) -> dict[str, Any]:
+        """The file's composite CRC32C (independent of block size, equal to
+        dfs.local_checksum of the same bytes), from stored CRCs: no data is read."""
+        return await file_checksum(self, path)
+
+    async def glob(self, pattern: str) -> list[dict[str, Any]]:
+        """Entries matching a remote glob (`*`, `?`, `[...]`), as `ls` shapes them."""
+        return await tree.glob_remote(self, pattern)
+
+    async def put_tree(self, sources: list[str] | str, remote: str, *,
+                       parallel: int = tree.DEFAULT_PARALLEL,
+                       replication: int = config.DEFAULT_REPLICATION,
+                       block_size: int = config.DEFAULT_BLOCK_SIZE, preserve: bool = False,
+                       tally: tree.Tally | None = None) -> tree.TreeResult:
+        """Upload local files and directories (recursively), `parallel` at a time; see
+        client/tree.py for where each lands. Failures are in the result, not raised."""
+        return await tree.put_tree(self, [sources] if isinstance(sources, str) else sources,
+                                   remote, parallel=parallel, replication=replication,
+                                   block_size=block_size, preserve=preserve, tally=tally)
+
+    async def get_tree(self, sources: list[str] | str, local: str, *,
+                       parallel: int = tree.DEFAULT_PARALLEL, preserve: bool = False,
+                       tally: tree.Tally | None = None) -> tree.TreeResult:
+        """Download remote files, directories and globs, `parallel` at a time."""
+        return await tree.get_tree(self, [sources] if isinstance(sources, str) else sources,
+                                   local, parallel=parallel, preserve=preserve, tally=tally)
+
+    async def sync(self, src: str, dst: str, *, delete: bool = False, dry_run: bool = False,
+                   checksum: bool = False, parallel: int = tree.DEFAULT_PARALLEL,
+                   replication: int = config.DEFAULT_REPLICATION,
+                   block_size: int = config.DEFAULT_BLOCK_SIZE,
+                   tally: tree.Tally | None = None) -> tree.TreeResult:
+        """Make DST match SRC, copying only what differs (see client/treesync.py; the dfs
+        side is written `dfs:/path`, else SRC is local and DST remote)."""
+        return await treesync.sync(self, src, dst, delete=delete, dry_run=dry_run,
+                                   checksum=checksum, parallel=parallel,
+                                   replication=replication, block_size=block_size,
+                                   tally=tally)
+
     # files ----------------------------------------------------------------------------
     def open(self, path: str, mode: str = "rb", *, replication: int = config.DEFAULT_REPLICATION,
              block_size: int = config.DEFAULT_BLOCK_SIZE) -> "_Opener":
@@ -203,13 +308,16 @@ class AsyncClient:
     async def put_stream(self, f: BinaryIO, remote: str, *,
                          replication: int = config.DEFAULT_REPLICATION,
                          block_size: int = config.DEFAULT_BLOCK_SIZE,
-                         progress: Progress | None = None) -> dict[str, Any]:
-        """Upload everything a binary stream yields. Reads of a file or pipe run off the loop."""
+                         progress: Progress | None = None,
+                         mtime: float | None = None) -> dict[str, Any]:
+        """Upload everything a binary stream yields. Reads of a file or pipe run off the loop.
+        `mtime`: the time the file is published with (default: meta's clock at commit)."""
         try:
             pump: Pump | None = Pump(f, config.PACKET_SIZE)
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             pump = None  # an in-memory stream: reading it never blocks
         writer = await self.open_write(remote, replication, block_size, _size_of(f))
+        writer.mtime = mtime
         try:
             while True:
                 if pump is None:
@@ -229,12 +337,16 @@ class AsyncClient:
     async def put(self, local: str, remote: str, *,
                   replication: int = config.DEFAULT_REPLICATION,
                   block_size: int = config.DEFAULT_BLOCK_SIZE,
-                  progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None,
+                  preserve: bool = False) -> dict[str, Any]:
         """Upload a local file; replaces `remote` atomically. Returns path, size, blocks and
-        `under_replicated` (ids of blocks stored on fewer servers than asked)."""
+        `under_replicated` (ids of blocks stored on fewer servers than asked). `preserve`
+        publishes it with the local file's mtime."""
         with open(local, "rb") as f:
+            mtime = os.fstat(f.fileno()).st_mtime if preserve else None
             return await self.put_stream(f, remote, replication=replication,
-                                         block_size=block_size, progress=progress)
+                                         block_size=block_size, progress=progress,
+                                         mtime=mtime)
 
     async def put_bytes(self, data: bytes, remote: str, *,
                         replication: int = config.DEFAULT_REPLICATION,

@@ -14,6 +14,7 @@ from typing import Any, Coroutine, TypeVar
 from .. import config
 from .async_client import AsyncClient, Progress
 from .reader import FileReader
+from .tree import TreeResult
 from .writer import FileWriter
 
 T = TypeVar("T")
@@ -130,6 +131,43 @@ class Client:
 
     def status(self) -> dict[str, Any]:
         return self._run(self._async.status())
+
+    # many files, and cluster-side operations (same semantics as AsyncClient's) ----------
+    def put_tree(self, sources: list[str] | str, remote: str, **kw: Any) -> TreeResult:
+        """Upload files and directories recursively, in parallel; failures in the result."""
+        return self._run(self._async.put_tree(sources, remote, **kw))
+
+    def get_tree(self, sources: list[str] | str, local: str, **kw: Any) -> TreeResult:
+        """Download files, directories and globs recursively, in parallel."""
+        return self._run(self._async.get_tree(sources, local, **kw))
+
+    def sync(self, src: str, dst: str, **kw: Any) -> TreeResult:
+        """Make DST match SRC, copying only what differs (`dfs:/path` marks the dfs side)."""
+        return self._run(self._async.sync(src, dst, **kw))
+
+    def cp(self, src: str, dst: str, recursive: bool = False) -> str:
+        """Copy inside the cluster, sharing blocks (no bytes move)."""
+        return self._run(self._async.cp(src, dst, recursive))
+
+    def du(self, path: str, summary: bool = True) -> list[dict[str, Any]]:
+        return self._run(self._async.du(path, summary))
+
+    def df(self) -> dict[str, int]:
+        return self._run(self._async.df())
+
+    def setrep(self, path: str, replication: int, recursive: bool = False,
+               wait: bool = False) -> int:
+        return self._run(self._async.setrep(path, replication, recursive, wait))
+
+    def checksum(self, path: str) -> dict[str, Any]:
+        """The file's composite CRC32C, from stored CRCs (see dfs.local_checksum)."""
+        return self._run(self._async.checksum(path))
+
+    def touch(self, path: str, mtime: float | None = None) -> None:
+        self._run(self._async.touch(path, mtime))
+
+    def glob(self, pattern: str) -> list[dict[str, Any]]:
+        return self._run(self._async.glob(pattern))
 
 
 class SyncFile(io.RawIOBase):

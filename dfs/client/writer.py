@@ -168,6 +168,7 @@ class FileWriter:
         self._renewer: asyncio.Task[None] | None = None
         self._first: dict[str, Any] | None = None  # a block meta placed along with create
         self.closed = False
+        self.mtime: float | None = None  # set to publish with this mtime, not meta's clock
 
     async def open(self, size: int | None = None) -> "FileWriter":
         """Start the upload. `size`, when the writer knows the file's size, lets meta place
@@ -249,8 +250,9 @@ class FileWriter:
                 await self.write_packet(data)
             if self.block is not None:
                 await self._end_block()
+            extra = {} if self.mtime is None else {"mtime": self.mtime}
             reply = await self.client.meta_call("commit", upload=self.upload,
-                                                blocks=self.committed)
+                                                blocks=self.committed, **extra)
         except BaseException:
             await self.abort()
             raise
