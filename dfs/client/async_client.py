@@ -250,6 +250,11 @@ class AsyncClient:
         dfs.local_checksum of the same bytes), from stored CRCs: no data is read."""
         return await file_checksum(self, path)
 
+    async def walk(self, path: str) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every file under a directory (`ls` entries plus `rel`, the path relative to it)
+        and every directory (relative, "" for itself)."""
+        return await tree.walk_remote(self, path)
+
     async def glob(self, pattern: str) -> list[dict[str, Any]]:
         """Entries matching a remote glob (`*`, `?`, `[...]`), as `ls` shapes them."""
         return await tree.glob_remote(self, pattern)

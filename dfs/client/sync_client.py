@@ -166,6 +166,9 @@ class Client:
     def touch(self, path: str, mtime: float | None = None) -> None:
         self._run(self._async.touch(path, mtime))
 
+    def walk(self, path: str) -> tuple[list[dict[str, Any]], list[str]]:
+        return self._run(self._async.walk(path))
+
     def glob(self, pattern: str) -> list[dict[str, Any]]:
         return self._run(self._async.glob(pattern))
 

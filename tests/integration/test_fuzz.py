@@ -491,7 +491,9 @@ def confuse(rng: random.Random, v: Any) -> Any:
         # or isinstance(x, int) lets through.
         return rng.choice([float(v), float(v), bool(v) if v in (0, 1) else float(v)])
     if isinstance(v, int):
-        return rng.choice([float(v), str(v), [v], None, -v - 1, v + 2**63, 2**64 - 1,
+        # (Kept inside msgpack's integer range: v may itself be an edge from an earlier round.)
+        return rng.choice([float(v), str(v), [v], None, max(-v - 1, -(2**63)),
+                           (v + 2**63) % 2**64, 2**64 - 1,
                            -(2**63), bool(v & 1), {"v": v}, v.to_bytes(8, "big", signed=True)
                            if -(2**63) <= v < 2**63 else b"\xff" * 8])
     if isinstance(v, str):
