@@ -414,7 +414,10 @@ class MetaService:
         start_after = h.get("start_after") or ""
         if not isinstance(start_after, str):
             raise BadRequest("bad du paging")
-        entries, more = self.ns.listdir(path, start_after, uint(h, "limit", 1000))
+        limit = min(uint(h, "limit", 1000), config.MAX_LS_PAGE)
+        if limit < 1:
+            raise BadRequest("bad du paging")
+        entries, more = self.ns.listdir(path, start_after, limit)
         base = "" if path == "/" else path
         if not isinstance(node, Dir):
             base = path.rsplit("/", 1)[0]
