@@ -191,8 +191,10 @@ def _zsh_specs(cmd: _Command) -> list[str]:
             specs.append(_zsh_value(name, choices, optional=True))
         elif isinstance(nargs, int):
             specs += [_zsh_value(name, choices)] * nargs
-        else:  # *, + and the rest of the line
+        else:  # *, + and the rest of the line: zsh takes no positional after a `*` spec,
+            # so `put LOCAL... REMOTE` completes file names for every word.
             specs.append("*" + _zsh_value(name, choices))
+            break
     return specs
 
 

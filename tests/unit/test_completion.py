@@ -144,7 +144,8 @@ def test_zsh_script(prog: str, parser: Callable[[], argparse.ArgumentParser],
     if prog == "dfs-cli":
         for name in ("put", "stat", "status", "decommission"):
             assert f"'{name}:" in text
-        assert "':local:_files'" in text and "'::path:_files'" in text
+        assert "'*:LOCAL:_files'" in text and "'::path:_files'" in text
+        assert "':REMOTE:_files'" not in text.split("__dfs_cli_put()")[1].split("}")[0]
         assert r"'--meta[meta server (default\: $DFS_META" in text
     if ZSH:
         path = tmp_path / f"_{prog}"
