@@ -41,7 +41,7 @@ from .cli_transfers import (
 from .client.async_client import AsyncClient
 from .client.filechecksum import ALGORITHM, local_checksum
 from .client.tree import DEFAULT_PARALLEL
-from .errors import DFSError, NotFound
+from .errors import DFSError, NotADirectory, NotFound
 
 EXIT_BROKEN_PIPE = 128 + 13  # stdout closed early (`| head`): 128 + SIGPIPE, as for `cat`
 
@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("path", nargs="?", default="/")
     sp = cmd("stat", "show a file's or directory's metadata, block locations and checksum")
     json_flag(sp)
+    sp.add_argument("--no-checksum", dest="checksum", action="store_false",
+                    help="leave out the checksum, which asks a chunkserver per block for its "
+                    "stored CRCs (default: include it)")
     sp.add_argument("path")
     sp = cmd("mkdir", "create a directory")
     sp.add_argument("-p", dest="parents", action="store_true", help="create parents; no error "
@@ -269,7 +272,7 @@ async def cmd_stat(c: AsyncClient, a: argparse.Namespace) -> int:
     info = await c.stat(a.path)
     for b in info.get("blocks", []):
         b.pop("token", None)  # a read credential: not for printing
-    if info["type"] == "file":
+    if info["type"] == "file" and a.checksum:
         try:
             info["checksum"] = (await c.checksum(info["path"]))["checksum"]
         except DFSError:  # a block with no replica answering: the rest still shows
@@ -284,7 +287,8 @@ async def cmd_stat(c: AsyncClient, a: argparse.Namespace) -> int:
         print(f"size:        {info['size']} ({human(info['size'])})")
         print(f"replication: {info['replication']}")
         print(f"block size:  {info['block_size']} ({human(info['block_size'])})")
-        print(f"checksum:    {info['checksum'] or 'unavailable'} ({ALGORITHM})")
+        if "checksum" in info:
+            print(f"checksum:    {info['checksum'] or 'unavailable'} ({ALGORITHM})")
     else:
         print(f"entries:     {info.get('entries', 0)}")
     print(f"modified:    {when(info['mtime'])}")
@@ -308,7 +312,7 @@ async def cmd_test(c: AsyncClient, a: argparse.Namespace) -> int:
     """Exit status only, as test(1) and `hdfs dfs -test`: a missing path is 1, not 2."""
     try:
         e = await c.stat(a.path, blocks=False)
-    except NotFound:
+    except (NotFound, NotADirectory):  # no such path: false, silently
         return EXIT_ERROR
     ok = {"e": True, "f": e["type"] == "file", "d": e["type"] == "dir",
           "s": e["type"] == "file" and e["size"] > 0,

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from .client.async_client import AsyncClient
-from .client.tree import Tally, TreeResult, has_magic
+from .client.tree import Tally, TreeResult, has_magic, shown
 from .errors import NotFound
 
 EXIT_OK, EXIT_ERROR, EXIT_NOT_FOUND = 0, 1, 2
@@ -108,7 +108,7 @@ def summarise(verb: str, r: TreeResult) -> int:
     parts.append(f"{len(r.failed)} failed")
     print(", ".join(parts), flush=True)
     for path, why in r.failed:
-        print(f"dfs-cli: error: {path}: {why}", file=sys.stderr)
+        print(f"dfs-cli: error: {shown(path)}: {why}", file=sys.stderr)
     if r.ok:
         return EXIT_OK
     return EXIT_NOT_FOUND if r.not_found_only else EXIT_ERROR
@@ -227,13 +227,13 @@ async def cmd_sync(c: AsyncClient, a: argparse.Namespace) -> int:
             bar.close()
     if a.dry_run:
         for action, path in r.changes:
-            print(f"{action} {path}")
+            print(f"{action} {shown(path)}")
         copies = sum(1 for action, _ in r.changes if action in ("upload", "download"))
         deletes = sum(1 for action, _ in r.changes if action == "delete")
         print(f"dry run: {copies} to copy, {deletes} to delete, {r.unchanged} unchanged, "
               f"{len(r.failed)} failed")
         for path, why in r.failed:
-            print(f"dfs-cli: error: {path}: {why}", file=sys.stderr)
+            print(f"dfs-cli: error: {shown(path)}: {why}", file=sys.stderr)
         return EXIT_OK if r.ok else EXIT_ERROR
     return summarise("sync", r)
 

@@ -15,7 +15,14 @@ import tempfile
 from typing import Any, BinaryIO, Callable
 
 from .. import config
-from ..errors import BadRequest, DFSError, IsADirectory, NotFound, Unavailable
+from ..errors import (
+    BadRequest,
+    DFSError,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    Unavailable,
+)
 from ..net import Connection, ConnectionPool, Security, SecurityError
 from . import tree, treesync
 from .filechecksum import file_checksum
@@ -236,11 +243,15 @@ class AsyncClient:
                 "free": sum(s.get("free", 0) for s in servers), "chunkservers": len(servers)}
 
     async def touch(self, path: str, mtime: float | None = None) -> None:
-        """Create an empty file, or set an existing entry's mtime (default: now)."""
+        """Create an empty file, or set an existing entry's mtime (default: now). As touch(1),
+        a missing parent directory is an error (NotFound), not created."""
         try:
             await self.meta_call("touch", path=path,
                                  **({} if mtime is None else {"mtime": mtime}))
         except NotFound:
+            parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
+            if (await self.stat(parent, blocks=False))["type"] != "dir":
+                raise NotADirectory(f"{parent} is a file") from None
             writer = await self.open_write(path, size=0)
             writer.mtime = mtime
             await writer.close()

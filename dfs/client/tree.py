@@ -20,15 +20,16 @@ import os
 import stat as stat_mod
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, TypeVar
 
 from .. import config
-from ..errors import DFSError, NotFound
+from ..errors import DFSError, NotADirectory, NotFound
 
 if TYPE_CHECKING:
     from .async_client import AsyncClient
 
 DEFAULT_PARALLEL = 8
+T = TypeVar("T")
 _MAGIC = set("*?[")
 
 
@@ -122,6 +123,10 @@ def walk_local(top: str, result: TreeResult) -> tuple[list[tuple[str, os.stat_re
         rel = "" if rel == "." else rel
         for d in list(dnames):
             full = os.path.join(root, d)
+            if not _utf8(os.path.join(rel, d)):
+                dnames.remove(d)
+                result.fail(shown(full), "directory name is not valid UTF-8: not copied")
+                continue
             if os.path.islink(full):
                 dnames.remove(d)
                 fnames.append(d)  # a link to a directory is listed, and refused below
@@ -129,11 +134,8 @@ def walk_local(top: str, result: TreeResult) -> tuple[list[tuple[str, os.stat_re
             dirs.append(os.path.join(rel, d))
         for name in fnames:
             full = os.path.join(root, name)
-            try:
-                os.path.join(rel, name).encode()
-            except UnicodeEncodeError:  # a name dfs cannot hold (paths are UTF-8)
-                result.fail(full.encode(errors="surrogateescape").decode(errors="replace"),
-                            "file name is not valid UTF-8")
+            if not _utf8(os.path.join(rel, name)):
+                result.fail(shown(full), "file name is not valid UTF-8: not copied")
                 continue
             try:
                 st = os.stat(full)
@@ -147,6 +149,21 @@ def walk_local(top: str, result: TreeResult) -> tuple[list[tuple[str, os.stat_re
             else:
                 result.fail(full, "not a regular file")
     return files, dirs
+
+
+def _utf8(name: str) -> bool:
+    """Whether a local name (surrogate-escaped by Python when its bytes are not UTF-8) can
+    be a dfs path, which is UTF-8 text."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(path: str) -> str:
+    """A local path fit for printing: bytes that are not UTF-8 shown as U+FFFD."""
+    return path.encode(errors="surrogateescape").decode(errors="replace")
 
 
 # remote side --------------------------------------------------------------------------------
@@ -189,13 +206,15 @@ async def glob_remote(client: "AsyncClient", pattern: str) -> list[dict[str, Any
                 try:
                     nxt.append(await client.stat(rjoin(base, part), blocks=False) if last else
                                {"path": rjoin(base, part), "type": "dir"})
-                except NotFound:
+                except (NotFound, NotADirectory):
                     pass
                 continue
             try:
                 children = await client.ls(base)
-            except NotFound:
+            except (NotFound, NotADirectory):
                 continue
+            if len(children) == 1 and children[0]["path"] == base:
+                continue  # a plain component taken for a directory is a file: no match
             for e in children:
                 name = e["path"].rsplit("/", 1)[-1]
                 if name.startswith(".") and not part.startswith("."):
@@ -203,7 +222,6 @@ async def glob_remote(client: "AsyncClient", pattern: str) -> list[dict[str, Any
                 if fnmatch.fnmatchcase(name, part):
                     nxt.append(e)
         found = nxt
-    # A plain component in the middle was assumed to be a directory: drop what is not.
     return sorted(found, key=lambda e: e["path"])
 
 
@@ -213,23 +231,27 @@ async def run_jobs(jobs: list[Job], parallel: int, result: TreeResult, tally: Ta
     """Run `one` on every job with at most `parallel` at a time; a failure is recorded and
     the rest go on. Largest files first: the small ones then fill the gaps at the end instead
     of one big file running alone."""
-    queue = sorted(jobs, key=lambda j: -j.size)
-    queue.reverse()  # pop() from the end takes the largest first
+    seen: set[str] = set()
+    unique = []
+    for job in jobs:  # two sources of one name (`get /a/x /b/x .`) would overwrite each other
+        if job.dst in seen:
+            result.fail(job.src, f"another source is also copied to {job.dst}: skipped")
+            tally.finished(job.src, False)
+        else:
+            seen.add(job.dst)
+            unique.append(job)
+    unique.sort(key=lambda j: -j.size)
 
-    async def worker() -> None:
-        while queue:
-            job = queue.pop()
-            try:
-                n = await one(job)
-            except (OSError, DFSError) as exc:
-                result.fail(job.src, exc)
-                tally.finished(job.src, False)
-                continue
-            result.files += 1
-            result.bytes += n
-            tally.finished(job.src, True)
-
-    await asyncio.gather(*(worker() for _ in range(max(1, min(parallel, len(jobs))))))
+    async def one_job(job: Job) -> None:
+        try:
+            n = await one(job)
+        except (OSError, DFSError):
+            tally.finished(job.src, False)
+            raise
+        result.files += 1
+        result.bytes += n
+        tally.finished(job.src, True)
+    await each(unique, parallel, result, one_job, lambda j: j.src)
 
 
 async def upload(client: "AsyncClient", jobs: list[Job], dirs: Iterable[str],
@@ -237,8 +259,7 @@ async def upload(client: "AsyncClient", jobs: list[Job], dirs: Iterable[str],
                  preserve: bool, tally: Tally) -> None:
     """Create `dirs` (remote, parents too) and upload every job, `parallel` at a time."""
     tally.planned(len(jobs), sum(j.size for j in jobs))
-    await _each(sorted(set(dirs)), parallel, result,
-                lambda d: client.mkdir(d, parents=True))
+    await each(sorted(set(dirs)), parallel, result, lambda d: client.mkdir(d, parents=True))
     result.dirs += len(set(dirs))
 
     async def one(job: Job) -> int:
@@ -274,9 +295,11 @@ async def download(client: "AsyncClient", jobs: list[Job], dirs: Iterable[str],
     await run_jobs(jobs, parallel, result, tally, one)
 
 
-async def _each(items: list[str], parallel: int, result: TreeResult,
-                fn: Callable[[str], Awaitable[Any]]) -> None:
-    """fn(item) for every item, `parallel` at a time, failures recorded."""
+async def each(items: list[T], parallel: int, result: TreeResult,
+               fn: Callable[[T], Awaitable[Any]],
+               name: Callable[[T], str] = str) -> None:
+    """fn(item) for every item in order, at most `parallel` at a time; an OSError or
+    DFSError is recorded against name(item) and the rest go on."""
     queue = list(reversed(items))
 
     async def worker() -> None:
@@ -285,9 +308,9 @@ async def _each(items: list[str], parallel: int, result: TreeResult,
             try:
                 await fn(item)
             except (OSError, DFSError) as exc:
-                result.fail(item, exc)
+                result.fail(name(item), exc)
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(parallel, len(items))))))
+    await asyncio.gather(*(worker() for _ in range(max(1, min(parallel, len(queue))))))
 
 
 # planning -----------------------------------------------------------------------------------
@@ -310,7 +333,7 @@ async def put_tree(client: "AsyncClient", sources: list[str], remote: str, *,
         except OSError as exc:
             result.fail(src, exc)
             continue
-        name = os.path.basename(os.path.normpath(src))
+        name = os.path.basename(os.path.abspath(src))  # `.` and `..` by their real names
         if stat_mod.S_ISDIR(st.st_mode):
             if not into and remote_type == "file":
                 result.fail(src, f"cannot put a directory over the file {remote}")

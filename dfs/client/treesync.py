@@ -66,10 +66,16 @@ async def _local_tree(top: str, result: tree.TreeResult
 
 async def _remote_tree(client: "AsyncClient", top: str
                        ) -> tuple[dict[str, tree.Job], set[str]]:
+    """The remote tree (empty when `top` does not exist). A directory that vanishes during
+    the walk fails the whole sync: taking it for empty could delete its twin on the other
+    side."""
     try:
-        files, dirs = await tree.walk_remote(client, top)
+        st = await client.stat(top, blocks=False)
     except NotFound:
         return {}, set()
+    if st["type"] != "dir":
+        raise BadRequest(f"{top} is a file, not a directory")
+    files, dirs = await tree.walk_remote(client, top)
     return ({f["rel"]: tree.Job(f["path"], "", f["size"], f["mtime"]) for f in files},
             set(dirs))
 
@@ -84,13 +90,14 @@ async def sync(client: "AsyncClient", src: str, dst: str, *, delete: bool = Fals
     result = tree.TreeResult()
     started = time.monotonic()
     up, local, remote = sides(src, dst)
-    if not os.path.isdir(local) and up:
+    if up and not os.path.isdir(local):
         raise NotFound(f"{local}: no such local directory")
     if not up:
-        st = await client.stat(remote, blocks=False)  # NotFound for a missing source
-        if st["type"] != "dir":
-            raise BadRequest(f"{remote} is not a directory")
+        await client.stat(remote, blocks=False)  # NotFound for a missing source
+        if os.path.lexists(local) and not os.path.isdir(local):
+            raise BadRequest(f"{local} is a file, not a directory")
     lfiles, ldirs = await _local_tree(local, result) if os.path.isdir(local) else ({}, set())
+    unreadable = bool(result.failed)  # the local walk could not see everything
     rfiles, rdirs = await _remote_tree(client, remote)
     sfiles, sdirs, dfiles, ddirs = (lfiles, ldirs, rfiles, rdirs) if up else \
         (rfiles, rdirs, lfiles, ldirs)
@@ -102,6 +109,11 @@ async def sync(client: "AsyncClient", src: str, dst: str, *, delete: bool = Fals
     # What goes: files and directories the source no longer has (top-most only), and
     # anything of the other kind in the way of a source entry.
     doomed: list[str] = []
+    if delete and up and unreadable:
+        # As rsync: part of the source could not be read, and what could not be seen must
+        # not look deleted. Nothing is deleted; the rest of the sync goes on.
+        result.fail(local, "some of the source could not be read: nothing deleted")
+        delete = False
     if delete:
         gone_dirs = sorted(d for d in ddirs - sdirs if d)
         for d in gone_dirs:
@@ -132,14 +144,17 @@ async def sync(client: "AsyncClient", src: str, dst: str, *, delete: bool = Fals
             copies.append(tree.Job(job.src, dst_of(rel), job.size, job.mtime))
         else:
             same.append(rel)
+    retime: list[str] = []  # same content, another mtime: only the time is copied
     if to_compare:
         differ = await _differing(client, to_compare, sfiles, dfiles, up, parallel, result)
         for rel in to_compare:
+            job = sfiles[rel]
             if rel in differ:
-                job = sfiles[rel]
                 copies.append(tree.Job(job.src, dst_of(rel), job.size, job.mtime))
             else:
                 same.append(rel)
+                if abs(dfiles[rel].mtime - job.mtime) > MTIME_WINDOW:
+                    retime.append(rel)
     new_dirs = sorted(d for d in sdirs - ddirs if d or not ddirs)
     result.unchanged = len(same)
     result.changes = [("delete", dst_of(r)) for r in doomed] + \
@@ -157,6 +172,14 @@ async def sync(client: "AsyncClient", src: str, dst: str, *, delete: bool = Fals
             else:
                 os.remove(dst_of(rel))
             result.deleted += 1
+        except (OSError, DFSError) as exc:
+            result.fail(dst_of(rel), exc)
+    for rel in retime:
+        try:
+            if up:
+                await client.touch(dst_of(rel), sfiles[rel].mtime)
+            else:
+                os.utime(dst_of(rel), (sfiles[rel].mtime, sfiles[rel].mtime))
         except (OSError, DFSError) as exc:
             result.fail(dst_of(rel), exc)
     dirs = [dst_of(d) for d in new_dirs]
@@ -177,24 +200,20 @@ async def _differing(client: "AsyncClient", rels: list[str], sfiles: dict[str, t
     """The files among `rels` whose content differs on the two sides (composite CRC32C); a
     file whose checksum cannot be had is copied again rather than trusted."""
     differ: set[str] = set()
-    queue = list(rels)
 
     async def value(job: tree.Job, remote: bool) -> Any:
         if remote:
             return (await file_checksum(client, job.src))["checksum"]
         return (await asyncio.to_thread(local_checksum, job.src))["checksum"]
 
-    async def worker() -> None:
-        while queue:
-            rel = queue.pop()
-            try:
-                a = await value(sfiles[rel], not up)
-                b = await value(dfiles[rel], up)
-            except (OSError, DFSError):
-                differ.add(rel)
-                continue
-            if a != b:
-                differ.add(rel)
+    async def compare(rel: str) -> None:
+        try:
+            a = await value(sfiles[rel], not up)
+            b = await value(dfiles[rel], up)
+        except (OSError, DFSError):
+            a, b = 0, 1
+        if a != b:
+            differ.add(rel)
 
-    await asyncio.gather(*(worker() for _ in range(max(1, min(parallel, len(rels))))))
+    await tree.each(rels, parallel, result, compare)
     return differ

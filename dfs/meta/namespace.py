@@ -8,6 +8,7 @@ served the live request. Methods raise `DFSError` subclasses a client can unders
 from __future__ import annotations
 
 import bisect
+from itertools import islice
 from typing import Any, Iterator
 
 from ..errors import (
@@ -17,6 +18,7 @@ from ..errors import (
     IsADirectory,
     NotADirectory,
     NotFound,
+    TooLarge,
 )
 
 MAX_PATH = 4096
@@ -208,7 +210,8 @@ class Namespace:
         if isinstance(old, Dir):
             raise IsADirectory(join(parts))
         parent.put(parts[-1], file)
-        parent.mtime = file.mtime
+        # A file may bring an old mtime (put -p, sync): the directory's never goes back.
+        parent.mtime = max(parent.mtime, file.mtime)
         self.files += 1
         self.blocks += len(file.blocks)
         if old is not None:
@@ -265,13 +268,15 @@ class Namespace:
             self._count_out(replaced)
         return join(dparts), replaced
 
-    def copy(self, src: str, dst: str, recursive: bool, mtime: float
-             ) -> tuple[str, list[File], File | None]:
+    def copy(self, src: str, dst: str, recursive: bool, mtime: float,
+             limit: int | None = None) -> tuple[str, list[File], File | None]:
         """Copy a file (or, with `recursive`, a directory tree) to `dst`, sharing its blocks:
         committed blocks never change, so a copy is new File objects over the same block ids.
         An existing directory at `dst` receives the copy inside it; an existing file there
         is replaced by a copied file (never by a directory). Returns (final path, the new
-        files, the replaced file). The caller counts the extra references to the blocks."""
+        files, the replaced file). The caller counts the extra references to the blocks.
+        `limit`: refuse a tree of more entries than that (one request must not stall meta or
+        grow it without bound; replay passes None, the copy was allowed when it was made)."""
         sparts, dparts = split_path(src), split_path(dst)
         node = self._walk(sparts, src)
         if isinstance(node, Dir) and not recursive:
@@ -293,6 +298,11 @@ class Namespace:
                 raise AlreadyExists(join(dparts))
         elif isinstance(target, Dir):
             raise AlreadyExists(f"{join(dparts)} (a directory)")
+        if limit is not None and isinstance(node, Dir):
+            entries = sum(1 for _ in islice(walk(node), limit + 1))
+            if entries > limit:
+                raise TooLarge(f"{join(sparts)} holds more than {limit} entries: copy its "
+                               "subdirectories one by one")
         dparent = self._parent(dparts, dst, True, mtime)
         copied: list[File] = []
         clone = _clone(node, mtime, copied)
@@ -305,16 +315,19 @@ class Namespace:
             self._count_out(replaced)
         return join(dparts), copied, replaced
 
-    def set_replication(self, path: str, replication: int, recursive: bool) -> list[File]:
+    def set_replication(self, path: str, replication: int, recursive: bool
+                        ) -> tuple[list[File], int]:
         """Set the replication of a file, or of every file under a directory (`recursive`);
-        returns the files whose replication changed."""
+        returns every file at or under the path, and how many of them changed."""
         node = self.lookup(path)
         if isinstance(node, Dir) and not recursive:
             raise IsADirectory(f"{normalise(path)} is a directory (use -R)")
-        changed = [f for f in iter_files(node) if f.replication != replication]
-        for f in changed:
+        files = list(iter_files(node))
+        changed = 0
+        for f in files:
+            changed += f.replication != replication
             f.replication = replication
-        return changed
+        return files, changed
 
     def touch(self, path: str, mtime: float) -> None:
         """Set a file's or directory's modification time (touch, sync keeping mtimes)."""

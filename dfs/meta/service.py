@@ -19,7 +19,7 @@ from typing import Any, Awaitable
 from .. import config
 from ..errors import BadRequest, DFSError, NoSpace, NotFound
 from ..net import NO_SECURITY, Security, ServerConnection
-from ..protocol.fields import addrs, text, uint
+from ..protocol.fields import addrs, mtime, text, uint
 from . import records, views
 from .checkpointer import Checkpointer
 from .cluster import BlockInfo, Cluster
@@ -279,12 +279,9 @@ class MetaService:
         self._writable()
         up = self.uploads.get(uint(h, "upload"), time.monotonic())
         committed = self.uploads.check_commit(up, h.get("blocks"))
-        mtime = h.get("mtime")  # a client keeping the local file's time (sync, put -p)
-        if mtime is None:
-            mtime = time.time()
-        elif type(mtime) not in (int, float) or not 0 <= mtime < 1e11:
-            raise BadRequest("mtime must be seconds since 1970")
-        f = File([b for b, _, _ in committed], up.replication, up.block_size, float(mtime))
+        # A client keeping the local file's time (sync, put -p) sends it; else meta's clock.
+        f = File([b for b, _, _ in committed], up.replication, up.block_size,
+                 mtime(h, "mtime", time.time()))
         # Publish first: if the path cannot take the file (a directory appeared there since
         # create), nothing has changed yet and the client's abort reclaims the blocks.
         old = self.ns.publish(up.path, f)
@@ -365,7 +362,8 @@ class MetaService:
         src, dst = normalise(h.get("src")), normalise(h.get("dst"))
         recursive = bool(h.get("recursive"))
         now = time.time()
-        final, copied, replaced = self.ns.copy(src, dst, recursive, now)
+        final, copied, replaced = self.ns.copy(src, dst, recursive, now,
+                                               config.MAX_COPY_FILES)
         for f in copied:  # count the new users before the replaced file lets go of any
             for b in f.blocks:
                 if self.cluster.share(b.id, f.replication):
@@ -385,24 +383,24 @@ class MetaService:
         recursive = bool(h.get("recursive"))
         if not 1 <= replication <= config.MAX_REPLICATION:
             raise BadRequest(f"replication must be 1..{config.MAX_REPLICATION}")
-        changed = self.ns.set_replication(path, replication, recursive)
-        for block_id, wanted in views.block_replication(self.ns.root, changed,
+        files, changed = self.ns.set_replication(path, replication, recursive)
+        # Every file's blocks, changed or not: a block shared with a file since removed may
+        # still want that file's higher replication, and this is when it is put right.
+        for block_id, wanted in views.block_replication(self.ns.root, files,
                                                         self.cluster).items():
             if self.cluster.set_replication(block_id, wanted):
                 self.replicator.check(block_id)
         return self._durable(records.setrep(path, replication, recursive),
-                             {"path": path, "files": len(changed)})
+                             {"path": path, "files": changed})
 
     def handle_touch(self, h: dict[str, Any], payload: memoryview,
                      conn: ServerConnection) -> Awaitable[Reply]:
         """Set a file's or directory's mtime (`mtime`, default now)."""
         self._writable()
         path = normalise(h.get("path"))
-        mtime = h.get("mtime", time.time())
-        if type(mtime) not in (int, float) or not 0 <= mtime < 1e11:
-            raise BadRequest("mtime must be seconds since 1970")
-        self.ns.touch(path, float(mtime))
-        return self._durable(records.touch(path, float(mtime)), {"path": path})
+        when = mtime(h, "mtime", time.time())
+        self.ns.touch(path, when)
+        return self._durable(records.touch(path, when), {"path": path})
 
     def handle_du(self, h: dict[str, Any], payload: memoryview,
                   conn: ServerConnection) -> Reply:

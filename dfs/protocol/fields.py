@@ -57,3 +57,17 @@ def rows(header: dict[str, Any], key: str, names: tuple[str, ...]) -> list[list[
             for r in v):
         raise BadRequest(f"field {key!r} must be a list of [{', '.join(names)}]")
     return v
+
+
+MTIME_LIMIT = 1e11  # seconds either side of 1970: year 5138, and any pre-1970 file's date
+
+
+def mtime(header: dict[str, Any], key: str, default: float) -> float:
+    """A modification time in seconds since 1970 (int or float, finite, |t| < 10^11; files
+    from before 1970 have negative ones); absent or nil: `default`."""
+    v = header.get(key)
+    if v is None:
+        return default
+    if type(v) not in (int, float) or not -MTIME_LIMIT < v < MTIME_LIMIT:
+        raise BadRequest(f"field {key!r} must be seconds since 1970")
+    return float(v)

@@ -186,6 +186,10 @@ def test_du_df_touch_test_tail(cluster: Cluster, tmp_path: Path) -> None:
     assert cli("test", "-d", "/d", meta=m).code == 0
     assert cli("test", "-f", "/d", meta=m).code == 1
     assert cli("test", "-e", "/nope", meta=m).code == 1  # test says no; not an error
+    run = cli("test", "-e", "/d/f/child", meta=m)  # under a file: no such path either
+    assert run.code == 1 and run.err == "", run
+    run = cli("touch", "/no/such/dir/f", meta=m)  # as touch(1): parents are not made
+    assert run.code == 2 and cli("test", "-e", "/no", meta=m).code == 1, run
     assert ok(cli("tail", "-c", "3", "/d/f", meta=m)).out == bytes([253, 254, 255])
     assert ok(cli("tail", "-c", "1MiB", "/d/f", meta=m)).out == bytes(range(256)) * 40
     rows = ok(cli("du", "--json", "/d", meta=m)).json()
@@ -202,6 +206,18 @@ def test_du_df_touch_test_tail(cluster: Cluster, tmp_path: Path) -> None:
     assert ok(cli("stat", "--json", "/d/f", meta=m)).json()["mtime"] >= before
     long = ok(cli("ls", "-l", "-h", "/d", meta=m)).text
     assert "10.0 KiB" in long, long
+
+
+def test_put_of_dot_and_dotdot_uses_their_real_names(cluster: Cluster, tmp_path: Path) -> None:
+    m = cluster.meta_addr
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "sub" / "f").write_bytes(b"f")
+    ok(cli("mkdir", "/into", meta=m))
+    ok(cli("put", ".", "/into", meta=m, cwd=work / "sub"))
+    assert cli("test", "-f", "/into/sub/f", meta=m).code == 0
+    ok(cli("put", "..", "/into", meta=m, cwd=work / "sub"))
+    assert cli("test", "-f", "/into/work/sub/f", meta=m).code == 0
 
 
 def test_version_help_and_completion() -> None:

@@ -180,6 +180,41 @@ def test_a_shared_block_keeps_the_highest_replication_of_its_files() -> None:
     run(main())
 
 
+def test_setrep_puts_right_a_block_left_wanting_a_removed_copys_replication() -> None:
+    async def main() -> None:
+        svc = await new_meta(servers=3)
+        await put(svc, "/a", [10], replication=1)
+        await call(svc, "cp", src="/a", dst="/b")
+        await call(svc, "setrep", path="/b", replication=3)
+        [blk] = await ids(svc, "/a")
+        await call(svc, "rm", path="/b")
+        assert svc.cluster.blocks[blk].replication == 3  # kept until recomputed
+        reply = await call(svc, "setrep", path="/a", replication=1)
+        assert reply["files"] == 0  # /a already asked for 1 ...
+        assert svc.cluster.blocks[blk].replication == 1  # ... and its block now does too
+        await svc.stop()
+
+    run(main())
+
+
+def test_one_cp_copies_at_most_max_copy_files_entries(monkeypatch) -> None:
+    from dfs import config
+    from dfs.errors import TooLarge
+
+    async def main() -> None:
+        svc = await new_meta()
+        for i in range(4):
+            await put(svc, f"/top/d/f{i}", [10])
+        monkeypatch.setattr(config, "MAX_COPY_FILES", 4)
+        with pytest.raises(TooLarge):
+            await call(svc, "cp", src="/top", dst="/copy", recursive=True)  # 5 entries
+        assert (await call(svc, "cp", src="/top/d", dst="/e", recursive=True))["files"] == 4
+        assert svc.ns.files == 8
+        await svc.stop()
+
+    run(main())
+
+
 def test_du_counts_logical_and_stored_bytes() -> None:
     async def main() -> None:
         svc = await new_meta(servers=3)
@@ -210,9 +245,13 @@ def test_commit_and_touch_take_a_client_mtime() -> None:
         assert (await call(svc, "stat", path="/f"))["mtime"] == 1234.5
         await call(svc, "touch", path="/f", mtime=99)
         assert (await call(svc, "stat", path="/f"))["mtime"] == 99.0
-        for bad in ("x", -1, True, 1e12):
+        for bad in ("x", True, 1e12, -1e12, float("nan"), float("inf"), [1]):
             with pytest.raises(BadRequest):
                 await call(svc, "touch", path="/f", mtime=bad)
+        await call(svc, "touch", path="/f", mtime=-86400)  # a file from 31 Dec 1969
+        assert (await call(svc, "stat", path="/f"))["mtime"] == -86400.0
+        await call(svc, "touch", path="/f", mtime=None)  # nil: now, as when absent
+        assert (await call(svc, "stat", path="/f"))["mtime"] > 1e9
         with pytest.raises(NotFound):
             await call(svc, "touch", path="/g")
         await svc.stop()
