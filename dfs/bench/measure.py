@@ -12,7 +12,8 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -47,6 +48,16 @@ def peak_rss_mib(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return round(int(line.split()[1]) / 1024, 1)
     raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+@contextmanager
+def peaks(pids: dict[str, int], into: dict[str, float]) -> Iterator[None]:
+    """Record each process's peak RSS over the block (keeping the larger of repeated phases)."""
+    for pid in pids.values():
+        reset_peak_rss(pid)
+    yield
+    for name, pid in pids.items():
+        into[name] = max(into.get(name, 0.0), peak_rss_mib(pid))
 
 
 def run_timed(cmd: list[str], *, cwd: str | None = None,

@@ -21,6 +21,8 @@ _LIMIT_NAMES = {"fsync_write_MBps": "fsync'd local write", "loopback_MBps": "loo
 
 
 def render(r: dict[str, Any]) -> str:
+    if r.get("workload") == "tree":
+        return _render_tree(r)
     lines = [_title(r)]
     lim = r.get("limits", {})
     peer = r.get("seaweedfs", {})
@@ -54,6 +56,45 @@ def render(r: dict[str, Any]) -> str:
         lines.append("  with: " + ", ".join(k for k in ("secret", "tls") if r.get(k)))
     lines.append(f"  ({r.get('seconds', 0):.0f} s in all)")
     return "\n".join(lines)
+
+
+def _render_tree(r: dict[str, Any]) -> str:
+    """Per tree: put and get in files/s and MB/s, and the ratio to the peer (the same for both
+    units: the same files moved)."""
+    peer = r.get("seaweedfs", {})
+    lines = [f"dfs-bench tree: dfs-cli put/get --parallel {r['parallel']}, "
+             f"R={r['replication']}"]
+    trees = {"small": f"{r['files']} files of {r['size']} bytes in nested directories",
+             "large": f"{r['large_files']} files of {r['large_size'] / 2**20:.0f} MiB"}
+    for name, title in trees.items():
+        if name not in r:
+            continue
+        lines.append(f"  {title}")
+        for op in ("put", "get"):
+            ours = r[name]
+            line = (f"    {op:<6}{ours[op + '_ops']:>10.1f} files/s {ours[op + '_MBps']:>9.1f}"
+                    f" MB/s")
+            theirs = peer.get(name)
+            if theirs:
+                line += (f"  {ours[op + '_ops'] / theirs[op + '_ops']:5.2f}x "
+                         f"{_peer_name(peer)} ({theirs[op + '_ops']:.1f} files/s, "
+                         f"{theirs[op + '_MBps']:.1f} MB/s)")
+            lines.append(line)
+        lines.append("    client peak RSS: " + _client_rss("dfs-cli", r[name]) + (
+            "; " + _client_rss("weed", peer[name]) if peer.get(name) else ""))
+    lines.append("  peak RSS: " + _rss(r.get("rss_mib", {})))
+    if peer:
+        lines.append("  seaweedfs peak RSS: " + _rss(peer.get("rss_mib", {})))
+        lines.append("  seaweedfs: weed upload -dir / weed download by file id, one file at "
+                     "a time" + (", volume files fsynced after each upload" if peer.get("fsync")
+                                 else ", no fsync"))
+    lines.append(f"  ({r.get('seconds', 0):.0f} s in all)")
+    return "\n".join(lines)
+
+
+def _client_rss(who: str, figures: dict[str, Any]) -> str:
+    rss = figures["client_rss_mib"]
+    return f"{who} put {rss['put']:.0f} MiB, get {rss['get']:.0f} MiB"
 
 
 def _title(r: dict[str, Any]) -> str:

@@ -67,7 +67,9 @@ VOLUME_MAX = 32
 #: Collection `weed benchmark` writes to (its default, given explicitly so we can pre-grow it).
 BENCH_COLLECTION = "benchmark"
 
-_REPLICATION = "001"
+#: Every write's replication: one extra copy on another server of the same rack, i.e. two
+#: copies, like our R=2.
+REPLICATION = "001"
 
 
 def _bindable(port: int) -> bool:
@@ -193,7 +195,7 @@ class SeaweedCluster:
         common = [f"-port={port}", f"-port.grpc={port + 10000}", "-ip=127.0.0.1"]
         if name == "master":
             return [self.weed, "-logtostderr", "master", *common, f"-mdir={data}",
-                    f"-defaultReplication={_REPLICATION}",
+                    f"-defaultReplication={REPLICATION}",
                     f"-volumeSizeLimitMB={VOLUME_SIZE_LIMIT_MB}",
                     # a single master: skip waiting for a Raft quorum that cannot come
                     "-peers=none",
@@ -279,7 +281,7 @@ class SeaweedCluster:
 
     def _assign(self, collection: str = "") -> dict[str, Any]:
         """Ask the master for a file id with replication 001 (grows volumes if there are none)."""
-        q = f"replication={_REPLICATION}" + (f"&collection={collection}" if collection else "")
+        q = f"replication={REPLICATION}" + (f"&collection={collection}" if collection else "")
         got: dict[str, Any] = _http_json(f"http://{self.master}/dir/assign?{q}", timeout=30)
         if "fid" not in got:
             raise ValueError(f"assign: {got.get('error', got)}")
@@ -344,7 +346,7 @@ class SeaweedCluster:
             elapsed = time.perf_counter() - t0
         return elapsed, res.stdout.decode(errors="replace"), res.returncode
 
-    def _fsync_volume_files(self) -> None:
+    def fsync_volume_files(self) -> None:
         """fsync every volume .dat file of both servers (what fsync=true would do per write)."""
         for name in ("volume1", "volume2"):
             d = os.path.join(self.base, name)
@@ -372,7 +374,7 @@ class SeaweedCluster:
         size = os.path.getsize(path)
         put_s, out, rc = self._run_tool(
             ["upload", f"-master={self.master}", f"-maxMB={UPLOAD_MAX_MB}",
-             f"-replication={_REPLICATION}", path], "upload.log")
+             f"-replication={REPLICATION}", path], "upload.log")
         try:
             entry = json.loads(out)[0]
         except (ValueError, IndexError, KeyError, TypeError):
@@ -383,7 +385,7 @@ class SeaweedCluster:
             raise RuntimeError(f"weed upload stored {entry.get('size')} bytes of {size}")
         if self.fsync:
             t0 = time.perf_counter()
-            self._fsync_volume_files()
+            self.fsync_volume_files()
             put_s += time.perf_counter() - t0
         fid = str(entry["fid"])  # for a chunked file: the manifest's fid; download merges
         os.makedirs(workdir, exist_ok=True)
@@ -426,7 +428,7 @@ class SeaweedCluster:
         except (OSError, ValueError, http.client.HTTPException) as e:
             raise RuntimeError(f"cannot grow collection {BENCH_COLLECTION!r}: {e}")
         args = ["benchmark", f"-master={self.master}", f"-n={files}", f"-size={size}",
-                f"-c={concurrency}", f"-replication={_REPLICATION}",
+                f"-c={concurrency}", f"-replication={REPLICATION}",
                 f"-collection={BENCH_COLLECTION}",
                 f"-list={os.path.join(self.base, 'benchmark_list.txt')}"]
         if self.fsync:

@@ -73,6 +73,19 @@ def test_meta_smoke(tmp_path: Path) -> None:
     assert no_dfsd_under(tmp_path)
 
 
+def test_tree_smoke(tmp_path: Path) -> None:
+    r = bench("tree", "--files", "24", "--size", "1KiB", "--large-files", "2", "--large-size",
+              "2MiB", "--parallel", "4", tmp=tmp_path)
+    assert (r["files"], r["size"], r["large_files"], r["parallel"]) == (24, 1024, 2, 4)
+    for tree in ("small", "large"):  # 24 KiB moves at well under 0.1 MB/s: no MB/s there
+        positive(r[tree], "put_ops", "get_ops", "put_s", "get_s")
+        positive(r[tree]["client_rss_mib"], "put", "get")
+    positive(r["large"], "put_MBps", "get_MBps")
+    assert r["order"] == {"small": ["dfs"], "large": ["dfs"]}
+    assert set(r["rss_mib"]) == ROLES, r
+    assert no_dfsd_under(tmp_path)
+
+
 def test_against_a_running_cluster_leaves_nothing_behind(shared_cluster: Cluster,
                                                          tmp_path: Path) -> None:
     """--meta uses the given cluster: only the client's RSS is known, and the workload's
