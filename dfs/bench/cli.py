@@ -29,7 +29,7 @@ from .. import __version__, config
 from ..client.tree import DEFAULT_PARALLEL
 from ..local_cluster import Cluster
 from . import limits, startup
-from .measure import peaks, run_timed, same_file
+from .measure import peaks, random_file, run_timed, same_file
 from .report import render
 
 if TYPE_CHECKING:
@@ -176,20 +176,11 @@ def _security_options(args: argparse.Namespace, base: str) -> list[str]:
     return out
 
 
-def _random_file(path: str, size: int) -> None:
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 1 << 20)
-            f.write(os.urandom(n))
-            left -= n
-
-
 def run_large(args: argparse.Namespace, base: str) -> dict[str, Any]:
     size = args.size
     src, out = os.path.join(base, "large.src"), os.path.join(base, "large.out")
     _log(f"writing a {size / config.MiB:.0f} MiB random source file")
-    _random_file(src, size)
+    random_file(src, size)
     _log("measuring the machine's limits (loopback stream, fsync'd write)")
     loop = limits.loopback_MBps(size)
     fsync_w, cached_r = limits.fsync_write_MBps(base, size)

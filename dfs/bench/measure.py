@@ -96,3 +96,13 @@ def same_file(a: str, b: str) -> bool:
                 return False
             if not x:
                 return True
+
+
+def random_file(path: str, size: int) -> None:
+    """`size` random bytes at `path`, written 1 MiB at a time (the benchmarks' inputs)."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 1 << 20)
+            f.write(os.urandom(n))
+            left -= n

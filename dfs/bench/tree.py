@@ -24,11 +24,12 @@ import json
 import os
 import shutil
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .measure import peaks, run_timed
+from .measure import peaks, random_file, run_timed
 
 if TYPE_CHECKING:
     from .seaweedfs import SeaweedCluster
@@ -56,21 +57,12 @@ class Tree:
         return {os.path.basename(rel): v for rel, v in self.digest.items()}
 
 
-def _random_file(path: str, size: int) -> None:
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 1 << 20)
-            f.write(os.urandom(n))
-            left -= n
-
-
 def make_small(root: str, files: int, size: int) -> Tree:
     """`files` files of `size` random bytes, spread evenly over dNN/ and dNN/sub/."""
     for i in range(files):
         d = os.path.join(root, f"d{i % SUBDIRS:02d}", *(["sub"] if i // SUBDIRS % 2 else []))
         os.makedirs(d, exist_ok=True)
-        _random_file(os.path.join(d, f"f{i:06d}.bin"), size)
+        random_file(os.path.join(d, f"f{i:06d}.bin"), size)
     return Tree("small", root, files, files * size, digest(root))
 
 
@@ -78,7 +70,7 @@ def make_large(root: str, files: int, size: int) -> Tree:
     """`files` files of `size` random bytes in one directory."""
     os.makedirs(root, exist_ok=True)
     for i in range(files):
-        _random_file(os.path.join(root, f"large{i:03d}.bin"), size)
+        random_file(os.path.join(root, f"large{i:03d}.bin"), size)
     return Tree("large", root, files, files * size, digest(root))
 
 
@@ -109,20 +101,20 @@ def check(who: str, want: Digest, got: Digest) -> None:
 
 
 @dataclass
-class Side:
+class Side(ABC):
     """One system under test: how it puts and gets a tree, and what it measured."""
 
     name: str
     pids: dict[str, int]  # its servers, for their peak RSS
     rss: dict[str, float] = field(default_factory=dict)
 
+    @abstractmethod
     def put(self, tree: Tree) -> tuple[float, float]:
         """Put the tree; (wall seconds, client peak RSS MiB)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def get(self, tree: Tree, out: str) -> tuple[float, float]:
         """Get the tree into the new directory `out` and check it; (seconds, client RSS)."""
-        raise NotImplementedError
 
 
 class DfsSide(Side):
