@@ -88,6 +88,7 @@ class AsyncClient:
         self.pool = ConnectionPool(security=self.security)
         self._meta: Connection | None = None
         self._meta_lock: asyncio.Lock | None = None
+        self.bytes_read = 0  # block bytes received from chunkservers (verified), all readers
 
     async def __aenter__(self) -> "AsyncClient":
         return self
@@ -317,22 +318,28 @@ class AsyncClient:
 
     async def open_write(self, path: str, replication: int = config.DEFAULT_REPLICATION,
                          block_size: int = config.DEFAULT_BLOCK_SIZE,
-                         size: int | None = None) -> FileWriter:
-        """A writer for a new file; `size`, if known, is the file's size (see FileWriter)."""
-        return await FileWriter(self, path, replication, block_size).open(size)
+                         size: int | None = None, exclusive: bool = False) -> FileWriter:
+        """A writer for a new file; `size`, if known, is the file's size (see FileWriter).
+        `exclusive`: AlreadyExists, at open or at close, if anything is at `path`."""
+        writer = FileWriter(self, path, replication, block_size)
+        writer.exclusive = exclusive
+        return await writer.open(size)
 
     async def put_stream(self, f: BinaryIO, remote: str, *,
                          replication: int = config.DEFAULT_REPLICATION,
                          block_size: int = config.DEFAULT_BLOCK_SIZE,
                          progress: Progress | None = None,
-                         mtime: float | None = None) -> dict[str, Any]:
+                         mtime: float | None = None,
+                         exclusive: bool = False) -> dict[str, Any]:
         """Upload everything a binary stream yields. Reads of a file or pipe run off the loop.
-        `mtime`: the time the file is published with (default: meta's clock at commit)."""
+        `mtime`: the time the file is published with (default: meta's clock at commit);
+        `exclusive`: AlreadyExists, and nothing written, if anything is at `remote`."""
         try:
             pump: Pump | None = Pump(f, config.PACKET_SIZE)
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
             pump = None  # an in-memory stream: reading it never blocks
-        writer = await self.open_write(remote, replication, block_size, _size_of(f))
+        writer = await self.open_write(remote, replication, block_size, _size_of(f),
+                                       exclusive)
         writer.mtime = mtime
         try:
             while True:
@@ -354,7 +361,7 @@ class AsyncClient:
                   replication: int = config.DEFAULT_REPLICATION,
                   block_size: int = config.DEFAULT_BLOCK_SIZE,
                   progress: Progress | None = None,
-                  preserve: bool = False) -> dict[str, Any]:
+                  preserve: bool = False, exclusive: bool = False) -> dict[str, Any]:
         """Upload a local file; replaces `remote` atomically. Returns path, size, blocks and
         `under_replicated` (ids of blocks stored on fewer servers than asked). `preserve`
         publishes it with the local file's mtime."""
@@ -362,13 +369,15 @@ class AsyncClient:
             mtime = os.fstat(f.fileno()).st_mtime if preserve else None
             return await self.put_stream(f, remote, replication=replication,
                                          block_size=block_size, progress=progress,
-                                         mtime=mtime)
+                                         mtime=mtime, exclusive=exclusive)
 
     async def put_bytes(self, data: bytes, remote: str, *,
                         replication: int = config.DEFAULT_REPLICATION,
-                        block_size: int = config.DEFAULT_BLOCK_SIZE) -> dict[str, Any]:
-        """Upload bytes held in memory; replaces `remote` atomically."""
-        writer = await self.open_write(remote, replication, block_size, len(data))
+                        block_size: int = config.DEFAULT_BLOCK_SIZE,
+                        exclusive: bool = False) -> dict[str, Any]:
+        """Upload bytes held in memory; replaces `remote` atomically (with `exclusive`,
+        AlreadyExists instead if anything is there)."""
+        writer = await self.open_write(remote, replication, block_size, len(data), exclusive)
         try:
             view = memoryview(data)
             for i in range(0, len(view), config.PACKET_SIZE):
@@ -437,11 +446,14 @@ class AsyncClient:
                 pass
             raise
 
-    async def get_bytes(self, remote: str) -> bytes:
-        """The whole file in memory."""
+    async def get_bytes(self, remote: str, start: int = 0, end: int | None = None) -> bytes:
+        """The whole file in memory; or bytes [start, end) of it, which reads only the
+        checksum units that range covers (negative offsets count from the end)."""
         reader = await self.open_read(remote)
         try:
-            return await reader.read()
+            if start == 0 and end is None:
+                return await reader.read()
+            return await reader.pread(*reader.span(start, end))
         finally:
             await reader.close()
 

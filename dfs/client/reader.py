@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEGMENT = config.READ_SIZE
+UNIT = config.CHECKSUM_UNIT
 # Pauses before re-asking meta for a block's locations when all replicas failed (None: stop).
 RETRY_DELAYS: tuple[float | None, ...] = (*config.READ_RETRY_DELAYS, None)
 
@@ -35,11 +36,17 @@ class FileReader:
         self.size: int = info["size"]
         self.block_size: int = info["block_size"]
         self.blocks: list[dict[str, Any]] = info["blocks"]
+        self.mtime: float = info.get("mtime", 0.0)
+        self.replication: int = info.get("replication", 0)
         self.pos = 0
         self.closed = False
         self._segments: dict[tuple[int, int], asyncio.Task[bytes]] = {}
         self._corrupt: dict[int, set[str]] = {}  # block index -> replicas with bad bytes
         self._slow: set[str] = set()  # replicas that failed lately: tried last
+        # Segments a sequential read keeps in flight, the one being read included. A caller
+        # that knows its access pattern (see fsspec/files.py) may lower it: 1 reads no
+        # further than asked.
+        self.window = config.READ_WINDOW
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self.pos, 2: self.size}[whence]
@@ -91,6 +98,57 @@ class FileReader:
         self.pos += len(piece)
         return piece
 
+    def span(self, start: int | None, end: int | None) -> tuple[int, int]:
+        """[start, end) as a slice means it (None: the file's ends; negative: from the end),
+        clamped to the file, as (offset, length)."""
+        def clamp(i: int | None, default: int) -> int:
+            if i is None:
+                return default
+            return max(0, self.size + i) if i < 0 else min(i, self.size)
+        first = clamp(start, 0)
+        return first, max(0, clamp(end, self.size) - first)
+
+    async def pread(self, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` (fewer at the end of the file), leaving the position
+        alone and reading nothing ahead: only the checksum units covering the range are
+        fetched, in READ_SIZE pieces, several at once. Random access (a parquet footer, one
+        column chunk, a 4 KiB record) costs what it asks for plus at most a unit each side."""
+        if self.closed:
+            raise ValueError("read from a closed dfs file")
+        end = min(offset + length, self.size)
+        if offset < 0 or offset >= end:
+            return b""
+        pieces: list[tuple[int, int, int]] = []  # (block index, offset in block, length)
+        pos = offset
+        while pos < end:
+            bi, off = divmod(pos, self.block_size)
+            bsize = self.blocks[bi]["size"]
+            stop = min(end - bi * self.block_size, bsize)
+            last = min(-(-stop // UNIT) * UNIT, bsize)
+            for seg in range(off - off % UNIT, last, SEGMENT):
+                pieces.append((bi, seg, min(SEGMENT, last - seg)))
+            pos = bi * self.block_size + stop
+        gate = asyncio.Semaphore(2 * config.READ_WINDOW)
+
+        async def fetch(bi: int, seg: int, n: int) -> bytes:
+            async with gate:
+                return await self._fetch(bi, seg, n)
+        tasks = [asyncio.ensure_future(fetch(*p)) for p in pieces]
+        try:
+            datas = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
+        parts: list[memoryview] = []
+        for (bi, seg, _), data in zip(pieces, datas, strict=True):
+            base = bi * self.block_size + seg
+            parts.append(memoryview(data)[max(offset, base) - base:
+                                          min(end, base + len(data)) - base])
+        if len(parts) == 1 and len(parts[0]) == len(datas[0]):
+            return datas[0]
+        return b"".join(parts)
+
     async def close(self) -> None:
         self.closed = True
         for task in self._segments.values():
@@ -113,7 +171,7 @@ class FileReader:
             task = self._segments[key] = asyncio.ensure_future(self._fetch(bi, seg))
         if read_ahead:
             nxt: tuple[int, int] | None = key
-            for _ in range(config.READ_WINDOW - 1):
+            for _ in range(self.window - 1):
                 nxt = self._next(*nxt) if nxt else None
                 if nxt is None:
                     break
@@ -126,15 +184,16 @@ class FileReader:
                     and task.exception() is not None:
                 self._segments.pop(key, None)  # let a later read try again
 
-    async def _fetch(self, bi: int, seg: int) -> bytes:
-        """One segment from the first replica that returns verified bytes. When every known
+    async def _fetch(self, bi: int, seg: int, size: int = SEGMENT) -> bytes:
+        """`size` bytes (fewer at the block's end) at `seg`, a checksum unit boundary, from
+        the first replica that returns verified bytes. When every known
         replica fails, back off, ask meta where the block lives now, and try again: right
         after a meta restart, locations reappear as chunkservers re-register."""
         errors: list[str] = []
         corrupt = self._corrupt.setdefault(bi, set())
         for delay in RETRY_DELAYS:
             block = self.blocks[bi]
-            length = min(SEGMENT, block["size"] - seg)
+            length = min(size, block["size"] - seg)
             replicas = [a for a in block["replicas"] if a not in corrupt]
             if replicas:
                 k = bi % len(replicas)  # spread a file's blocks over their replicas
@@ -175,6 +234,7 @@ class FileReader:
                 checksum.verify(data, reply.header.get("crcs") or [])
             except BadRequest as exc:  # a replica that sends malformed checksums is bad too
                 raise ChecksumError(str(exc)) from None
+            self.client.bytes_read += length
             return bytes(data)
         finally:
             reply.release()

@@ -169,6 +169,7 @@ class FileWriter:
         self._first: dict[str, Any] | None = None  # a block meta placed along with create
         self.closed = False
         self.mtime: float | None = None  # set to publish with this mtime, not meta's clock
+        self.exclusive = False  # set to fail (AlreadyExists) if anything is at the path
 
     async def open(self, size: int | None = None) -> "FileWriter":
         """Start the upload. `size`, when the writer knows the file's size, lets meta place
@@ -176,6 +177,8 @@ class FileWriter:
         room for a whole block). Unless the file is known to be empty, meta places the first
         block in the same round trip."""
         fields: dict[str, Any] = {} if size is None else {"size": size}
+        if self.exclusive:
+            fields["exclusive"] = True
         reply = await self.client.meta_call("create", path=self.path,
                                             replication=self.replication,
                                             block_size=self.block_size,
@@ -250,7 +253,9 @@ class FileWriter:
                 await self.write_packet(data)
             if self.block is not None:
                 await self._end_block()
-            extra = {} if self.mtime is None else {"mtime": self.mtime}
+            extra: dict[str, Any] = {} if self.mtime is None else {"mtime": self.mtime}
+            if self.exclusive:
+                extra["exclusive"] = True
             reply = await self.client.meta_call("commit", upload=self.upload,
                                                 blocks=self.committed, **extra)
         except BaseException:

@@ -17,7 +17,7 @@ import time
 from typing import Any, Awaitable
 
 from .. import config
-from ..errors import BadRequest, DFSError, NoSpace, NotFound
+from ..errors import AlreadyExists, BadRequest, DFSError, NoSpace, NotADirectory, NotFound
 from ..net import NO_SECURITY, Security, ServerConnection
 from ..protocol.fields import addrs, mtime, text, uint
 from . import records, views
@@ -236,6 +236,8 @@ class MetaService:
             raise BadRequest(f"block size must be a multiple of {config.CHECKSUM_UNIT} "
                              f"between {config.MIN_BLOCK_SIZE} and {config.MAX_BLOCK_SIZE}")
         self.ns.check_file_path(path)
+        if h.get("exclusive"):
+            self._refuse_existing(path)
         up = self.uploads.create(path, replication, block_size, expected, time.monotonic())
         reply: Reply = {"upload": up.id, "path": path}
         if h.get("first_block"):  # saves a small file's writer a round trip to add_block
@@ -279,6 +281,8 @@ class MetaService:
         self._writable()
         up = self.uploads.get(uint(h, "upload"), time.monotonic())
         committed = self.uploads.check_commit(up, h.get("blocks"))
+        if h.get("exclusive"):  # checked again: another client may have published since
+            self._refuse_existing(up.path)
         # A client keeping the local file's time (sync, put -p) sends it; else meta's clock.
         f = File([b for b, _, _ in committed], up.replication, up.block_size,
                  mtime(h, "mtime", time.time()))
@@ -293,6 +297,14 @@ class MetaService:
         self.replicator.check_all(int(b) for b in under)
         record = records.publish(up.path, f, [d for _, _, d in committed])
         return self._durable(record, {"path": up.path, "under_replicated": under})
+
+    def _refuse_existing(self, path: str) -> None:
+        """An exclusive create (`open(path, "xb")`) fails once anything is at the path."""
+        try:
+            self.ns.lookup(path)
+        except (NotFound, NotADirectory):
+            return
+        raise AlreadyExists(path)
 
     def handle_abort(self, h: dict[str, Any], payload: memoryview,
                      conn: ServerConnection) -> Reply:

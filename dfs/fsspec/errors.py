@@ -1,0 +1,41 @@
+"""dfs errors as the OSError subclasses fsspec and every Python data tool expect.
+
+fsspec's generic code tests for FileNotFoundError (exists, expand_path, copy's on_error) and
+FileExistsError (open "xb", pipe mode="create"); pandas and pyarrow show an OSError's message
+as is. The dfs exception stays attached as __cause__ for callers that want the code."""
+
+from __future__ import annotations
+
+import errno
+from contextlib import contextmanager
+from typing import Iterator
+
+from .. import errors
+
+_ERRNO: dict[type[errors.DFSError], int] = {
+    errors.NotFound: errno.ENOENT,
+    errors.AlreadyExists: errno.EEXIST,
+    errors.NotADirectory: errno.ENOTDIR,
+    errors.IsADirectory: errno.EISDIR,
+    errors.DirectoryNotEmpty: errno.ENOTEMPTY,
+    errors.NoSpace: errno.ENOSPC,
+    errors.Unauthorized: errno.EACCES,
+    errors.Timeout: errno.ETIMEDOUT,
+    errors.BadRequest: errno.EINVAL,
+    errors.TooLarge: errno.EFBIG,
+}
+
+
+def to_oserror(exc: errors.DFSError, path: str | None = None) -> OSError:
+    """The OSError (FileNotFoundError, FileExistsError, ...) for a dfs error on `path`."""
+    code = _ERRNO.get(type(exc), errno.EIO)  # unavailable, checksum, internal: an I/O error
+    return OSError(code, str(exc), path) if path else OSError(code, str(exc))
+
+
+@contextmanager
+def translated(path: str | None = None) -> Iterator[None]:
+    """Raise dfs errors from the block as OSErrors (naming `path`)."""
+    try:
+        yield
+    except errors.DFSError as exc:
+        raise to_oserror(exc, path) from exc

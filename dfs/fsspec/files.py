@@ -1,0 +1,122 @@
+"""`DFSFile`: what `DFSFileSystem.open` returns, an fsspec `AbstractBufferedFile`.
+
+Reading ("rb") goes through one `FileReader`, opened with the file (one `stat`: the file's
+blocks, their replicas and read tokens), with read-ahead sized by the access pattern:
+- a read that does not start where the last one ended (a parquet footer, a column chunk, a
+  record looked up by offset) fetches exactly the checksum units it covers, nothing ahead;
+- each read that continues the last doubles the segments kept in flight (2, 4, ... up to
+  READ_WINDOW of READ_SIZE), so a sequential scan (read_csv, a copy) streams at full speed
+  while the caller works on what it has.
+Writing ("wb", "xb") streams through one `FileWriter`: the upload starts at open (so "xb"
+fails at once if the path exists), buffers are sent as they fill, and the file appears, whole
+and atomically, at close. A `with` block that raises aborts the upload: nothing half-written is
+ever published. dfs files are write-once: "ab" and "r+b" raise io.UnsupportedOperation.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from fsspec.spec import AbstractBufferedFile
+
+from .. import config
+from .errors import translated
+from .filesystem import DFSFileSystem, entry, run
+
+WRITE_BUFFER = 4 * config.PACKET_SIZE  # bytes gathered in the caller's thread per hop
+
+
+class DFSFile(AbstractBufferedFile):
+    def __init__(self, fs: DFSFileSystem, path: str, mode: str = "rb",
+                 block_size: Any = None, autocommit: bool = True,
+                 options: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if mode not in ("rb", "wb", "xb"):
+            raise io.UnsupportedOperation(
+                f"dfs cannot open {path} with mode {mode!r}: dfs files are write-once; "
+                "read with 'rb', or write a whole new file with 'wb' (or 'xb')")
+        self._reader: Any = None
+        self._writer: Any = None
+        self._next = -1  # where the last read ended
+        self._streak = 0  # reads in a row that continued the last one
+        if mode == "rb":
+            self._reader = run(fs, fs._open_reader, path)
+            info = {"path": path, "type": "file", "size": self._reader.size,
+                    "block_size": self._reader.block_size, "mtime": self._reader.mtime,
+                    "replication": self._reader.replication}
+            super().__init__(fs, path, mode, block_size=block_size, autocommit=autocommit,
+                             cache_type="none", size=self._reader.size, **kwargs)
+            self.details = entry(info)
+            self._reader.window = 1
+        else:
+            # First: if this fails ("xb" onto an existing file), no half-made file object
+            # is left for __del__ to close.
+            self._writer = run(fs, fs._open_writer, path, mode == "xb", options or {})
+            super().__init__(fs, path, mode, block_size=block_size or WRITE_BUFFER,
+                             autocommit=autocommit, **kwargs)
+            self.offset = 0  # the upload is open: flush() must not start another
+
+    # reading -----------------------------------------------------------------------------
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        reader = self._reader
+        if start == self._next:
+            self._streak += 1
+        else:
+            self._streak = 0
+        self._next = end
+        if self._streak == 0:  # random access: exactly what was asked
+            return run(self.fs, self._pread, start, end - start)
+        reader.window = min(config.READ_WINDOW, 2 ** self._streak)
+        return run(self.fs, self._stream, start, end - start)
+
+    async def _pread(self, start: int, length: int) -> bytes:
+        with translated(self.path):
+            return await self._reader.pread(start, length)
+
+    async def _stream(self, start: int, length: int) -> bytes:
+        with translated(self.path):
+            self._reader.seek(start)
+            return await self._reader.read(length)
+
+    # writing -----------------------------------------------------------------------------
+    def _upload_chunk(self, final: bool = False) -> bool:
+        data = self.buffer.getvalue()
+        run(self.fs, self._send, data, final and self.autocommit)
+        return True
+
+    async def _send(self, data: bytes, commit: bool) -> None:
+        with translated(self.path):
+            if data:
+                await self._writer.write(data)
+            if commit:
+                await self._writer.close()
+        if commit:
+            self.fs.invalidate_cache(self.path)
+
+    def commit(self) -> None:
+        """Publish a file written with autocommit=False (inside `fs.transaction`)."""
+        run(self.fs, self._send, b"", True)
+
+    def discard(self) -> None:
+        """Give up the upload: the file never appears."""
+        if self._writer is not None:
+            run(self.fs, self._writer.abort)
+
+    # closing -----------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            super().close()
+        finally:
+            if self._reader is not None:
+                run(self.fs, self._reader.close)
+            elif self._writer is not None and self.autocommit and not self._writer.closed:
+                run(self.fs, self._writer.abort)  # the commit failed: let meta reclaim
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is not None and self.writable():
+            self.discard()
+            self.closed = True
+            return
+        self.close()
