@@ -150,6 +150,10 @@ class FileReader:
         return b"".join(parts)
 
     async def close(self) -> None:
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Close without awaiting: cancel the read-ahead (call it on the reader's loop)."""
         self.closed = True
         for task in self._segments.values():
             task.cancel()

@@ -15,7 +15,9 @@ ever published. dfs files are write-once: "ab" and "r+b" raise io.UnsupportedOpe
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 from typing import Any
 
 from fsspec.spec import AbstractBufferedFile
@@ -23,6 +25,8 @@ from fsspec.spec import AbstractBufferedFile
 from .. import config
 from .errors import translated
 from .filesystem import DFSFileSystem, entry, run
+
+log = logging.getLogger(__name__)
 
 WRITE_BUFFER = 4 * config.PACKET_SIZE  # bytes gathered in the caller's thread per hop
 
@@ -104,15 +108,37 @@ class DFSFile(AbstractBufferedFile):
 
     # closing -----------------------------------------------------------------------------
     def close(self) -> None:
-        if self.closed:
+        if getattr(self, "_closed", True):  # AbstractBufferedFile.closed, typed for mypy
+            return
+        if self._reader is not None:
+            self.closed = True
+            self.cache = None
+            self._call_soon(self._reader.abandon)
+            return
+        if self._on_io_thread():
+            # Garbage-collected unclosed on fsspec's IO thread (where nothing may wait for
+            # the loop): a file never closed is not published.
+            self.closed = True
+            log.warning("%s was never closed: its upload is abandoned", self.path)
+            self._call_soon(lambda: asyncio.ensure_future(self._writer.abort()))
             return
         try:
             super().close()
         finally:
-            if self._reader is not None:
-                run(self.fs, self._reader.close)
-            elif self._writer is not None and self.autocommit and not self._writer.closed:
+            if self.autocommit and not self._writer.closed:
                 run(self.fs, self._writer.abort)  # the commit failed: let meta reclaim
+
+    def _on_io_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.fs.loop
+        except RuntimeError:
+            return False
+
+    def _call_soon(self, fn: Any) -> None:
+        try:
+            self.fs.loop.call_soon_threadsafe(fn)
+        except RuntimeError:
+            pass  # the loop is closed (interpreter exit): nothing is running to stop
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
         if exc_type is not None and self.writable():

@@ -78,9 +78,9 @@ class DFSFileSystem(AsyncFileSystem):
         """Pickled: the options alone, with the meta address and secret file resolved here
         (a worker elsewhere may have another $DFS_META, or none). A secret is named by its
         file, never copied; connections are made again on first use."""
-        options = {**self.storage_options, "meta": self.meta,
+        options = {**self.storage_options, "meta": self.meta,  # meta may have been args[0]
                    "secret_file": self.client_options["secret_file"]}
-        return make_instance, (type(self), self.storage_args, options)
+        return make_instance, (type(self), (), options)
 
     # URLs ---------------------------------------------------------------------------------
     @classmethod
