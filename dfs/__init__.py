@@ -30,9 +30,19 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """`dfs.DFSFileSystem`, imported on first use: fsspec is not loaded by every `import dfs`
+    (dfsd and dfs-cli never need it)."""
+    if name == "DFSFileSystem":
+        from .fsspec import DFSFileSystem
+        return DFSFileSystem
+    raise AttributeError(f"module 'dfs' has no attribute {name!r}")
+
+
 __all__ = [
     "AlreadyExists", "AsyncClient", "BadRequest", "ChecksumError", "Client", "DFSError",
     "DirectoryNotEmpty", "InternalError", "IsADirectory", "NoSpace", "NotADirectory",
     "NotFound", "StaleGeneration", "Timeout", "TooLarge", "Unauthorized", "Unavailable",
-    "VersionMismatch", "Tally", "TreeResult", "local_checksum", "__version__",
+    "VersionMismatch", "DFSFileSystem", "Tally", "TreeResult", "local_checksum", "__version__",
 ]
