@@ -32,7 +32,7 @@ from .. import config
 from ..client.async_client import AsyncClient, meta_address
 from ..client.reader import FileReader
 from ..client.writer import FileWriter
-from ..errors import NotADirectory, NotFound
+from ..errors import IsADirectory, NotADirectory, NotFound
 from .errors import translated
 from .urls import PROTOCOL, join_url, split_url
 
@@ -233,11 +233,11 @@ class DFSFileSystem(AsyncFileSystem):
                 await client.get_stream(rpath, lpath, progress=callback.relative_update,
                                         on_open=callback.set_size)
                 return
-            if (await client.stat(rpath, blocks=False))["type"] == "dir":
+            try:
+                await client.get(rpath, os.fspath(lpath), progress=callback.relative_update,
+                                 on_open=callback.set_size)
+            except IsADirectory:  # found out by the download's own stat: no extra request
                 os.makedirs(lpath, exist_ok=True)
-                return
-            await client.get(rpath, os.fspath(lpath), progress=callback.relative_update,
-                             on_open=callback.set_size)
 
     # writing ------------------------------------------------------------------------------
     def _new_file_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
