@@ -10,6 +10,7 @@ written to a socket). Returning is optional: a buffer never returned is garbage 
 from __future__ import annotations
 
 import mmap
+import threading
 
 Buffer = bytearray | mmap.mmap
 
@@ -18,6 +19,9 @@ class BufferPool:
         self._free: dict[int, list[Buffer]] = {}
         self._free_bytes = 0
         self._max_free_bytes = max_free_bytes
+        # Several event loops may share the pool in one process (a dfs.Client's thread and
+        # fsspec's IO thread, say): each check-then-pop must be one step.
+        self._lock = threading.Lock()
 
     @staticmethod
     def size_class(n: int) -> int:
@@ -29,18 +33,22 @@ class BufferPool:
 
     def get(self, n: int) -> Buffer:
         size = self.size_class(n)
-        free = self._free.get(size)
-        if free:
-            self._free_bytes -= size
-            return free.pop()
+        with self._lock:
+            free = self._free.get(size)
+            if free:
+                self._free_bytes -= size
+                return free.pop()
         return mmap.mmap(-1, size)
 
     def put(self, buf: Buffer) -> None:
         size = len(buf)
-        if size != self.size_class(size) or self._free_bytes + size > self._max_free_bytes:
+        if size != self.size_class(size):
             return
-        self._free.setdefault(size, []).append(buf)
-        self._free_bytes += size
+        with self._lock:
+            if self._free_bytes + size > self._max_free_bytes:
+                return
+            self._free.setdefault(size, []).append(buf)
+            self._free_bytes += size
 
     @property
     def free_bytes(self) -> int:
