@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import weakref
 from typing import Any
 
+from fsspec.caching import caches
 from fsspec.spec import AbstractBufferedFile
 
 from .. import config
@@ -51,6 +53,11 @@ class DFSFile(AbstractBufferedFile):
             super().__init__(fs, path, mode, block_size=block_size, autocommit=autocommit,
                              cache_type="none", size=self._reader.size, **kwargs)
             self.details = entry(info)
+            # The cache must not hold this file strongly: pyarrow never closes the files it
+            # opens, and a file in a reference cycle lingers until a garbage collection,
+            # perhaps at interpreter exit, where pyarrow then aborts. Freed by reference
+            # count, an unclosed file is closed as soon as its reader lets go of it.
+            self.cache = caches["none"](self.blocksize, _weak_fetcher(self), self.size)
             self._reader.window = 1
         else:
             # First: if this fails ("xb" onto an existing file), no half-made file object
@@ -146,3 +153,15 @@ class DFSFile(AbstractBufferedFile):
             self.closed = True
             return
         self.close()
+
+
+def _weak_fetcher(f: DFSFile) -> Any:
+    """f._fetch_range, without keeping f alive."""
+    ref = weakref.WeakMethod(f._fetch_range)
+
+    def fetch(start: int, end: int) -> bytes:
+        method = ref()
+        if method is None:
+            raise ValueError("I/O operation on a closed dfs file")
+        return bytes(method(start, end))
+    return fetch
