@@ -6,12 +6,16 @@
     dfs-bench meta  [--ops 20000] [--concurrency 16] [--ls-entries 100000]
     dfs-bench tree  [--files 1000] [--size 4KiB] [--large-files 10] [--large-size 100MiB]
                     [--parallel 8]                                 put and get whole trees
+    dfs-bench fsspec [--size 1GiB] [--runs 3] [--parquet-size 200MiB] [--ranges 1000]
+                                                   dfs:// against dfs-cli and dfs.Client
     ... [--json] [--compare seaweedfs] [--meta HOST:PORT] [--dir DIR] [--keep]
 
 Unless given --meta, it starts meta and two chunkservers as real processes on loopback with
 their data under --dir (fsync on, as always), and stops them at the end. Every client runs as
 its own process (dfs-cli for large and tree, dfs.bench.worker for small and meta) so its peak
-RSS is its own. Nothing here judges a figure: targets live in docs/PERFORMANCE.md, not in code.
+RSS is its own; fsspec alone runs its dfs:// side in this process, since that is how dfs://
+is used (see dfs/bench/fsspec.py). Nothing here judges a figure: targets live in
+docs/PERFORMANCE.md, not in code.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dfs-bench", description="Benchmark dfs on this machine.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="kind", required=True,
-                           metavar="large|small|meta|tree|startup")
+                           metavar="large|small|meta|tree|fsspec|startup")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print one JSON object")
@@ -107,6 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="size of each file of the second tree (default: 100MiB)")
     count(tr, "--parallel", DEFAULT_PARALLEL, "files dfs-cli moves at once")
     common(tr)
+    fs = sub.add_parser("fsspec", help="dfs:// (fsspec) against dfs-cli and dfs.Client: "
+                        "whole files, a parquet column, random 4 KiB ranges")
+    size(fs, config.GiB, "size of the large file")
+    count(fs, "--runs", 3, "repetitions of each timed step, A/B order alternating; the "
+          "median is reported")
+    fs.add_argument("--parquet-size", type=_size, default=200 * config.MiB,
+                    help="size of the parquet file (default: 200MiB)")
+    count(fs, "--ranges", 1000, "random 4 KiB ranges read")
+    fs.add_argument("--json", action="store_true", help="print one JSON object")
+    fs.add_argument("--meta", metavar="HOST:PORT",
+                    help="use this running cluster instead of starting one "
+                         "(default: start meta and two chunkservers on loopback)")
+    fs.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
+    fs.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
+    fs.add_argument("--secret", action="store_true",
+                    help="run the cluster with a (fresh) secret: authentication and tokens")
+    fs.add_argument("--tls", action="store_true",
+                    help="run every connection over TLS (a throwaway CA made with openssl)")
     st = sub.add_parser("startup", help="meta's start time and memory per file at N files")
     count(st, "--files", 1_000_000, "files in the namespace meta starts with")
     st.add_argument("--json", action="store_true", help="print one JSON object")
@@ -343,13 +365,37 @@ def _nest_latency(figures: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
+def run_fsspec(args: argparse.Namespace, base: str) -> dict[str, Any]:
+    for flag in ("size", "runs", "parquet_size", "ranges"):
+        if getattr(args, flag) < 1:
+            raise RuntimeError(f"--{flag.replace('_', '-')} must be at least 1")
+    from . import fsspec
+    servers = _Servers(args, base)
+    servers.start()
+    try:
+        result = fsspec.run(servers.addr, lambda *a: _cli(servers.addr, *a),
+                            _client_options(), base, args, _log)
+    finally:
+        servers.stop()
+    return result
+
+
 def run_startup(args: argparse.Namespace, base: str) -> dict[str, Any]:
     _log(f"meta start-up with {args.files} files")
     return startup.run(args.files, base)
 
 
 RUNS = {"large": run_large, "small": run_small, "meta": run_meta, "tree": run_tree,
-        "startup": run_startup}
+        "fsspec": run_fsspec, "startup": run_startup}
+
+
+def _render(kind: str, result: dict[str, Any]) -> str:
+    if kind == "startup":
+        return startup.render(result)
+    if kind == "fsspec":
+        from . import fsspec
+        return fsspec.render(result)
+    return render(result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(startup.render(result) if args.kind == "startup" else render(result))
+        print(_render(args.kind, result))
     return 0
 
 

@@ -86,6 +86,27 @@ def test_tree_smoke(tmp_path: Path) -> None:
     assert no_dfsd_under(tmp_path)
 
 
+def test_fsspec_smoke(tmp_path: Path) -> None:
+    r = bench("fsspec", "--size", "3MiB", "--parquet-size", "2MB", "--ranges", "50",
+              "--runs", "2", tmp=tmp_path)
+    assert (r["workload"], r["size"], r["runs"], r["replication"]) == ("fsspec", 3 * 2**20, 2, 2)
+    for kind in ("put", "read", "get"):
+        ab = r["whole"][kind]
+        positive(ab, "reference_MBps", "fsspec_MBps", "ratio")
+        assert len(ab["reference_s"]) == len(ab["fsspec_s"]) == 2, ab
+    positive(r["whole"], "cli_startup_s")
+    pq = r["parquet"]  # pyarrow is a test dependency: the part runs here
+    assert pq["column"] == "c3" and pq["columns"] == 10, pq
+    positive(pq, "file_bytes", "rows", "row_groups", "column_bytes", "bytes_moved",
+             "moved_ratio", "read_s", "local_read_s")
+    rg = r["ranges"]
+    assert (rg["count"], rg["size"]) == (50, 4096)
+    assert 0 < rg["cat_file"]["p50_ms"] <= rg["cat_file"]["p99_ms"], rg
+    positive(rg, "cat_file_total_s", "cat_ranges_s")
+    positive(rg["bytes_moved"], "cat_file", "cat_ranges")
+    assert no_dfsd_under(tmp_path)
+
+
 def test_against_a_running_cluster_leaves_nothing_behind(shared_cluster: Cluster,
                                                          tmp_path: Path) -> None:
     """--meta uses the given cluster: only the client's RSS is known, and the workload's
