@@ -235,9 +235,9 @@ class MetaService:
         if not block_size_ok(block_size):
             raise BadRequest(f"block size must be a multiple of {config.CHECKSUM_UNIT} "
                              f"between {config.MIN_BLOCK_SIZE} and {config.MAX_BLOCK_SIZE}")
-        self.ns.check_file_path(path)
-        if h.get("exclusive"):
+        if h.get("exclusive"):  # first: O_CREAT|O_EXCL onto a directory is EEXIST too
             self._refuse_existing(path)
+        self.ns.check_file_path(path)
         up = self.uploads.create(path, replication, block_size, expected, time.monotonic())
         reply: Reply = {"upload": up.id, "path": path}
         if h.get("first_block"):  # saves a small file's writer a round trip to add_block

@@ -257,3 +257,24 @@ def test_commit_and_touch_take_a_client_mtime() -> None:
         await svc.stop()
 
     run(main())
+
+
+def test_exclusive_create_and_commit_refuse_an_existing_entry() -> None:
+    async def main() -> None:
+        svc = await new_meta()
+        await call(svc, "mkdir", path="/d", parents=False)
+        with pytest.raises(AlreadyExists):  # at create: nothing is started
+            await call(svc, "create", path="/d", block_size=BLOCK, exclusive=True)
+        up = (await call(svc, "create", path="/f", block_size=BLOCK, exclusive=True))["upload"]
+        other = (await call(svc, "create", path="/f", block_size=BLOCK))["upload"]
+        await call(svc, "commit", upload=other, blocks=[], mtime=5.0)  # published first
+        with pytest.raises(AlreadyExists):  # checked again at commit, atomically
+            await call(svc, "commit", upload=up, blocks=[], exclusive=True)
+        assert (await call(svc, "stat", path="/f"))["mtime"] == 5.0  # the first one stays
+        await call(svc, "abort", upload=up)
+        up = (await call(svc, "create", path="/g", block_size=BLOCK, exclusive=True))["upload"]
+        await call(svc, "commit", upload=up, blocks=[], exclusive=True)
+        assert (await call(svc, "stat", path="/g"))["size"] == 0
+        await svc.stop()
+
+    run(main())
