@@ -7,6 +7,7 @@ as is. The dfs exception stays attached as __cause__ for callers that want the c
 from __future__ import annotations
 
 import errno
+import io
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -39,3 +40,10 @@ def translated(path: str | None = None) -> Iterator[None]:
         yield
     except errors.DFSError as exc:
         raise to_oserror(exc, path) from exc
+
+
+def write_once(path: str, mode: str) -> io.UnsupportedOperation:
+    """The error for a mode dfs cannot give: files are written whole, once."""
+    return io.UnsupportedOperation(
+        f"dfs cannot open {path} with mode {mode!r}: dfs files are write-once; read with "
+        "'rb', or write a whole new file with 'wb' (or 'xb')")

@@ -16,16 +16,18 @@ ever published. dfs files are write-once: "ab" and "r+b" raise io.UnsupportedOpe
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import weakref
 from typing import Any
 
+from fsspec.asyn import AbstractAsyncStreamedFile
 from fsspec.caching import caches
 from fsspec.spec import AbstractBufferedFile
 
 from .. import config
-from .errors import translated
+from ..client.reader import FileReader
+from ..client.writer import FileWriter
+from .errors import translated, write_once
 from .filesystem import DFSFileSystem, entry, run
 
 log = logging.getLogger(__name__)
@@ -33,18 +35,41 @@ log = logging.getLogger(__name__)
 WRITE_BUFFER = 4 * config.PACKET_SIZE  # bytes gathered in the caller's thread per hop
 
 
+class ReadPattern:
+    """Tells a read that continues the last one from a jump, and sizes read-ahead by it."""
+
+    def __init__(self) -> None:
+        self.next = -1  # where the last read ended
+        self.streak = 0  # reads in a row that continued the last one
+
+    def window(self, start: int, end: int) -> int:
+        """Segments to keep in flight for a read of [start, end); 0: read exactly that."""
+        self.streak = self.streak + 1 if start == self.next else 0
+        self.next = end
+        return min(config.READ_WINDOW, 2 ** self.streak) if self.streak else 0
+
+
+async def read_range(reader: FileReader, pattern: ReadPattern, path: str, start: int,
+                     end: int) -> bytes:
+    """Bytes [start, end) of an open file, read as `pattern` says (on the reader's loop)."""
+    window = pattern.window(start, end)
+    with translated(path):
+        if not window:  # a jump: exactly what was asked, nothing ahead
+            return await reader.pread(start, end - start)
+        reader.window = window
+        reader.seek(start)
+        return await reader.read(end - start)
+
+
 class DFSFile(AbstractBufferedFile):
     def __init__(self, fs: DFSFileSystem, path: str, mode: str = "rb",
                  block_size: Any = None, autocommit: bool = True,
                  options: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if mode not in ("rb", "wb", "xb"):
-            raise io.UnsupportedOperation(
-                f"dfs cannot open {path} with mode {mode!r}: dfs files are write-once; "
-                "read with 'rb', or write a whole new file with 'wb' (or 'xb')")
+            raise write_once(path, mode)
         self._reader: Any = None
         self._writer: Any = None
-        self._next = -1  # where the last read ended
-        self._streak = 0  # reads in a row that continued the last one
+        self._pattern = ReadPattern()
         if mode == "rb":
             self._reader = run(fs, fs._open_reader, path)
             info = {"path": path, "type": "file", "size": self._reader.size,
@@ -58,7 +83,6 @@ class DFSFile(AbstractBufferedFile):
             # perhaps at interpreter exit, where pyarrow then aborts. Freed by reference
             # count, an unclosed file is closed as soon as its reader lets go of it.
             self.cache = caches["none"](self.blocksize, _weak_fetcher(self), self.size)
-            self._reader.window = 1
         else:
             # First: if this fails ("xb" onto an existing file), no half-made file object
             # is left for __del__ to close.
@@ -69,25 +93,7 @@ class DFSFile(AbstractBufferedFile):
 
     # reading -----------------------------------------------------------------------------
     def _fetch_range(self, start: int, end: int) -> bytes:
-        reader = self._reader
-        if start == self._next:
-            self._streak += 1
-        else:
-            self._streak = 0
-        self._next = end
-        if self._streak == 0:  # random access: exactly what was asked
-            return run(self.fs, self._pread, start, end - start)
-        reader.window = min(config.READ_WINDOW, 2 ** self._streak)
-        return run(self.fs, self._stream, start, end - start)
-
-    async def _pread(self, start: int, length: int) -> bytes:
-        with translated(self.path):
-            return await self._reader.pread(start, length)
-
-    async def _stream(self, start: int, length: int) -> bytes:
-        with translated(self.path):
-            self._reader.seek(start)
-            return await self._reader.read(length)
+        return run(self.fs, read_range, self._reader, self._pattern, self.path, start, end)
 
     # writing -----------------------------------------------------------------------------
     def _upload_chunk(self, final: bool = False) -> bool:
@@ -153,6 +159,61 @@ class DFSFile(AbstractBufferedFile):
             self.closed = True
             return
         self.close()
+
+
+class DFSAsyncFile(AbstractAsyncStreamedFile):
+    """What `await fs.open_async(path, mode)` returns on an asynchronous filesystem: the
+    same reads (ReadPattern) and the same write-once upload as DFSFile, awaited on the
+    caller's own loop. Opened by DFSFileSystem.open_async with its reader or writer."""
+
+    def __init__(self, fs: DFSFileSystem, path: str, reader: FileReader | None = None,
+                 writer: FileWriter | None = None) -> None:
+        self._reader, self._writer = reader, writer
+        self._pattern = ReadPattern()
+        if reader is not None:
+            super().__init__(fs, path, "rb", cache_type="none", size=reader.size)
+            self.cache = None  # reads go straight to _fetch_range: no cycle through a cache
+            self.details = entry({"path": path, "type": "file", "size": reader.size,
+                                  "block_size": reader.block_size, "mtime": reader.mtime,
+                                  "replication": reader.replication})
+        else:
+            super().__init__(fs, path, "wb", block_size=WRITE_BUFFER)
+            self.offset = 0  # the upload is open
+
+    async def _fetch_range(self, start: int, end: int) -> bytes:
+        assert self._reader is not None
+        return await read_range(self._reader, self._pattern, self.path, start, end)
+
+    async def _upload_chunk(self, final: bool = False) -> bool:
+        assert self._writer is not None
+        data = self.buffer.getvalue()
+        with translated(self.path):
+            if data:
+                await self._writer.write(data)
+            if final:
+                await self._writer.close()
+        return True
+
+    async def close(self) -> None:
+        if getattr(self, "_closed", True):  # AbstractBufferedFile.closed, typed for mypy
+            return
+        if self._reader is not None:
+            self._reader.abandon()
+            self.closed = True
+            return
+        assert self._writer is not None
+        try:
+            await super().close()
+        finally:
+            if not self._writer.closed:
+                await self._writer.abort()  # the commit failed: let meta reclaim
+
+    async def __aexit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is not None and self._writer is not None:
+            await self._writer.abort()  # nothing half-written is published
+            self.closed = True
+            return
+        await self.close()
 
 
 def _weak_fetcher(f: DFSFile) -> Any:

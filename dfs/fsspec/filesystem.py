@@ -33,7 +33,7 @@ from ..client.async_client import AsyncClient, meta_address
 from ..client.reader import FileReader
 from ..client.writer import FileWriter
 from ..errors import IsADirectory, NotADirectory, NotFound
-from .errors import translated
+from .errors import translated, write_once
 from .urls import PROTOCOL, join_url, split_url
 
 
@@ -280,6 +280,20 @@ class DFSFileSystem(AsyncFileSystem):
         from .files import DFSFile  # here: files.py imports this module
         return DFSFile(self, self._strip_protocol(path), mode, block_size=block_size,
                        autocommit=autocommit, options=self._new_file_options(kwargs))
+
+    async def open_async(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        """An async file on the running loop (`asynchronous=True`): `await f.read(n)`,
+        `f.seek`, `await f.write(b)`; modes "rb", "wb", "xb" as `open`."""
+        from .files import DFSAsyncFile
+        if kwargs.get("compression"):
+            raise ValueError("open_async does not decompress: use open() on a sync filesystem")
+        path = self._strip_protocol(path)
+        if mode == "rb":
+            return DFSAsyncFile(self, path, reader=await self._open_reader(path))
+        if mode in ("wb", "xb"):
+            writer = await self._open_writer(path, mode == "xb", self._new_file_options(kwargs))
+            return DFSAsyncFile(self, path, writer=writer)
+        raise write_once(path, mode)
 
     async def _touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
         path = self._strip_protocol(path)

@@ -474,7 +474,29 @@ def test_inside_a_running_event_loop(shared_cluster: Cluster, fs: DFSFileSystem,
         assert got == [b"from a cell"] * 20
         assert sorted(await afs._ls(base, detail=False)) == [f"{base}/async", f"{base}/nb"]
         with pytest.raises(NotImplementedError):
-            afs.open(f"{base}/nb", "rb")  # sync files need a sync filesystem
+            afs.open(f"{base}/nb", "rb")  # sync files need a sync filesystem: open_async
+        data = data_of(3 * MiB + 11, seed=9)
+        async with await afs.open_async(f"{base}/af", "wb") as f:
+            for i in range(0, len(data), 500_000):
+                await f.write(data[i:i + 500_000])
+            assert not await afs._exists(f"{base}/af")  # appears at close
+        f = await afs.open_async(f"{base}/af", "rb")
+        assert f.size == len(data) and f.info()["size"] == len(data)
+        f.seek(MiB + 5)
+        assert await f.read(100) == data[MiB + 5:MiB + 105]
+        f.seek(0)
+        assert b"".join([await f.read(300_000) for _ in range(11)]) == data[:3_300_000]
+        assert await f.read() == data[3_300_000:]
+        await f.close()
+        with pytest.raises(RuntimeError):
+            async with await afs.open_async(f"{base}/aborted", "wb") as f:
+                await f.write(b"half")
+                raise RuntimeError("give up")
+        assert not await afs._exists(f"{base}/aborted")
+        with pytest.raises(FileExistsError):
+            await afs.open_async(f"{base}/af", "xb")
+        with pytest.raises(io.UnsupportedOperation):
+            await afs.open_async(f"{base}/af", "ab")
         await afs._close()
     asyncio.run(notebook_cell())
 
