@@ -14,6 +14,8 @@ PROTOCOL_VERSION = 2  # 2: block digests in reports and commits, paged block rep
 DEFAULT_META_HOST = "127.0.0.1"
 DEFAULT_META_PORT = 5000
 DEFAULT_CHUNK_PORT = 6001
+DEFAULT_META_HTTP_PORT = 5080  # meta's HTTP side door (dfs/web); 0 turns it off
+CHUNK_HTTP_OFFSET = 1000  # a chunkserver's HTTP port: its --port plus this
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", help="its private key (PEM) (default: none)")
     p.add_argument("--tls-ca", help="the CA that signed every member's certificate (PEM) "
                    "(default: none)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help=f"port of the HTTP side door: health, metrics, status JSON, file "
+                        f"downloads (default: {config.DEFAULT_META_HTTP_PORT} for meta, --port + "
+                        f"{config.CHUNK_HTTP_OFFSET} for a chunkserver; 0 turns it off)")
+    p.add_argument("--http-host", help="address the HTTP side door listens on "
+                   "(default: --host)")
     p.add_argument("--log-level", default="INFO",
                    help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)")
     return p
@@ -204,6 +210,19 @@ def bind(server: Server) -> None:
                            f"{(exc.strerror or str(exc)).lower()}") from None
 
 
+def http_server(args: argparse.Namespace, sec: Security, routes: Any) -> Any:
+    """The HTTP side door (dfs/web), its port claimed now; started later."""
+    from .web.httpd import HttpServer
+    host = args.http_host or args.host
+    http = HttpServer(routes, host, args.http_port, sec)
+    try:
+        http.bind()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.format_addr(host, args.http_port)} "
+                           f"(HTTP): {(exc.strerror or str(exc)).lower()}") from None
+    return http
+
+
 def cluster_id(path: str) -> str:
     """The cluster id kept in meta's data dir, made (durably: file and directory synced) at
     the first start. Chunkservers remember it and meta refuses those of another cluster."""
@@ -241,6 +260,25 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
                           security=sec)
     server = Server("meta", args.host, args.port, connection_limit(), security=sec)
     bind(server)
+    http: Any = None
+    web_client: Any = None
+    if args.http_port:
+        from prometheus_client import CollectorRegistry
+
+        from .client.async_client import AsyncClient
+        from .web import meta_routes
+        from .web.metrics import RequestMetrics
+        registry = CollectorRegistry()
+        server.observe = RequestMetrics(registry, "dfs").observe
+
+        def client() -> AsyncClient:  # what /files reads through: the normal client path
+            nonlocal web_client
+            if web_client is None:
+                web_client = AsyncClient(addr, secret_file=args.secret_file,
+                                         tls_cert=args.tls_cert, tls_key=args.tls_key,
+                                         tls_ca=args.tls_ca)
+            return web_client
+        http = http_server(args, sec, meta_routes.routes(service, client, registry))
     try:
         await service.start()
     except CorruptFile as exc:
@@ -249,10 +287,17 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
         if exc.filename:  # reading the journal or checkpoint
             raise StartupError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
         raise StartupError(f"journal {jpath}: {exc}") from None  # its first append failed
+    if http is not None:
+        await http.start()
     await server.start(service)
-    log.info("meta listening on %s, data in %s", addr, path)
+    log.info("meta listening on %s, data in %s%s", addr, path,
+             f"; HTTP on port {args.http_port}" if http else "")
     warn_if_open(sec, args)
     await stop.wait()
+    if http is not None:
+        await http.close()
+    if web_client is not None:
+        await web_client.close()
     if fatal:
         await server.close(grace=0)
         raise FatalError(f"journal {jpath} failed: {fatal[0]}; meta stopped without "
@@ -290,9 +335,21 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
     link = MetaLink(store, args.meta, args.heartbeat_interval, advertise,
                     writing=lambda: service.writing, replicate=service.replicate,
                     block_report_interval=args.block_report_interval, security=sec)
+    http: Any = None
+    if args.http_port:
+        from prometheus_client import CollectorRegistry
+
+        from .web import chunk_routes
+        from .web.metrics import RequestMetrics
+        registry = CollectorRegistry()
+        server.observe = RequestMetrics(registry, "dfs_chunk").observe
+        http = http_server(args, sec, chunk_routes.routes(
+            store, lambda: service.writing, registry))
+        await http.start()
     await server.start(service)
-    log.info("chunkserver %s listening on port %d, %d blocks in %s", store.server_id,
-             args.port, len(store.index), path)
+    log.info("chunkserver %s listening on port %d, %d blocks in %s%s", store.server_id,
+             args.port, len(store.index), path,
+             f"; HTTP on port {args.http_port}" if http else "")
     warn_if_open(sec, args)
     link.start()
     scrubber = Scrubber(store, args.scrub_rate, args.scrub_interval, link.block_corrupt,
@@ -300,6 +357,8 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
     scrubber.start()
     await stop.wait()
     log.info("chunkserver shutting down")
+    if http is not None:
+        await http.close()
     await scrubber.stop()
     await server.close()
     await link.stop()
@@ -320,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.port is None:
         args.port = config.DEFAULT_META_PORT if args.role == "meta" else config.DEFAULT_CHUNK_PORT
+    if args.http_port is None:
+        args.http_port = config.DEFAULT_META_HTTP_PORT if args.role == "meta" else \
+            args.port + config.CHUNK_HTTP_OFFSET
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {args.role}:{args.port} %(levelname)s "
                                "%(name)s: %(message)s")

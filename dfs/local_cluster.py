@@ -116,6 +116,7 @@ class Daemon:
         self.name, self.role, self.port = name, role, port
         self.data_dir, self.log_path, self.args = data_dir, log_path, args
         self.proc: subprocess.Popen[bytes] | None = None
+        self.http_port = 0  # its HTTP side door, 0 when off
 
     @property
     def addr(self) -> str:
@@ -166,9 +167,12 @@ class Cluster:
                  meta_args: list[str] | tuple[str, ...] = (),
                  chunk_args: list[str] | tuple[str, ...] = (),
                  dead_timeout: str = DEAD_TIMEOUT, heartbeat: str = HEARTBEAT,
-                 client_options: dict[str, Any] | None = None) -> None:
+                 client_options: dict[str, Any] | None = None, http: bool = False) -> None:
         """client_options: keyword arguments for every dfs.Client made here (secret_file=,
-        tls_cert=, ... when the cluster runs with them)."""
+        tls_cert=, ... when the cluster runs with them). http: give every daemon its HTTP
+        side door on a free port (`Daemon.http_port`); off by default, so clusters side by
+        side never fight over dfsd's default HTTP ports."""
+        self.http = http
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.heartbeat = heartbeat
@@ -187,9 +191,11 @@ class Cluster:
     # building -------------------------------------------------------------------------
     def _daemon(self, name: str, role: str, port: int, extra: list[str]) -> Daemon:
         data_dir = self.base / name
+        http_port = free_ports(1)[0] if self.http else 0
         args = ["--role", role, "--host", HOST, "--port", str(port),
-                "--data-dir", str(data_dir), *extra]
+                "--data-dir", str(data_dir), "--http-port", str(http_port), *extra]
         d = Daemon(name, role, port, data_dir, self.base / f"{name}.log", args)
+        d.http_port = http_port
         self.daemons[name] = d
         return d
 

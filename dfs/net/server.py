@@ -101,14 +101,20 @@ class ServerConnection(FrameProtocol):
             self.reply_error(rid, BadRequest(f"unknown op {op!r}"))
             return
         self._frame, self._detached = frame, False
+        observe = self.server.observe
+        started = time.perf_counter() if observe is not None else 0.0
         try:
             result = handler(header, frame.payload, self)
         except DFSError as exc:
             self.reply_error(rid, exc)
             result = None
+            if observe is not None:
+                observe(op, exc.code, time.perf_counter() - started)
         except Exception as exc:
             self._internal(rid, op, exc)
             result = None
+            if observe is not None:
+                observe(op, "internal", time.perf_counter() - started)
         finally:
             self._frame = None
             if not self._detached:
@@ -119,9 +125,11 @@ class ServerConnection(FrameProtocol):
             self._track(1)
             task = asyncio.ensure_future(result)
             self.server.tasks.add(task)
-            task.add_done_callback(lambda t: self._finished(t, rid, op))
+            task.add_done_callback(lambda t: self._finished(t, rid, op, started))
         else:
             self.reply(rid, result)
+            if observe is not None:
+                observe(op, "ok", time.perf_counter() - started)
 
     def _hello(self, header: dict[str, Any], rid: int) -> None:
         """hello, then (when this server has the cluster secret) auth: see docs/SECURITY.md.
@@ -175,7 +183,8 @@ class ServerConnection(FrameProtocol):
         self.reply_error(rid, err)
         self.close()
 
-    def _finished(self, task: asyncio.Future[Reply], rid: int, op: str) -> None:
+    def _finished(self, task: asyncio.Future[Reply], rid: int, op: str,
+                  started: float) -> None:
         self.server.tasks.discard(task)
         self._track(-1)
         if task.cancelled():
@@ -185,10 +194,15 @@ class ServerConnection(FrameProtocol):
         exc = task.exception()
         if exc is None:
             self.reply(rid, task.result())
+            result = "ok"
         elif isinstance(exc, DFSError):
             self.reply_error(rid, exc)
+            result = exc.code
         else:
             self._internal(rid, op, exc)
+            result = "internal"
+        if self.server.observe is not None:
+            self.server.observe(op, result, time.perf_counter() - started)
 
     def _internal(self, rid: int, op: str, exc: BaseException) -> None:
         log.error("internal error in %s from %s", op, self.peername, exc_info=exc)
@@ -257,6 +271,10 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._sock: socket.socket | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Called with (op, result code or "ok", seconds) after each request a handler
+        # answered: how metrics count and time requests (dfs/web/metrics.py). The op is always
+        # one of the service's handlers, so its values are bounded.
+        self.observe: Callable[[str, str, float], None] | None = None
 
     def bind(self) -> None:
         """Claim the address now (so a port in use is reported before any slow start-up

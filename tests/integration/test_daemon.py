@@ -45,7 +45,8 @@ def one_line(stderr: str) -> str:
 
 
 def role_args(role: str, port: int, data_dir: Path, meta_port: int = 1) -> list[str]:
-    args = ["--role", role, "--port", str(port), "--data-dir", str(data_dir)]
+    args = ["--role", role, "--port", str(port), "--data-dir", str(data_dir),
+            "--http-port", "0"]
     if role == "chunk":
         args += ["--meta", f"{HOST}:{meta_port}"]
     return args

@@ -1031,8 +1031,8 @@ def test_unusable_secret_file_stops_dfsd(tmp_path: Path) -> None:
     def start(item: tuple[str, tuple[str, list[str], dict[str, str]]], port: int
               ) -> tuple[str, subprocess.CompletedProcess[str]]:
         name, (role, args, env) = item
-        cmd = DAEMON + ["--role", role, "--host", HOST, "--port", str(port), "--data-dir",
-                        str(tmp_path / name), "--meta", f"{HOST}:1", *args]
+        cmd = DAEMON + ["--role", role, "--host", HOST, "--port", str(port), "--http-port",
+                        "0", "--data-dir", str(tmp_path / name), "--meta", f"{HOST}:1", *args]
         return name, subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
                                     text=True, env=clean_env(**env), timeout=30)
     with ThreadPoolExecutor(len(cases)) as pool:

@@ -393,7 +393,7 @@ DFSD_BAD_TLS = {
 def test_dfsd_bad_tls_options(tmp_path: Path, case: str, role: str) -> None:
     args, words = DFSD_BAD_TLS[case]
     (port,) = free_ports(1)
-    r = run(DFSD, "--role", role, "--host", HOST, "--port", str(port),
+    r = run(DFSD, "--role", role, "--host", HOST, "--port", str(port), "--http-port", "0",
             "--data-dir", str(tmp_path / "data"), *args, timeout=20)
     one_error_line(r, "dfsd: error:", *words)
     assert not port_open(port)
