@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -267,9 +268,10 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
         from .client.async_client import AsyncClient
         from .web import meta_routes
-        from .web.metrics import RequestMetrics
+        from .web.metrics import MetaCounters, RequestMetrics
         registry = CollectorRegistry()
         server.observe = RequestMetrics(registry, "dfs").observe
+        registry.register(MetaCounters(journal, service.replicator))
 
         def client() -> AsyncClient:  # what /files reads through: the normal client path
             nonlocal web_client
@@ -336,15 +338,23 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
                     writing=lambda: service.writing, replicate=service.replicate,
                     block_report_interval=args.block_report_interval, security=sec)
     http: Any = None
+    scrubber: Scrubber | None = None
     if args.http_port:
         from prometheus_client import CollectorRegistry
 
-        from .web import chunk_routes
-        from .web.metrics import RequestMetrics
+        from .web import chunk_routes, pages
+        from .web.metrics import ChunkCounters, RequestMetrics
         registry = CollectorRegistry()
         server.observe = RequestMetrics(registry, "dfs_chunk").observe
+        registry.register(ChunkCounters(service, lambda: scrubber))
+        started = time.monotonic()
+
+        def page() -> str:
+            return pages.chunk_overview(store, service.addr, args.meta, service.writing,
+                                        len(service.copier.copies),
+                                        scrubber.passes if scrubber else 0, started)
         http = http_server(args, sec, chunk_routes.routes(
-            store, lambda: service.writing, registry))
+            store, lambda: service.writing, registry, page))
         await http.start()
     await server.start(service)
     log.info("chunkserver %s listening on port %d, %d blocks in %s%s", store.server_id,

@@ -5,7 +5,8 @@ Owns the copies in flight and the shared pace; it reads through the block store 
 through the one block stream (net/blockstream.py), exactly as a writer would, so the target
 verifies every unit's CRC and acknowledges only once the copy is durable. The target reports
 the new replica to meta itself. Every unit is verified here before it is sent: rot found on
-this disk is never spread to a new replica.
+this disk is never spread to a new replica; `checksum_failures` counts such finds (a plain int
+that /metrics adds to the chunkserver's other checksum failures).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from .. import checksum, config
-from ..errors import DFSError
+from ..errors import ChecksumError, DFSError
 from ..net import ConnectionPool
 from ..net.blockstream import BlockStream, abort_block
 from .blockstore import BlockStore
@@ -34,6 +35,7 @@ class Copier:
         self.rate = rate  # bytes/s for all copies together (0: unlimited)
         self.copies: set[asyncio.Future[None]] = set()
         self._clock = 0.0  # when the copy bandwidth is next free
+        self.checksum_failures = 0  # units of our own replicas found bad while copying them
 
     def start(self, block_id: int, gen: int, target: str, token: Any = None) -> None:
         """Copy our replica of (block, gen) to `target` in the background, with meta's write
@@ -62,6 +64,8 @@ class Copier:
             await stream.finish(size)
             log.info("copied block %d (%d bytes) to %s", block_id, size, target)
         except (DFSError, OSError) as exc:
+            if isinstance(exc, ChecksumError):
+                self.checksum_failures += 1
             log.warning("copy of block %d to %s failed: %s", block_id, target, exc)
             if stream is not None:
                 stream.abort()

@@ -4,6 +4,9 @@ against its stored CRC32Cs, so silent rot is found even in blocks nobody reads.
 Owns only its schedule; it reads through the block store and reports a bad replica through a
 callback (the meta link carries it to meta, which stops listing it, re-creates the block from
 a good copy and has this one deleted). One full pass per `interval` at most `rate` bytes/s.
+
+`scrubbed_bytes` and `checksum_failures` are plain ints (bumped on the loop) that /metrics
+reads at scrape time; a replica found bad counts once, as it is reported once.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class Scrubber:
         self.executor = executor
         self.passes = 0
         self.bad: set[tuple[int, int]] = set()  # replicas found bad and already reported
+        self.scrubbed_bytes = 0  # bytes read and checked against their CRCs, since start
+        self.checksum_failures = 0  # replicas found corrupt, since start
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -68,8 +73,10 @@ class Scrubber:
             try:
                 data, crcs, _ = await loop.run_in_executor(
                     self.executor, self.store.read, block_id, gen, offset, n)
+                self.scrubbed_bytes += len(data)
                 checksum.verify(data, crcs)
             except ChecksumError as exc:
+                self.checksum_failures += 1
                 log.error("scrubber: replica of block %d gen %d is corrupt at offset %d: %s",
                           block_id, gen, offset, exc)
                 self.bad.add((block_id, gen))

@@ -8,17 +8,25 @@ The last packet's ack waits for the local fsync + rename + directory fsync and f
 rest of the chain doing the same, so an acknowledged block is durable on every replica listed
 in the ack. Packets are never re-encoded: the payload buffer received from upstream is the one
 written to the file and to the next socket.
+
+Numbers for /metrics are plain ints bumped on the event loop (never in a disk thread, where
+`+=` could lose an update), read at scrape time by dfs/web/metrics.py, so nothing here imports
+prometheus: `read_bytes` served by read_block, `written_bytes` of replicas made durable here
+(pipelines, write_small, copies received), `checksum_failures` this server detected (packets
+received, replicas it read; the scrubber and the copier count their own). `on_pipeline`, when
+the daemon installs it, gets the seconds from each block stream's open to its final ack.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 from .. import checksum, config
-from ..errors import BadRequest, DFSError, NoSpace, Unavailable
+from ..errors import BadRequest, ChecksumError, DFSError, NoSpace, Unavailable
 from ..net import NO_SECURITY, ConnectionPool, Security, ServerConnection
 from ..net.blockstream import BlockStream
 from ..protocol import Frame
@@ -41,9 +49,11 @@ def _chain(h: dict[str, Any], me: str) -> list[str]:
 class Stream:
     """One block being written through this server."""
 
-    def __init__(self, writer: BlockWriter, downstream: BlockStream | None) -> None:
+    def __init__(self, writer: BlockWriter, downstream: BlockStream | None,
+                 opened: float) -> None:
         self.writer = writer
         self.downstream = downstream  # to the next server of the chain, if any
+        self.opened = opened  # time.monotonic() when write_block arrived
         self.syncing = False
         self.pending: set[asyncio.Future[None]] = set()  # packet writes still in a disk thread
         self.failed: DFSError | None = None
@@ -70,6 +80,11 @@ class ChunkService:
         # Disk threads: packet writes, flushes and fsyncs block here, never the event loop.
         self.disk = ThreadPoolExecutor(max_workers=config.DISK_THREADS, thread_name_prefix="disk")
         self.copier = Copier(store, self.pool, self.disk, copy_rate)
+        # Counters for /metrics (see the module docstring).
+        self.read_bytes = 0
+        self.written_bytes = 0
+        self.checksum_failures = 0
+        self.on_pipeline: Callable[[float], None] | None = None
 
     def replicate(self, block_id: int, gen: int, target: str, token: Any = None) -> None:
         """Meta asked for a copy of a replica we hold (see copier.py)."""
@@ -78,6 +93,7 @@ class ChunkService:
     def _finalized(self, block_id: int, replica: Replica) -> None:
         """A replica is durable under its final name: index it and tell meta."""
         self.store.added(block_id, replica)
+        self.written_bytes += replica.size
         self.on_block(block_id, replica)
 
     def _streams(self, conn: ServerConnection) -> dict[int, Stream]:
@@ -102,10 +118,10 @@ class ChunkService:
         streams = self._streams(conn)
         # Re-opening a block on the same connection means the writer gave up on the old try.
         self._close_stream(streams, block_id)
-        return self._open_stream(streams, block_id, gen, chain, token)
+        return self._open_stream(streams, block_id, gen, chain, token, time.monotonic())
 
     async def _open_stream(self, streams: dict[int, Stream], block_id: int, gen: int,
-                           chain: list[str], token: Any) -> dict[str, Any]:
+                           chain: list[str], token: Any, opened: float) -> dict[str, Any]:
         # The local file is created in a disk thread (creating a file can wait on the
         # filesystem journal while a sync runs; on the loop that would stall every
         # connection), at the same time as the downstream server opens its own.
@@ -133,7 +149,7 @@ class ChunkService:
         except BaseException:
             local.add_done_callback(_abort_opened)  # never leave an open .tmp behind
             raise
-        streams[block_id] = Stream(writer, downstream)
+        streams[block_id] = Stream(writer, downstream, opened)
         self.writing += 1
         return {}
 
@@ -160,7 +176,11 @@ class ChunkService:
         token = h.get("token")
         self.security.check(token, block_id, gen, "w")
         crcs = h.get("crcs") or []
-        checksum.verify(payload, crcs)
+        try:
+            checksum.verify(payload, crcs)
+        except ChecksumError:
+            self.checksum_failures += 1
+            raise
         return self._write_small(block_id, gen, chain, crcs, token, conn.detach_payload())
 
     async def _write_small(self, block_id: int, gen: int, chain: list[str], crcs: list[int],
@@ -227,6 +247,8 @@ class ChunkService:
         try:
             checksum.verify(payload, crcs)
         except DFSError as exc:
+            if isinstance(exc, ChecksumError):
+                self.checksum_failures += 1
             self._fail(stream, exc)
             raise
         down_ack = None
@@ -347,6 +369,8 @@ class ChunkService:
                 raise stream.downstream.upstream_error(exc) from None
         if streams.get(stream.writer.block_id) is stream:
             self._close_stream(streams, stream.writer.block_id)
+        if self.on_pipeline is not None:
+            self.on_pipeline(time.monotonic() - stream.opened)
         return {"replicas": replicas}
 
     def _fail(self, stream: Stream, err: DFSError) -> DFSError:
@@ -374,11 +398,28 @@ class ChunkService:
             raise BadRequest(f"reads cover whole {UNIT}-byte checksum units (up to the "
                              f"block's end) and are at most {config.MAX_PAYLOAD} bytes")
         if length <= UNIT:  # small: likely cached, and cheaper here than a thread hop
-            return self._read(block_id, gen, offset, length)
+            try:
+                reply = self._read(block_id, gen, offset, length)
+            except ChecksumError:
+                self.checksum_failures += 1
+                raise
+            self.read_bytes += len(reply[1])
+            return reply
         # Large reads may go to the disk (blocks are written around the page cache), which
-        # must not stall the loop.
-        return asyncio.get_running_loop().run_in_executor(
+        # must not stall the loop; they are counted back on the loop, when they are done.
+        fut = asyncio.get_running_loop().run_in_executor(
             self.disk, self._read, block_id, gen, offset, length)
+        fut.add_done_callback(self._count_read)
+        return fut
+
+    def _count_read(self, fut: "asyncio.Future[tuple[dict[str, Any], bytes]]") -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.read_bytes += len(fut.result()[1])
+        elif isinstance(exc, ChecksumError):  # the replica file is shorter than its index
+            self.checksum_failures += 1
 
     def _read(self, block_id: int, gen: int, offset: int,
               length: int) -> tuple[dict[str, Any], bytes]:

@@ -5,6 +5,11 @@ and a memory store for tests. The byte format and the recovery rules are in jour
 Group commit: `append()` queues a record and returns a future; one flusher writes every queued
 record with a single write and a single fdatasync, then resolves all of their futures.
 
+Numbers for /metrics, kept as plain attributes so this module never imports prometheus:
+`appended` (records since start, across rotations; `count` restarts with each generation) and
+`on_sync`, called on the loop with the seconds each group commit's write + fdatasync took when
+the daemon installs it (dfs/web/metrics.py; None, the default, costs one test per commit).
+
 Room ahead: FileJournal keeps `preallocate` bytes allocated past its last record (zeros, which
 the reader knows as room, not damage). When the disk cannot give more, `full` turns true and
 meta stops taking changes (it serves reads, read-only) while the room already allocated absorbs
@@ -123,6 +128,8 @@ class FileJournal:
         self._failed: BaseException | None = None
         self._on_fatal = on_fatal
         self.syncs = 0  # fdatasync calls made (group commit makes this << records)
+        self.appended = 0  # records appended since start (never reset: a counter for /metrics)
+        self.on_sync: Callable[[float], None] | None = None  # gets each group commit's seconds
         self.gen = 0  # journal generation: bumped each time a checkpoint rotates it
         self.base: int | None = None  # records of generation gen-1 before this one's first
         self._last: asyncio.Future[None] | None = None  # the newest append's future
@@ -226,6 +233,7 @@ class FileJournal:
         self._pending.append((data, fut))
         self._last = fut
         self.count += 1
+        self.appended += 1
         if self._tail is not None:
             self._tail.append(data)
         if self._flusher is None:
@@ -290,25 +298,32 @@ class FileJournal:
                     continue
                 data = b"".join(d for d, _ in batch)
                 try:
-                    await loop.run_in_executor(None, self._write, data)
+                    took = await loop.run_in_executor(None, self._write, data)
                 except OSError as exc:
                     self._fail(exc, batch)
                     return
+                if self.on_sync is not None:
+                    self.on_sync(took)
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_result(None)
         finally:
             self._flusher = None
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> float:
+        """One group commit; returns the seconds its write and fdatasync took (what every
+        change in the batch waited for on the disk, not counting the wait for the lock)."""
         with self._io:
+            started = time.perf_counter()
             pwrite_all(self._fd, data, self._end)
             self._end += len(data)
             os.fdatasync(self._fd)
+            took = time.perf_counter() - started
             self.syncs += 1
             self._allocated = max(self._allocated, self._end)
         if self.preallocate and self._allocated - self._end < self.preallocate:
             self._extend()
+        return took
 
     def _rotate(self, rot: "_Rotation") -> None:
         """Write generation gen+1 beside the journal, then rename it over: a crash leaves

@@ -9,6 +9,11 @@ Rules: blocks with the fewest live replicas go first; a copy goes from a live re
 live server that holds no copy and has room (placement's rules); each server takes part in at
 most `max_copies` copies at once as a source and as many as a target, so repair never crowds
 out client traffic; a copy that has not arrived by its deadline is forgotten and retried.
+
+Every copy ordered ends one way, counted in `outcomes` for /metrics (plain ints: the collector
+in dfs/web/metrics.py reads them at scrape time): "ok" (the target reported it), "timeout" (its
+deadline passed) or "lost" (its source or target left the cluster); `copied_bytes` adds up the
+copies that arrived.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from .cluster import Cluster
 from .placement import choose_targets
 
 log = logging.getLogger(__name__)
+
+OUTCOMES = ("ok", "timeout", "lost")  # how a copy ends: a fixed set, fit for a metric label
 
 
 @dataclass
@@ -43,6 +50,8 @@ class Replicator:
         self.inflight: dict[int, Copy] = {}
         self.sending: dict[str, int] = {}  # chunkserver id -> copies it is sending
         self.receiving: dict[str, int] = {}  # chunkserver id -> copies it is receiving
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)  # copies ended, by how (since start)
+        self.copied_bytes = 0  # bytes of the copies that arrived (since start)
 
     # events -----------------------------------------------------------------------------
     def check(self, block_id: int) -> None:
@@ -58,18 +67,21 @@ class Replicator:
             self.needy.update(cs.blocks)
         for block_id, copy in list(self.inflight.items()):
             if server_id in (copy.source, copy.target):
-                self._finish(block_id)
+                self._finish(block_id, "lost")
                 self.needy.add(block_id)
 
     def arrived(self, block_id: int, server_id: str) -> None:
         """A replica of the block was reported by `server_id` (maybe the copy we ordered)."""
         copy = self.inflight.get(block_id)
         if copy is not None and copy.target == server_id:
-            self._finish(block_id)
+            self._finish(block_id, "ok")
+            info = self.cluster.blocks.get(block_id)
+            self.copied_bytes += info.size if info is not None else 0
             self.needy.add(block_id)  # it may still need more copies
 
-    def _finish(self, block_id: int) -> None:
+    def _finish(self, block_id: int, outcome: str) -> None:
         copy = self.inflight.pop(block_id)
+        self.outcomes[outcome] += 1
         self.sending[copy.source] = self.sending.get(copy.source, 1) - 1
         self.receiving[copy.target] = self.receiving.get(copy.target, 1) - 1
 
@@ -93,7 +105,7 @@ class Replicator:
             if now > copy.deadline:
                 log.warning("copy of block %d to %s did not arrive in time; will retry",
                             block_id, copy.target)
-                self._finish(block_id)
+                self._finish(block_id, "timeout")
                 self.needy.add(block_id)
         work: list[tuple[int, int]] = []
         for block_id in list(self.needy):

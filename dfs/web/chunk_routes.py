@@ -1,4 +1,4 @@
-"""What a chunkserver's HTTP side door answers: `/healthz` and `/metrics`."""
+"""What a chunkserver's HTTP side door answers: `/` (its own page), `/healthz`, `/metrics`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ from ..chunk.blockstore import BlockStore
 from . import metrics
 
 
-def routes(store: BlockStore, writing: Callable[[], int],
-           registry: CollectorRegistry) -> web.RouteTableDef:
+def routes(store: BlockStore, writing: Callable[[], int], registry: CollectorRegistry,
+           page: Callable[[], str]) -> web.RouteTableDef:
+    """page(): this server's HTML page (pages.chunk_overview, filled in by the daemon)."""
     registry.register(metrics.ChunkCollector(store, writing))
     table = web.RouteTableDef()
+
+    @table.get("/")
+    async def overview(request: web.Request) -> web.Response:
+        return web.Response(text=page(), content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
 
     @table.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:

@@ -1,5 +1,6 @@
 """What meta's HTTP side door answers.
 
+/             the overview page; /chunkservers and /browse?path=/DIR (pages.py)
 /healthz      200 while the process serves
 /readyz       200 once out of safe mode with a live chunkserver, else 503
 /metrics      Prometheus text (metrics.py)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import time
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote
 
@@ -24,7 +26,8 @@ from prometheus_client import CollectorRegistry
 
 from ..client.async_client import AsyncClient
 from ..errors import BadRequest, DFSError, IsADirectory, NotADirectory, NotFound
-from . import metrics
+from ..meta.namespace import normalise
+from . import metrics, pages
 
 if TYPE_CHECKING:
     from ..meta.service import MetaService
@@ -71,6 +74,28 @@ def routes(service: "MetaService", client: Callable[[], AsyncClient],
     @table.get("/api/fsck")
     async def api_fsck(request: web.Request) -> web.Response:
         return json_response(ask("fsck", path=request.query.get("path", "/")))
+
+    started = time.monotonic()
+
+    def html(text: str) -> web.Response:
+        return web.Response(text=text, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    @table.get("/")
+    async def overview(request: web.Request) -> web.Response:
+        return html(pages.overview(service, started))
+
+    @table.get("/chunkservers")
+    async def chunkservers(request: web.Request) -> web.Response:
+        return html(pages.chunkservers(service))
+
+    @table.get("/browse")
+    async def browse(request: web.Request) -> web.Response:
+        try:
+            path = normalise(request.query.get("path", "/"))
+            return html(pages.browse(service, path, request.query.get("after", "")))
+        except DFSError as exc:
+            raise http_error(exc) from None
 
     @table.get("/files/{path:.*}")
     async def files(request: web.Request) -> web.StreamResponse:

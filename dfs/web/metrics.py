@@ -6,18 +6,36 @@ Gauges are read from the daemon's own state at scrape time (so `dfs_files` is ex
 lookup, an increment and a histogram bucket. Label values are bounded: ops are the
 service's handler names, results the error codes of dfs/errors.py, states a fixed list;
 never a path, a block id or a peer address.
+
+Counters of the daemon's own work (journal records, replication copies, bytes read, written and
+scrubbed, checksum failures) are plain ints the core modules bump themselves; MetaCounters and
+ChunkCounters turn them into counter families at scrape time, so the core never imports
+prometheus and a daemon without --http-port pays one integer add per event. Durations (a
+journal group commit, a block stream) reach a `Durations` accumulator through a hook the
+collector installs (`on_sync`, `on_pipeline`: None without --http-port).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+import bisect
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from ..chunk.blockstore import BlockStore
+    from ..chunk.scrubber import Scrubber
+    from ..chunk.service import ChunkService
+    from ..meta.journal import FileJournal
+    from ..meta.replication import Replicator
     from ..meta.service import MetaService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -25,6 +43,9 @@ STATES = ("live", "dead", "decommissioning", "decommissioned")
 # Requests: a stat answered from memory takes ~20 us, a commit waits for an fsync (~ms).
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
            0.5, 1.0, 2.5, 5.0, 10.0)
+# A block stream: a small block over loopback takes ms, a 1 GiB block from a slow client minutes.
+PIPELINE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0, 120.0, 300.0)
 
 
 class RequestMetrics:
@@ -46,6 +67,84 @@ class RequestMetrics:
                                                     self.duration.labels(op))
         child[0].inc()
         child[1].observe(seconds)
+
+
+class Durations:
+    """A histogram with fixed buckets kept as plain numbers: `observe` is a bisect and two
+    adds (no lock: it is only called on the event loop), `family` makes the exposition."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(sorted(bounds))
+        self.counts = [0] * (len(self.bounds) + 1)  # per bucket, not cumulative; last: +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1  # le: bound >= value
+        self.sum += seconds
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        buckets, total = [], 0
+        for le, n in zip([*self.bounds, float("inf")], self.counts, strict=True):
+            total += n
+            buckets.append((floatToGoString(le), total))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.sum)
+
+
+def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+class MetaCounters(Collector):
+    """The journal's and the replicator's counters; installs the journal's `on_sync`."""
+
+    def __init__(self, journal: "FileJournal", replicator: "Replicator") -> None:
+        self.journal = journal
+        self.replicator = replicator
+        self.syncs = Durations(BUCKETS)
+        journal.on_sync = self.syncs.observe
+
+    def collect(self) -> Iterator[Metric]:
+        yield counter("dfs_journal_records", "Journal records appended since meta started",
+                      self.journal.appended)
+        yield self.syncs.family("dfs_journal_sync_duration_seconds",
+                                "Time of each journal group commit: one write and one "
+                                "fdatasync for every record queued meanwhile")
+        copies = CounterMetricFamily("dfs_replication_copies", "Re-replication copies "
+                                     "ended, by result (ok, timeout, lost: a server left)",
+                                     labels=["result"])
+        for result, n in self.replicator.outcomes.items():
+            copies.add_metric([result], n)
+        yield copies
+        yield counter("dfs_replication_bytes", "Bytes of re-replication copies that arrived",
+                      self.replicator.copied_bytes)
+
+
+class ChunkCounters(Collector):
+    """The chunkserver's counters (service, copier, scrubber); installs `on_pipeline`.
+    `scrubber()`: the scrubber, or None before the daemon has made it (counts 0 until then)."""
+
+    def __init__(self, service: "ChunkService",
+                 scrubber: Callable[[], "Scrubber | None"]) -> None:
+        self.service = service
+        self.scrubber = scrubber
+        self.pipelines = Durations(PIPELINE_BUCKETS)
+        service.on_pipeline = self.pipelines.observe
+
+    def collect(self) -> Iterator[Metric]:
+        svc, scrub = self.service, self.scrubber()
+        scrubbed, rotten = (scrub.scrubbed_bytes, scrub.checksum_failures) if scrub else (0, 0)
+        yield counter("dfs_chunk_read_bytes", "Bytes served by read_block", svc.read_bytes)
+        yield counter("dfs_chunk_written_bytes", "Bytes of replicas made durable here: "
+                      "pipelines, small writes and copies received", svc.written_bytes)
+        yield counter("dfs_chunk_checksum_failures", "Checksum mismatches this server found: "
+                      "in packets received, in replicas read, copied or scrubbed",
+                      svc.checksum_failures + svc.copier.checksum_failures + rotten)
+        yield counter("dfs_chunk_scrubbed_bytes", "Bytes the scrubber read and checked",
+                      scrubbed)
+        yield self.pipelines.family("dfs_chunk_pipeline_duration_seconds",
+                                    "Time from a block stream's open to its final ack")
 
 
 def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -6,7 +6,9 @@ and paths that try to leave the namespace."""
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 import secrets
 import socket
 import subprocess
@@ -195,3 +197,26 @@ def test_http_port_in_use_is_one_line(tmp_path: Path) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert "(HTTP)" in lines[0] and "address already in use" in lines[0]
+
+
+def test_browse_pages_a_big_directory_and_escapes_names(
+        make_cluster: Callable[..., Cluster]) -> None:
+    c = make_cluster(1, http=True)
+    client = c.client()
+    for i in range(2500):
+        client.mkdir(f"/big/d{i:05}", parents=True)
+    client.put_bytes(b"x", "/big/<b onmouseover=alert(1)>.txt")
+    target, names, pages = "/browse?path=/big", [], 0
+    while target:
+        status, _, body = get(url(c, target))
+        page = body.decode()
+        assert status == 200 and page.count("<tr>") <= 1 + 1000  # header + at most a page
+        names += re.findall(r'>([^<>]*?)/?</a></td><td>', page)
+        nxt = re.search(r'<a href="([^"]+)">Next page</a>', page)
+        target = html.unescape(nxt.group(1)) if nxt else ""
+        pages += 1
+        if pages == 1:
+            assert "&lt;b onmouseover=alert(1)&gt;.txt" in page
+            assert "<b onmouseover" not in page  # a name is text, never markup
+    assert pages == 3 and len(names) == len(set(names)) == 2501
+    assert get(url(c, "/browse?path=/nope"))[0] == 404
