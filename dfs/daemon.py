@@ -215,7 +215,7 @@ def http_server(args: argparse.Namespace, sec: Security, routes: Any) -> Any:
     """The HTTP side door (dfs/web), its port claimed now; started later."""
     from .web.httpd import HttpServer
     host = args.http_host or args.host
-    http = HttpServer(routes, host, args.http_port, sec)
+    http = HttpServer(routes, host, args.http_port, sec, args.tls_cert, args.tls_key)
     try:
         http.bind()
     except OSError as exc:

@@ -3,7 +3,7 @@ never on the data path (clients and chunkservers speak the msgpack protocol).
 
 With a cluster secret every route but the monitoring ones asks for HTTP Basic auth whose
 password is the secret (any user name), compared in constant time. With TLS files the side
-door serves HTTPS with the daemon's own certificate.
+door serves HTTPS with the daemon's own certificate (no client certificate asked).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import binascii
 import hmac
 import logging
 import socket
+import ssl
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -53,9 +54,18 @@ class HttpServer:
     """One aiohttp site for a dfsd's routes; `start` raises OSError (port in use)."""
 
     def __init__(self, routes: web.RouteTableDef, host: str, port: int,
-                 security: Security) -> None:
+                 security: Security, tls_cert: str | None = None,
+                 tls_key: str | None = None) -> None:
+        """tls_cert/tls_key: the daemon's own; with them the side door speaks HTTPS. Unlike
+        the protocol port it asks no client certificate: a browser has none, and the
+        secret (Basic auth) is what admits an operator."""
         self.host, self.port = host, port
         self.security = security
+        self.ssl: ssl.SSLContext | None = None
+        if security.tls and tls_cert and tls_key:
+            self.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+            self.ssl.load_cert_chain(tls_cert, tls_key)
         app = web.Application(middlewares=[basic_auth(security.secret)]
                               if security.secret else [])
         app.add_routes(routes)
@@ -80,7 +90,7 @@ class HttpServer:
             self.bind()
         assert self.sock is not None
         await self.runner.setup()
-        await web.SockSite(self.runner, self.sock, ssl_context=self.security.server_ssl).start()
+        await web.SockSite(self.runner, self.sock, ssl_context=self.ssl).start()
 
     async def close(self) -> None:
         await self.runner.cleanup()

@@ -11,6 +11,7 @@ import json
 import re
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -220,3 +221,21 @@ def test_browse_pages_a_big_directory_and_escapes_names(
             assert "<b onmouseover" not in page  # a name is text, never markup
     assert pages == 3 and len(names) == len(set(names)) == 2501
     assert get(url(c, "/browse?path=/nope"))[0] == 404
+
+
+def test_https_with_the_tls_files(make_cluster: Callable[..., Cluster]) -> None:
+    certs = Path(__file__).resolve().parents[1] / "certs"
+    files = {"tls_cert": str(certs / "node.pem"), "tls_key": str(certs / "node.key"),
+             "tls_ca": str(certs / "ca.pem")}
+    flags = [a for k, v in files.items() for a in (f"--{k.replace('_', '-')}", v)]
+    c = make_cluster(1, meta_args=flags, chunk_args=flags, http=True, client_options=files)
+    c.client().put_bytes(b"over https", "/t")
+    trusting = ssl.create_default_context(cafile=files["tls_ca"])
+    trusting.check_hostname = False  # the test certificate names 127.0.0.1 and localhost
+    for daemon, path, want in [("meta", "/files/t", b"over https"),
+                               ("chunk0", "/healthz", b"ok\n")]:
+        target = f"https://{HOST}:{c[daemon].http_port}{path}"
+        with urllib.request.urlopen(target, context=trusting, timeout=20) as r:
+            assert r.read() == want  # no client certificate needed: a browser has none
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP: refused
+            urllib.request.urlopen(target.replace("https:", "http:"), timeout=20).read()
