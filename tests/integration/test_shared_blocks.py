@@ -33,9 +33,16 @@ def deletes_have_run(cluster: Cluster, client, path: str) -> None:
 
 
 def settled(cluster: Cluster) -> None:
-    wait_until(lambda: not cluster.status()["safe_mode"] and
-               all(s == "live" for s in cluster.states().values()), 20,
-               "meta out of safe mode with every chunkserver live")
+    """Meta out of safe mode, every chunkserver live and its block report taken in whole:
+    meta counts for each server the replicas it has on disk. (A file removed while a report
+    is still arriving leaves its replicas to the orphan grace, 30 s, not the delete grace.)"""
+    def reported() -> bool:
+        status = cluster.status()
+        blocks = {s["addr"]: (s["state"], s["blocks"]) for s in status["chunkservers"]}
+        return not status["safe_mode"] and all(
+            blocks.get(d.addr) == ("live", len(cluster.stored_block_ids(d.name)))
+            for d in cluster.chunkservers)
+    wait_until(reported, 20, "meta out of safe mode with every chunkserver's blocks reported")
 
 
 def test_a_copy_moves_no_bytes_and_its_blocks_live_until_the_last_file(
