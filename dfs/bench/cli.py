@@ -8,14 +8,17 @@
                     [--parallel 8]                                 put and get whole trees
     dfs-bench fsspec [--size 1GiB] [--runs 3] [--parquet-size 200MiB] [--ranges 1000]
                                                    dfs:// against dfs-cli and dfs.Client
+    dfs-bench metrics [--size 1GiB] [--files 5000] [--small-size 4KiB] [--concurrency 16]
+                      [--runs 3]         large and small with metrics off against on
     ... [--json] [--compare seaweedfs] [--meta HOST:PORT] [--dir DIR] [--keep]
 
 Unless given --meta, it starts meta and two chunkservers as real processes on loopback with
 their data under --dir (fsync on, as always), and stops them at the end. Every client runs as
 its own process (dfs-cli for large and tree, dfs.bench.worker for small and meta) so its peak
 RSS is its own; fsspec alone runs its dfs:// side in this process, since that is how dfs://
-is used (see dfs/bench/fsspec.py). Nothing here judges a figure: targets live in
-docs/PERFORMANCE.md, not in code.
+is used (see dfs/bench/fsspec.py). metrics starts a fresh cluster for every measurement, with
+the HTTP side door off or on (see dfs/bench/metrics_cost.py). Nothing here judges a figure:
+targets live in docs/PERFORMANCE.md, not in code.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dfs-bench", description="Benchmark dfs on this machine.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="kind", required=True,
-                           metavar="large|small|meta|tree|fsspec|startup")
+                           metavar="large|small|meta|tree|fsspec|metrics|startup")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print one JSON object")
@@ -129,6 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the cluster with a (fresh) secret: authentication and tokens")
     fs.add_argument("--tls", action="store_true",
                     help="run every connection over TLS (a throwaway CA made with openssl)")
+    mc = sub.add_parser("metrics", help="large and small with the HTTP side door's metrics "
+                        "off and on (scraped every second), A/B order alternating")
+    size(mc, config.GiB, "size of the large file")
+    count(mc, "--files", 5000, "small files to put and get")
+    mc.add_argument("--small-size", type=_size, default=4 * config.KiB,
+                    help="size of each small file (default: 4KiB)")
+    count(mc, "--concurrency", 16, "concurrent clients of the small workload")
+    count(mc, "--runs", 3, "measurements with metrics off and with them on, A/B order "
+          "alternating; the median is reported")
+    mc.add_argument("--json", action="store_true", help="print one JSON object")
+    mc.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
+    mc.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
+    mc.add_argument("--secret", action="store_true",
+                    help="run the clusters with a (fresh) secret: authentication and tokens")
+    mc.add_argument("--tls", action="store_true",
+                    help="run every connection over TLS (a throwaway CA made with openssl)")
     st = sub.add_parser("startup", help="meta's start time and memory per file at N files")
     count(st, "--files", 1_000_000, "files in the namespace meta starts with")
     st.add_argument("--json", action="store_true", help="print one JSON object")
@@ -146,14 +165,17 @@ class _Servers:
     """The cluster under test: started here, or an existing one given by --meta (whose
     processes we cannot see, so no server RSS is reported for it)."""
 
-    def __init__(self, args: argparse.Namespace, base: str) -> None:
+    def __init__(self, args: argparse.Namespace, base: str, http: bool = False) -> None:
+        """http: every daemon with its HTTP side door (and so its request metrics) on, on a
+        free port; off by default, as `--http-port 0`."""
         self.cluster: Cluster | None = None
-        if args.meta:
+        if getattr(args, "meta", None):
             self.addr = args.meta
         else:
             self.cluster = Cluster(os.path.join(base, "dfs"), chunkservers=2,
                                    meta_args=args.security, chunk_args=args.security,
-                                   dead_timeout="5s", client_options=_client_options())
+                                   dead_timeout="5s", client_options=_client_options(),
+                                   http=http)
             self.addr = self.cluster.meta_addr
 
     def start(self) -> None:
@@ -168,6 +190,14 @@ class _Servers:
         if self.cluster is None:
             return {}
         return {role: self.cluster[name].pid for role, name in ROLES.items()}
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Role -> the URL of its `/metrics` (HTTPS under --tls); empty with HTTP off."""
+        if self.cluster is None or not self.cluster.http:
+            return {}
+        scheme = "https" if _client_options().get("tls_cert") else "http"
+        return {role: f"{scheme}://127.0.0.1:{self.cluster[name].http_port}/metrics"
+                for role, name in ROLES.items()}
 
 
 def _cli(addr: str, *args: str) -> list[str]:
@@ -200,7 +230,7 @@ def _security_options(args: argparse.Namespace, base: str) -> list[str]:
 
 def run_large(args: argparse.Namespace, base: str) -> dict[str, Any]:
     size = args.size
-    src, out = os.path.join(base, "large.src"), os.path.join(base, "large.out")
+    src = os.path.join(base, "large.src")
     _log(f"writing a {size / config.MiB:.0f} MiB random source file")
     random_file(src, size)
     _log("measuring the machine's limits (loopback stream, fsync'd write)")
@@ -211,35 +241,11 @@ def run_large(args: argparse.Namespace, base: str) -> dict[str, Any]:
         "limits": {"loopback_MBps": round(loop, 1), "fsync_write_MBps": round(fsync_w, 1),
                    "cached_read_MBps": round(cached_r, 1)}}
     servers = _Servers(args, base)
-    rss: dict[str, float] = {}
     servers.start()
     try:
-        remote = f"/bench/large-{os.getpid()}.bin"
-        pids = servers.pids()
-        _log(f"dfs: put {size / config.MiB:.0f} MiB")
-        with peaks(pids, rss):
-            put_s, rss["client"], _ = run_timed(_cli(servers.addr, "put", src, remote))
-        get_s = float("inf")
-        for _ in range(GETS):
-            _log("dfs: get to a local file")
-            with peaks(pids, rss):
-                seconds, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, out))
-            get_s = min(get_s, seconds)
-            rss["client"] = max(rss["client"], client_rss)
-            if not same_file(src, out):
-                raise RuntimeError("the file read back from dfs differs from the one put")
-            os.unlink(out)
-        _log("dfs: get from warm page cache to /dev/null")
-        with peaks(pids, rss):
-            warm_s, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, os.devnull))
-        rss["client"] = max(rss["client"], client_rss)
-        run_timed(_cli(servers.addr, "rm", remote))
+        result.update(_large_dfs(servers, src, base, size))
     finally:
         servers.stop()
-    result.update({"put_MBps": round(size / put_s / 1e6, 1),
-                   "get_MBps": round(size / get_s / 1e6, 1),
-                   "get_warm_MBps": round(size / warm_s / 1e6, 1),
-                   "rss_mib": rss})
     if args.compare == "seaweedfs":
         result["seaweedfs"] = _seaweed(args, base, lambda sw: sw.large(src, base, GETS))
     # The disk is shared and its rate swings from minute to minute: measure the fsync'd write
@@ -248,6 +254,38 @@ def run_large(args: argparse.Namespace, base: str) -> dict[str, Any]:
     result["limits"]["fsync_write_MBps"] = round(max(fsync_w, again), 1)
     os.unlink(src)
     return result
+
+
+def _large_dfs(servers: _Servers, src: str, base: str, size: int) -> dict[str, Any]:
+    """The dfs side of `large` on a started cluster: put src, the best of GETS gets to a local
+    file (each checked against src), a get from warm page cache to /dev/null, rm. MB/s and
+    the peak RSS of every process."""
+    out = os.path.join(base, "large.out")
+    remote = f"/bench/large-{os.getpid()}.bin"
+    pids = servers.pids()
+    rss: dict[str, float] = {}
+    _log(f"dfs: put {size / config.MiB:.0f} MiB")
+    with peaks(pids, rss):
+        put_s, rss["client"], _ = run_timed(_cli(servers.addr, "put", src, remote))
+    get_s = float("inf")
+    for _ in range(GETS):
+        _log("dfs: get to a local file")
+        with peaks(pids, rss):
+            seconds, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, out))
+        get_s = min(get_s, seconds)
+        rss["client"] = max(rss["client"], client_rss)
+        if not same_file(src, out):
+            raise RuntimeError("the file read back from dfs differs from the one put")
+        os.unlink(out)
+    _log("dfs: get from warm page cache to /dev/null")
+    with peaks(pids, rss):
+        warm_s, client_rss, _ = run_timed(_cli(servers.addr, "get", remote, os.devnull))
+    rss["client"] = max(rss["client"], client_rss)
+    run_timed(_cli(servers.addr, "rm", remote))
+    return {"put_MBps": round(size / put_s / 1e6, 1),
+            "get_MBps": round(size / get_s / 1e6, 1),
+            "get_warm_MBps": round(size / warm_s / 1e6, 1),
+            "rss_mib": rss}
 
 
 def run_small(args: argparse.Namespace, base: str) -> dict[str, Any]:
@@ -314,16 +352,22 @@ def run_tree(args: argparse.Namespace, base: str) -> dict[str, Any]:
 def _worker(args: argparse.Namespace, base: str, kind: str,
             work: dict[str, Any]) -> dict[str, Any]:
     servers = _Servers(args, base)
-    rss: dict[str, float] = {}
     servers.start()
     try:
-        _log(f"dfs: {kind} workload {work}")
-        cmd = [sys.executable, "-m", "dfs.bench.worker", kind, servers.addr,
-               json.dumps({**work, **_client_options()})]
-        with peaks(servers.pids(), rss):
-            _, rss["client"], out = run_timed(cmd)
+        return _worker_dfs(servers, kind, work)
     finally:
         servers.stop()
+
+
+def _worker_dfs(servers: _Servers, kind: str, work: dict[str, Any]) -> dict[str, Any]:
+    """One dfs.bench.worker process running `kind` against a started cluster: its figures,
+    and the peak RSS of every process."""
+    rss: dict[str, float] = {}
+    _log(f"dfs: {kind} workload {work}")
+    cmd = [sys.executable, "-m", "dfs.bench.worker", kind, servers.addr,
+           json.dumps({**work, **_client_options()})]
+    with peaks(servers.pids(), rss):
+        _, rss["client"], out = run_timed(cmd)
     figures: dict[str, Any] = json.loads(out)
     figures["rss_mib"] = rss
     return figures
@@ -380,13 +424,48 @@ def run_fsspec(args: argparse.Namespace, base: str) -> dict[str, Any]:
     return result
 
 
+def run_metrics(args: argparse.Namespace, base: str) -> dict[str, Any]:
+    for flag in ("size", "files", "small_size", "concurrency", "runs"):
+        if getattr(args, flag) < 1:
+            raise RuntimeError(f"--{flag.replace('_', '-')} must be at least 1")
+    from . import metrics_cost
+    src = os.path.join(base, "large.src")
+    _log(f"writing a {args.size / config.MiB:.0f} MiB random source file")
+    random_file(src, args.size)
+    work = {"files": args.files, "size": args.small_size, "concurrency": args.concurrency}
+    context = metrics_cost.client_ssl(_client_options())
+
+    def once(http: bool, i: int) -> dict[str, Any]:
+        """A fresh cluster, HTTP on or off, for one measurement of large then small."""
+        where = os.path.join(base, f"{'on' if http else 'off'}-{i}")
+        servers = _Servers(args, where, http=http)
+        os.sync()
+        servers.start()
+        try:
+            return metrics_cost.measure(servers.pids(), servers.metrics_urls(), context,
+                                        lambda: _large_dfs(servers, src, base, args.size),
+                                        lambda: _worker_dfs(servers, "small", work))
+        finally:
+            servers.stop()
+            if not args.keep:
+                shutil.rmtree(where, ignore_errors=True)
+
+    try:
+        figures = metrics_cost.run(args.runs, once, _log)
+    finally:
+        os.unlink(src)
+    return {"workload": "metrics", "size": args.size, "files": args.files,
+            "small_size": args.small_size, "concurrency": args.concurrency, "runs": args.runs,
+            "replication": config.DEFAULT_REPLICATION, **figures}
+
+
 def run_startup(args: argparse.Namespace, base: str) -> dict[str, Any]:
     _log(f"meta start-up with {args.files} files")
     return startup.run(args.files, base)
 
 
 RUNS = {"large": run_large, "small": run_small, "meta": run_meta, "tree": run_tree,
-        "fsspec": run_fsspec, "startup": run_startup}
+        "fsspec": run_fsspec, "metrics": run_metrics, "startup": run_startup}
 
 
 def _render(kind: str, result: dict[str, Any]) -> str:
@@ -395,6 +474,9 @@ def _render(kind: str, result: dict[str, Any]) -> str:
     if kind == "fsspec":
         from . import fsspec
         return fsspec.render(result)
+    if kind == "metrics":
+        from . import metrics_cost
+        return metrics_cost.render(result)
     return render(result)
 
 

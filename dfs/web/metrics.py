@@ -163,7 +163,7 @@ class MetaCollector(Collector):
         yield gauge("dfs_directories", "Directories in the namespace, / included",
                     count_dirs(svc.ns.root))
         yield gauge("dfs_blocks", "Blocks of committed files", svc.ns.blocks)
-        health = block_health(svc.cluster)
+        health = block_health(svc)
         for key in ("under_replicated", "missing", "corrupt"):
             yield gauge(f"dfs_blocks_{key}", f"Committed blocks {key.replace('_', '-')} "
                         "(each block once, even when copies share it)", health[key])
@@ -196,12 +196,20 @@ class ChunkCollector(Collector):
         yield gauge("dfs_chunk_pipelines", "Block streams being written now", self.writing())
 
 
-def block_health(cluster: Any) -> dict[str, int]:
-    """Committed blocks by health state: one pass over the block map, no sorting."""
-    counts = {"healthy": 0, "under_replicated": 0, "missing": 0, "corrupt": 0}
-    for block_id, info in cluster.blocks.items():
-        if not info.upload:
-            counts[cluster.health(block_id)[0]] += 1
+def block_health(svc: "MetaService") -> dict[str, int]:
+    """Committed blocks that need care, by state. Only the replicator's queue and the copies
+    in flight are looked at: a block that may have lost a replica is queued (Replicator.check
+    on a lost server, a bad report, a commit short of replicas, the end of safe mode) and
+    stays queued until it is whole, which is also what repairs it. So a scrape costs what is
+    wrong, not the size of the cluster (a pass over every block took ~1 us each)."""
+    counts = {"under_replicated": 0, "missing": 0, "corrupt": 0}
+    rep, blocks = svc.replicator, svc.cluster.blocks
+    for block_id in rep.needy | rep.inflight.keys():
+        info = blocks.get(block_id)
+        if info is not None and not info.upload:
+            state = svc.cluster.health(block_id)[0]
+            if state != "healthy":
+                counts[state] += 1
     return counts
 
 

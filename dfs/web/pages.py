@@ -27,7 +27,7 @@ def overview(svc: "MetaService", started: float) -> str:
     servers = list(svc.cluster.servers.values())
     live = [cs for cs in servers if cs.shown_state == "live"]
     capacity, used = sum(cs.capacity for cs in live), sum(cs.used for cs in live)
-    health = block_health(svc.cluster)
+    health = block_health(svc)
     states = " ".join(
         h.badge(f"{sum(1 for cs in servers if cs.shown_state == s)} {s}", STATE_LEVEL[s])
         if s == "live" or any(cs.shown_state == s for cs in servers)

@@ -107,6 +107,28 @@ def test_fsspec_smoke(tmp_path: Path) -> None:
     assert no_dfsd_under(tmp_path)
 
 
+def test_metrics_smoke(tmp_path: Path) -> None:
+    r = bench("metrics", "--size", "3MiB", "--files", "40", "--small-size", "1KiB",
+              "--concurrency", "4", "--runs", "2", tmp=tmp_path)
+    assert (r["workload"], r["size"], r["files"], r["small_size"], r["concurrency"],
+            r["runs"], r["replication"]) == ("metrics", 3 * 2**20, 40, 1024, 4, 2, 2)
+    assert r["order"] == [["off", "on"], ["on", "off"]]
+    for name in ("large_put_MBps", "large_get_MBps", "large_get_warm_MBps", "small_put_ops",
+                 "small_get_ops", "small_put_p99_ms", "small_get_p50_ms", "cpu_small_s"):
+        f = r["figures"][name]
+        positive(f, "off", "on")
+        assert isinstance(f["cost_pct"], float) and len(f["run_cost_pct"]) == 2, (name, f)
+        assert len(f["off_runs"]) == len(f["on_runs"]) == 2, (name, f)
+    positive(r["requests"], "large", "small")  # metrics on really counted the workload
+    assert set(r["cpu_us_per_request"]) == {"large", "small"}, r
+    positive(r["hot_path"], "observe_us", "large_pct", "small_pct")
+    assert r["scrapes"]["failed"] == 0 and r["scrapes"]["count"] >= 2 * 3 * 3, r["scrapes"]
+    positive(r["scrapes"]["bytes"], "meta", "chunk1", "chunk2")
+    for mode in ("off", "on"):
+        assert set(r["rss_mib"][mode]) == ROLES, r["rss_mib"]
+    assert no_dfsd_under(tmp_path)
+
+
 def test_against_a_running_cluster_leaves_nothing_behind(shared_cluster: Cluster,
                                                          tmp_path: Path) -> None:
     """--meta uses the given cluster: only the client's RSS is known, and the workload's

@@ -239,3 +239,21 @@ def test_https_with_the_tls_files(make_cluster: Callable[..., Cluster]) -> None:
             assert r.read() == want  # no client certificate needed: a browser has none
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP: refused
             urllib.request.urlopen(target.replace("https:", "http:"), timeout=20).read()
+
+
+def test_block_health_gauges_equal_fsck_when_nothing_can_repair(
+        make_cluster: Callable[..., Cluster]) -> None:
+    c = make_cluster(2, http=True)
+    client = c.client()
+    for i in range(4):
+        client.put_bytes(data_of(200_000, seed=i), f"/h/f{i}", replication=2)
+    client.put_bytes(b"one copy", "/h/single", replication=1)
+    single = client.stat("/h/single")["blocks"][0]["replicas"][0]
+    victim = c.by_addr(single)  # its only replica dies with it: missing
+    c.kill(victim.name)  # and every 2-replica block is left with one: under-replicated
+    wait_until(lambda: scrape(url(c, "/metrics"))['dfs_chunkservers{state="dead"}'] == 1,
+               15, "the dead chunkserver counted")
+    fsck = client.fsck("/")
+    m = scrape(url(c, "/metrics"))
+    assert (fsck["under_replicated"], fsck["missing"]) == (4, 1)
+    assert (m["dfs_blocks_under_replicated"], m["dfs_blocks_missing"]) == (4, 1)
