@@ -255,6 +255,20 @@ class ServerConnection(FrameProtocol):
         return self._paused_reading
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), not listening yet: how a daemon claims a port
+    before its slow start-up work. Raises OSError (port in use, bad address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Server:
     """Listens on one address for one service."""
 
@@ -281,14 +295,7 @@ class Server:
         work) without accepting connections yet: listening means ready."""
         if self._sock is not None:
             return
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
+        sock = bind_socket(self.host, self.port)
         sock.setblocking(False)
         self._sock = sock
         self.port = sock.getsockname()[1]

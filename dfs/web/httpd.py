@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from ..net import Security
+from ..net.server import bind_socket
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +76,7 @@ class HttpServer:
     def bind(self) -> None:
         """Claim the port now, before the daemon's slow start-up work, so a port in use is
         reported at once (as net.Server.bind does). Raises OSError."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+        self.sock = bind_socket(self.host, self.port)
 
     async def start(self) -> None:
         if self.sock is None:
