@@ -180,6 +180,10 @@ def test_basic_auth_with_a_secret(make_cluster: Callable[..., Cluster], tmp_path
         assert get(url(c, path), auth(b"wrong"))[0] == 401
         assert get(url(c, path), {"Authorization": "Bearer x"})[0] == 401
     assert get(url(c, "/files/s"), auth(secret))[2] == b"secret data"
+    # /readyz may still say 503 (safe mode) just after start-up: that is an answer too, not
+    # a 401; it turns 200 without credentials once meta is ready.
+    assert get(url(c, "/readyz"))[0] in (200, 503)
+    wait_until(lambda: get(url(c, "/readyz"))[0] == 200, 20, "meta ready")
     for path in ["/metrics", "/healthz", "/readyz"]:  # for monitoring, without credentials
         assert get(url(c, path))[0] == 200, path
     assert get(url(c, "/metrics", "chunk0"))[0] == 200
