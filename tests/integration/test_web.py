@@ -21,38 +21,12 @@ from typing import Callable
 
 import pytest
 from cluster import Cluster, data_of
-from prometheus_client.parser import text_string_to_metric_families
+from web_probe import get, scrape, url
 
 import dfs
 from dfs.local_cluster import HOST, free_ports, wait_until
 
 MiB = 1 << 20
-
-
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body) of a GET, errors included."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
-                                    timeout=20) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
-
-
-def url(c: Cluster, path: str, daemon: str = "meta") -> str:
-    return f"http://{HOST}:{c[daemon].http_port}{path}"
-
-
-def scrape(target: str) -> dict[str, float]:
-    """`name{label="v",...}` -> value, from a real /metrics page."""
-    status, headers, body = get(target)
-    assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 def test_health_and_readiness(make_cluster: Callable[..., Cluster]) -> None:

@@ -5,33 +5,15 @@ copies (and their bytes) that repair a dead chunkserver's blocks."""
 
 from __future__ import annotations
 
-import urllib.request
 from typing import Callable
 
 from cluster import Cluster, data_of
-from prometheus_client.parser import text_string_to_metric_families
+from web_probe import scrape, url
 
-from dfs.local_cluster import HOST, wait_until
+from dfs.local_cluster import wait_until
 
 MiB = 1 << 20
 FAST_SCRUB = ["--scrub-rate", "64MiB", "--scrub-interval", "1s"]
-
-
-def url(c: Cluster, path: str, daemon: str = "meta") -> str:
-    return f"http://{HOST}:{c[daemon].http_port}{path}"
-
-
-def scrape(target: str) -> dict[str, float]:
-    """`name{label="v",...}` -> value, from a real /metrics page."""
-    with urllib.request.urlopen(target, timeout=20) as r:
-        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
-        body = r.read()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return out
 
 
 def chunk_total(c: Cluster, name: str) -> float:
