@@ -9,7 +9,8 @@
     dfs-bench fsspec [--size 1GiB] [--runs 3] [--parquet-size 200MiB] [--ranges 1000]
                                                    dfs:// against dfs-cli and dfs.Client
     dfs-bench metrics [--size 1GiB] [--files 5000] [--small-size 4KiB] [--concurrency 16]
-                      [--runs 3]         large and small with metrics off against on
+                      [--runs 3] [--scrape-interval 1]
+                                         large and small with metrics off against on
     ... [--json] [--compare seaweedfs] [--meta HOST:PORT] [--dir DIR] [--keep]
 
 Unless given --meta, it starts meta and two chunkservers as real processes on loopback with
@@ -141,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     count(mc, "--concurrency", 16, "concurrent clients of the small workload")
     count(mc, "--runs", 3, "measurements with metrics off and with them on, A/B order "
           "alternating; the median is reported")
+    mc.add_argument("--scrape-interval", type=float, default=1.0, metavar="SECONDS",
+                    help="how often /metrics of every daemon is scraped while metrics are on "
+                    "(default: 1; 0: never during a workload, which measures the request "
+                    "counting alone)")
     mc.add_argument("--json", action="store_true", help="print one JSON object")
     mc.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
     mc.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
@@ -443,6 +448,7 @@ def run_metrics(args: argparse.Namespace, base: str) -> dict[str, Any]:
         servers.start()
         try:
             return metrics_cost.measure(servers.pids(), servers.metrics_urls(), context,
+                                        args.scrape_interval,
                                         lambda: _large_dfs(servers, src, base, args.size),
                                         lambda: _worker_dfs(servers, "small", work))
         finally:
@@ -451,7 +457,7 @@ def run_metrics(args: argparse.Namespace, base: str) -> dict[str, Any]:
                 shutil.rmtree(where, ignore_errors=True)
 
     try:
-        figures = metrics_cost.run(args.runs, once, _log)
+        figures = metrics_cost.run(args.runs, once, _log, args.scrape_interval)
     finally:
         os.unlink(src)
     return {"workload": "metrics", "size": args.size, "files": args.files,

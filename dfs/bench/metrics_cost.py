@@ -11,11 +11,13 @@ Fairness: every measurement gets a fresh cluster (meta and two chunkservers on l
 on disk, fsync on, R=2) in a data dir of its own, removed afterwards, with the page cache's
 dirty data written back (sync(2), untimed) before it starts; both modes move the same source
 file. While HTTP is on, a thread of this process scrapes `/metrics` of meta and of each
-chunkserver every second, as Prometheus would (one target after another), so the cost of
-serving scrapes is in the figures. Besides the client-side rates and latencies, the CPU time
-the three daemons used in each workload (utime + stime from /proc) is compared: on this noisy
-machine it is the steadier measure of the hot-path cost. With metrics on, the request
-counters also say how many requests that CPU served, so the extra CPU per request is given.
+chunkserver every second (`--scrape-interval`), as Prometheus would (one target after
+another), so the cost of serving scrapes is in the figures; with an interval of 0 they are
+scraped only between workloads, which leaves the request counting alone to measure. Besides
+the client-side rates and latencies, the CPU time the three daemons used in each workload
+(utime + stime from /proc) is compared: on this noisy machine it is the steadier measure of
+the hot-path cost. With metrics on, the request counters also say how many requests that CPU
+served, so the extra CPU per request is given.
 Last, the hot-path work alone is timed in this process (`observe_cost_us`: the two clock reads
 and the `RequestMetrics.observe` call a request gets with metrics on) and set against the
 server CPU per request with metrics off: an estimate of the per-request cost that no noise
@@ -127,7 +129,7 @@ class Scraper:
                 return
 
     def __enter__(self) -> Scraper:
-        if self.urls:
+        if self.urls and self.interval > 0:
             self._thread.start()
         return self
 
@@ -157,14 +159,14 @@ def _cpu(pids: dict[str, int], into: dict[str, float], key: str) -> Iterator[Non
 
 
 def measure(pids: dict[str, int], urls: dict[str, str], context: ssl.SSLContext | None,
-            large: Work, small: Work) -> dict[str, Any]:
+            interval: float, large: Work, small: Work) -> dict[str, Any]:
     """One measurement on a started cluster: `large`, then `small`, with the server
     processes' CPU time of each, and, when `urls` are given (HTTP on), /metrics scraped
     throughout and the requests counted in each workload. RuntimeError if any scrape
     failed: then the figures would not include what they claim to."""
     cpu: dict[str, float] = {}
     requests: dict[str, int] = {}
-    with Scraper(urls, context) as scraper:
+    with Scraper(urls, context, interval) as scraper:
         counted = scraper.snapshot()
         with _cpu(pids, cpu, "large"):
             large_figures = large()
@@ -218,7 +220,8 @@ def observe_cost_us(calls: int = 200_000, repeat: int = 5) -> float:
     return best / calls * 1e6
 
 
-def run(runs: int, once: Callable[[bool, int], dict[str, Any]], log: Log) -> dict[str, Any]:
+def run(runs: int, once: Callable[[bool, int], dict[str, Any]], log: Log,
+        interval: float = SCRAPE_INTERVAL) -> dict[str, Any]:
     """`runs` pairs of measurements, once(http, i) each; run i starts with HTTP off when i is
     even, on when odd. The medians, costs and scrape statistics."""
     done: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
@@ -256,7 +259,7 @@ def run(runs: int, once: Callable[[bool, int], dict[str, Any]], log: Log) -> dic
                    for phase in requests}}
     return {"order": order, "figures": figures, "requests": requests,
             "cpu_us_per_request": extra_us, "hot_path": hot_path,
-            "scrapes": {"interval_s": SCRAPE_INTERVAL, "count": len(durations), "failed": 0,
+            "scrapes": {"interval_s": interval, "count": len(durations), "failed": 0,
                         **latency_ms(durations), "bytes": sizes},
             "rss_mib": rss}
 
@@ -271,8 +274,10 @@ def _max_rss(measurements: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def render(r: dict[str, Any]) -> str:
+    every = r["scrapes"]["interval_s"]
+    scraped = f"scraped every {every:g} s" if every > 0 else "not scraped during workloads"
     lines = [f"dfs-bench metrics: metrics off (--http-port 0) against on (/metrics of every "
-             f"daemon scraped every {r['scrapes']['interval_s']:g} s), R={r['replication']}",
+             f"daemon {scraped}), R={r['replication']}",
              f"  large: one {r['size'] / 2**20:.0f} MiB file; small: {r['files']} files of "
              f"{r['small_size']} bytes, {r['concurrency']} clients",
              f"  median of {r['runs']} runs each, order alternating; cost: how much worse on "
