@@ -257,10 +257,11 @@ async def cmd_ls(c: AsyncClient, a: argparse.Namespace) -> int:
         print_json(entries)
     elif a.long:
         for e in entries:
-            kind = "d" if e["type"] == "dir" else "-"
+            kind = {"dir": "d", "symlink": "l"}.get(e["type"], "-")
             repl = str(e.get("replication", "-"))
+            link = f" -> {e['target']}" if e["type"] == "symlink" else ""
             print(f"{kind} {repl:>2} {size_text(e['size'], a):>14} {when(e['mtime'])} "
-                  f"{e['path']}")
+                  f"{e['path']}{link}")
     else:
         for e in entries:
             name = e["path"] if a.recursive else e["path"].rsplit("/", 1)[-1]

@@ -58,6 +58,7 @@ def _size_of(f: BinaryIO) -> int | None:
 def _ls_rows(page: dict[str, Any]) -> list[dict[str, Any]]:
     """A columnar `ls` page (see docs/PROTOCOL.md) as the dicts `ls --json` shows."""
     base = "" if page["path"] == "/" else page["path"]
+    links = page.get("links") or {}
     rows: list[dict[str, Any]] = []
     for name, is_dir, size, mtime, repl, bsize in zip(
             page["names"], page["dir"], page["size"], page["mtime"], page["replication"],
@@ -65,6 +66,9 @@ def _ls_rows(page: dict[str, Any]) -> list[dict[str, Any]]:
         if is_dir:
             rows.append({"path": f"{base}/{name}", "type": "dir", "size": 0, "mtime": mtime,
                          "entries": size})
+        elif name in links:
+            rows.append({"path": f"{base}/{name}", "type": "symlink", "size": size,
+                         "target": links[name], "mtime": mtime})
         else:
             rows.append({"path": f"{base}/{name}", "type": "file", "size": size,
                          "replication": repl, "block_size": bsize, "mtime": mtime})
@@ -243,6 +247,22 @@ class AsyncClient:
                 "used": sum(s["used"] for s in servers),
                 "free": sum(s.get("free", 0) for s in servers), "chunkservers": len(servers)}
 
+    async def chattr(self, path: str, *, mode: int | None = None, uid: int | None = None,
+                     gid: int | None = None) -> None:
+        """Record the permission bits, owner and/or group of an entry (chmod, chown). dfs
+        keeps and shows them; it does not enforce them."""
+        fields = {k: v for k, v in (("mode", mode), ("uid", uid), ("gid", gid))
+                  if v is not None}
+        await self.meta_call("chattr", path=path, **fields)
+
+    async def symlink(self, target: str, path: str, *, uid: int | None = None,
+                      gid: int | None = None) -> None:
+        """Make `path` a symbolic link holding `target` (as ln -s TARGET PATH). Meta stores
+        it and never follows it; dfs-mount shows it to programs as a link."""
+        owner = {k: v for k, v in (("uid", uid), ("gid", gid)) if v is not None}
+        await self.meta_call("symlink", path=path, target=target,
+                             **({"attrs": owner} if owner else {}))
+
     async def touch(self, path: str, mtime: float | None = None) -> None:
         """Create an empty file, or set an existing entry's mtime (default: now). As touch(1),
         a missing parent directory is an error (NotFound), not created."""
@@ -312,6 +332,8 @@ class AsyncClient:
 
     async def open_read(self, path: str) -> FileReader:
         info = await self.stat(path)
+        if info["type"] == "symlink":
+            raise BadRequest(f"{info['path']} is a symbolic link to {info['target']}")
         if info["type"] != "file":
             raise IsADirectory(info["path"])
         return FileReader(self, info)
@@ -330,10 +352,12 @@ class AsyncClient:
                          block_size: int = config.DEFAULT_BLOCK_SIZE,
                          progress: Progress | None = None,
                          mtime: float | None = None,
-                         exclusive: bool = False) -> dict[str, Any]:
+                         exclusive: bool = False,
+                         attrs: dict[str, int] | None = None) -> dict[str, Any]:
         """Upload everything a binary stream yields. Reads of a file or pipe run off the loop.
         `mtime`: the time the file is published with (default: meta's clock at commit);
-        `exclusive`: AlreadyExists, and nothing written, if anything is at `remote`."""
+        `exclusive`: AlreadyExists, and nothing written, if anything is at `remote`;
+        `attrs`: mode, uid and/or gid the file is published with (see chattr)."""
         try:
             pump: Pump | None = Pump(f, config.PACKET_SIZE)
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
@@ -341,6 +365,7 @@ class AsyncClient:
         writer = await self.open_write(remote, replication, block_size, _size_of(f),
                                        exclusive)
         writer.mtime = mtime
+        writer.attrs = attrs
         try:
             while True:
                 if pump is None:

@@ -185,7 +185,7 @@ async def walk_remote(client: "AsyncClient", top: str
                 child = f"{rel}/{name}" if rel else name
                 if e["type"] == "dir":
                     pending.append(child)
-                else:
+                elif e["type"] == "file":  # symbolic links (made by dfs-mount) are skipped
                     files.append({**e, "rel": child})
     return files, dirs
 

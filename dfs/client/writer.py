@@ -170,6 +170,7 @@ class FileWriter:
         self.closed = False
         self.mtime: float | None = None  # set to publish with this mtime, not meta's clock
         self.exclusive = False  # set to fail (AlreadyExists) if anything is at the path
+        self.attrs: dict[str, int] | None = None  # mode/uid/gid to publish with
 
     async def open(self, size: int | None = None) -> "FileWriter":
         """Start the upload. `size`, when the writer knows the file's size, lets meta place
@@ -256,6 +257,8 @@ class FileWriter:
             extra: dict[str, Any] = {} if self.mtime is None else {"mtime": self.mtime}
             if self.exclusive:
                 extra["exclusive"] = True
+            if self.attrs:
+                extra["attrs"] = self.attrs
             reply = await self.client.meta_call("commit", upload=self.upload,
                                                 blocks=self.committed, **extra)
         except BaseException:

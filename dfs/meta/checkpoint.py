@@ -14,6 +14,10 @@ File layout (integers big-endian)::
                                             replication, block_size, mtime], ...]
                                           (a block whose digest is unknown, committed before
                                           digests existed, is [id, gen, size])
+                                  links   [[path, target, mtime], ...]   (may be absent)
+                                  root    [mode, uid, gid] of "/" (absent until set)
+                                A dir, file or link whose mode, uid or gid was set has one
+                                more element, [mode, uid, gid] (nil for those not set).
 
 A checkpoint covers records 0..count-1 of journal generation `gen`, all of them fsynced in
 the journal before it is written (checkpointer.py). It is written to a temporary file,
@@ -35,7 +39,7 @@ import crc32c
 import msgpack
 
 from ..fsutil import CorruptFile, atomic_write
-from .namespace import Block, Dir, File, Namespace, walk
+from .namespace import Attrs, Block, Dir, File, Link, Namespace, walk
 
 MAGIC = b"DFSCKPT1"
 HEAD = struct.Struct(">IQ")
@@ -48,6 +52,8 @@ class Checkpoint:
     epoch: int = 0
     dirs: list[list[Any]] = field(default_factory=list)
     files: list[list[Any]] = field(default_factory=list)
+    links: list[list[Any]] = field(default_factory=list)
+    root: list[Any] | None = None
 
 
 def _no_digest(block_id: int) -> int | None:
@@ -60,17 +66,28 @@ def snapshot(ns: Namespace, gen: int, count: int, epoch: int,
     gives a block's recorded digest (the block map holds them)."""
     dirs: list[list[Any]] = []
     files: list[list[Any]] = []
+    links: list[list[Any]] = []
     for path, node in walk(ns.root):
         if isinstance(node, Dir):
-            dirs.append([path, node.mtime])
+            row = [path, node.mtime]
+            dirs.append(row)
+        elif isinstance(node, Link):
+            row = [path, node.target, node.mtime]
+            links.append(row)
         else:
             blocks = []
             for b in node.blocks:
                 d = digest(b.id)
                 blocks.append([b.id, b.gen, b.size] if d is None else [b.id, b.gen, b.size, d])
-            files.append([path, blocks, node.replication, node.block_size, node.mtime])
-    body = msgpack.packb({"gen": gen, "count": count, "epoch": epoch, "dirs": dirs,
-                          "files": files}, use_bin_type=True)
+            row = [path, blocks, node.replication, node.block_size, node.mtime]
+            files.append(row)
+        if node.attrs is not None:
+            row.append(list(node.attrs))
+    m: dict[str, Any] = {"gen": gen, "count": count, "epoch": epoch, "dirs": dirs,
+                         "files": files, "links": links}
+    if ns.root.attrs is not None:
+        m["root"] = list(ns.root.attrs)
+    body = msgpack.packb(m, use_bin_type=True)
     return MAGIC + HEAD.pack(crc32c.crc32c(body), len(body)) + body
 
 
@@ -97,7 +114,8 @@ def read(path: str) -> Checkpoint | None:
         raise CorruptFile(path, len(MAGIC) + HEAD.size, "checksum mismatch", "checkpoint")
     try:
         m = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
-        return Checkpoint(m["gen"], m["count"], m["epoch"], m["dirs"], m["files"])
+        return Checkpoint(m["gen"], m["count"], m["epoch"], m["dirs"], m["files"],
+                          m.get("links", []), m.get("root"))
     except (ValueError, KeyError, TypeError) as exc:  # msgpack's errors are ValueErrors
         raise CorruptFile(path, len(MAGIC) + HEAD.size, f"body cannot be read: {exc!r}",
                           "checkpoint") from None
@@ -119,17 +137,28 @@ def load(cp: Checkpoint, ns: Namespace, digests: dict[int, int]) -> None:
             dirs[path] = d
         return d
 
-    for path, mtime in cp.dirs:
-        dir_at(path).mtime = mtime
+    def attrs(row: list[Any], i: int) -> Attrs | None:
+        return ns.attrs(*row[i]) if len(row) > i and row[i] is not None else None
+
+    if cp.root is not None:
+        ns.root.attrs = ns.attrs(*cp.root)
+    for row in cp.dirs:
+        d = dir_at(row[0])
+        d.mtime = row[1]
+        d.attrs = attrs(row, 2)
     files = blocks = 0
-    for path, block_list, replication, block_size, mtime in cp.files:
+    for row in cp.files:
+        path, block_list, replication, block_size, mtime = row[:5]
         parent, _, name = path.rpartition("/")
         for b in block_list:
             if len(b) > 3:
                 digests[b[0]] = b[3]
         dir_at(parent).put(name, File([Block(b[0], b[1], b[2]) for b in block_list],
-                                      replication, block_size, mtime))
+                                      replication, block_size, mtime, attrs(row, 5)))
         files += 1
         blocks += len(block_list)
+    for row in cp.links:
+        parent, _, name = row[0].rpartition("/")
+        dir_at(parent).put(name, Link(row[1], row[2], attrs(row, 3)))
     ns.files += files
     ns.blocks += blocks

@@ -34,26 +34,44 @@ class Block:
         self.id, self.gen, self.size = id, gen, size
 
 
+# mode, uid, gid of an entry, each None until set (chmod, chown, or a create through
+# dfs-mount). Recorded and shown, not enforced: dfs has no per-user permissions yet. Equal
+# tuples are shared (Namespace.attrs), so a million files owned alike cost one tuple.
+Attrs = tuple[int | None, int | None, int | None]
+
+
 class File:
-    __slots__ = ("blocks", "size", "replication", "block_size", "mtime")
+    __slots__ = ("blocks", "size", "replication", "block_size", "mtime", "attrs")
 
     def __init__(self, blocks: list[Block], replication: int, block_size: int,
-                 mtime: float) -> None:
+                 mtime: float, attrs: Attrs | None = None) -> None:
         self.blocks = blocks
         # One block (most files): share its size object rather than make an equal int.
         self.size = blocks[0].size if len(blocks) == 1 else sum(b.size for b in blocks)
         self.replication = replication
         self.block_size = block_size
         self.mtime = mtime
+        self.attrs = attrs
+
+
+class Link:
+    """A symbolic link: meta stores its target text and never follows it (the kernel does,
+    through dfs-mount); to every other request it is a leaf, like a file without blocks."""
+
+    __slots__ = ("target", "mtime", "attrs")
+
+    def __init__(self, target: str, mtime: float, attrs: Attrs | None = None) -> None:
+        self.target, self.mtime, self.attrs = target, mtime, attrs
 
 
 class Dir:
-    __slots__ = ("children", "mtime", "_sorted")
+    __slots__ = ("children", "mtime", "_sorted", "attrs")
 
-    def __init__(self, mtime: float) -> None:
-        self.children: dict[str, File | Dir] = {}
+    def __init__(self, mtime: float, attrs: Attrs | None = None) -> None:
+        self.children: dict[str, File | Dir | Link] = {}
         self.mtime = mtime
         self._sorted: list[str] | None = None
+        self.attrs = attrs
 
     def names(self) -> list[str]:
         """Child names in order, cached until the directory changes (ls pages through it)."""
@@ -61,17 +79,18 @@ class Dir:
             self._sorted = sorted(self.children)
         return self._sorted
 
-    def put(self, name: str, node: "File | Dir") -> None:
+    def put(self, name: str, node: "File | Dir | Link") -> None:
         if name not in self.children:
             self._sorted = None
         self.children[name] = node
 
-    def pop(self, name: str) -> "File | Dir":
+    def pop(self, name: str) -> "File | Dir | Link":
         self._sorted = None
         return self.children.pop(name)
 
 
-Node = File | Dir
+Node = File | Dir | Link
+MAX_LINK = 4096  # bytes of a symbolic link's target, as PATH_MAX
 
 
 def split_path(path: Any) -> list[str]:
@@ -117,6 +136,14 @@ class Namespace:
         self.root = Dir(now)
         self.files = 0
         self.blocks = 0
+        self._attrs: dict[Attrs, Attrs] = {}
+
+    def attrs(self, mode: int | None, uid: int | None, gid: int | None) -> Attrs | None:
+        """The shared tuple for these attributes (None when none is set)."""
+        if mode is None and uid is None and gid is None:
+            return None
+        key = (mode, uid, gid)
+        return self._attrs.setdefault(key, key)
 
     # lookups ------------------------------------------------------------------------
     def lookup(self, path: str) -> Node:
@@ -182,8 +209,10 @@ class Namespace:
         return [(n, node.children[n]) for n in chunk], lo + limit < len(names)
 
     # mutations ----------------------------------------------------------------------
-    def mkdir(self, path: str, parents: bool, mtime: float) -> bool:
-        """Create a directory; returns False if `parents` and it already existed."""
+    def mkdir(self, path: str, parents: bool, mtime: float, attrs: Attrs | None = None
+              ) -> bool:
+        """Create a directory; returns False if `parents` and it already existed. `attrs`
+        are the new directory's (not its parents')."""
         parts = split_path(path)
         if not parts:
             if parents:
@@ -195,9 +224,32 @@ class Namespace:
             if isinstance(existing, Dir) and parents:
                 return False
             raise AlreadyExists(join(parts))
-        parent.put(parts[-1], Dir(mtime))
+        parent.put(parts[-1], Dir(mtime, attrs))
         parent.mtime = mtime
         return True
+
+    def symlink(self, path: str, target: str, mtime: float, attrs: Attrs | None = None
+                ) -> None:
+        """Create a symbolic link at `path` (its parent must exist; nothing may be there)."""
+        parts = split_path(path)
+        if not parts:
+            raise AlreadyExists("/")
+        if not isinstance(target, str) or not target or "\x00" in target or \
+                len(target.encode()) > MAX_LINK:
+            raise BadRequest(f"a link target is 1..{MAX_LINK} bytes of text without NUL")
+        parent = self._parent(parts, path, False, mtime)
+        if parts[-1] in parent.children:
+            raise AlreadyExists(join(parts))
+        parent.put(parts[-1], Link(target, mtime, attrs))
+        parent.mtime = mtime
+
+    def chattr(self, path: str, mode: int | None, uid: int | None, gid: int | None) -> None:
+        """Set mode, uid and/or gid of an entry (None: leave as it is)."""
+        node = self.lookup(path)
+        old = node.attrs or (None, None, None)
+        node.attrs = self.attrs(old[0] if mode is None else mode,
+                                old[1] if uid is None else uid,
+                                old[2] if gid is None else gid)
 
     def publish(self, path: str, file: File) -> File | None:
         """Make `file` visible at `path`, creating parents and replacing an old file there.
@@ -216,7 +268,7 @@ class Namespace:
         self.blocks += len(file.blocks)
         if old is not None:
             self._count_out(old)
-        return old
+        return old if isinstance(old, File) else None
 
     def remove(self, path: str, recursive: bool, mtime: float) -> list[File]:
         """Remove a file or directory; returns every file removed (for block garbage)."""
@@ -339,9 +391,10 @@ class Namespace:
         except NotFound:
             return None
 
-    def _count_out(self, f: File) -> None:
-        self.files -= 1
-        self.blocks -= len(f.blocks)
+    def _count_out(self, f: Node) -> None:
+        if isinstance(f, File):
+            self.files -= 1
+            self.blocks -= len(f.blocks)
 
 
 def walk(d: Dir, prefix: str = "") -> Iterator[tuple[str, Node]]:
@@ -362,10 +415,12 @@ def _clone(node: Node, mtime: float, files: list[File]) -> Node:
     Iterative: a path of 4096 characters can nest 2048 directories, past Python's stack."""
     def one(n: Node) -> Node:
         if isinstance(n, File):
-            f = File(list(n.blocks), n.replication, n.block_size, mtime)
+            f = File(list(n.blocks), n.replication, n.block_size, mtime, n.attrs)
             files.append(f)
             return f
-        return Dir(mtime)
+        if isinstance(n, Link):
+            return Link(n.target, mtime, n.attrs)
+        return Dir(mtime, n.attrs)
     top = one(node)
     stack = [(node, top)]
     while stack:
@@ -381,6 +436,8 @@ def _clone(node: Node, mtime: float, files: list[File]) -> Node:
 def iter_files(node: Node) -> Iterator[File]:
     if isinstance(node, File):
         yield node
+        return
+    if not isinstance(node, Dir):
         return
     for _, child in walk(node):
         if isinstance(child, File):

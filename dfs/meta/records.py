@@ -4,15 +4,18 @@ Pure code, no I/O of its own: `restore` reads through the journal and checkpoint
 is given. Every record is a msgpack array (meta/journal.py frames it, with checksums):
 
     ["epoch", n]                 a new block id epoch; ids allocated after it are (n << 32) | k
-    ["mkdir", path, parents, mtime]
-    ["publish", path, blocks, replication, block_size, mtime]
+    ["mkdir", path, parents, mtime]            or with a 5th element, attrs
+    ["publish", path, blocks, replication, block_size, mtime]      or with a 7th, attrs
                                  blocks: [[id, gen, size, digest], ...]; records written before
                                  digests existed hold [id, gen, size] (the digest is unknown)
+                                 attrs: [mode, uid, gid], each nil when not set
     ["rm", path, recursive, mtime]
     ["mv", src, dst, mtime]
     ["cp", src, dst, recursive, mtime]   a copy that shares the source's blocks
     ["setrep", path, replication, recursive]
     ["touch", path, mtime]
+    ["chattr", path, mode, uid, gid]     each nil when left as it is
+    ["symlink", path, target, mtime]     or with a 5th element, attrs
 
 Replay calls the same Namespace methods that served the live request, so a replayed namespace
 is the one the requests built.
@@ -27,7 +30,7 @@ from ..fsutil import CorruptFile
 from . import checkpoint
 from .journal import JournalStore
 from .journal_codec import JournalCorrupt
-from .namespace import Block, File, Namespace
+from .namespace import Attrs, Block, File, Namespace
 
 # What a well-framed record or checkpoint of the wrong shape raises when it is applied.
 _BAD_SHAPE = (ValueError, KeyError, IndexError, TypeError, AttributeError, DFSError)
@@ -37,14 +40,26 @@ def epoch(n: int) -> list[Any]:
     return ["epoch", n]
 
 
-def mkdir(path: str, parents: bool, mtime: float) -> list[Any]:
-    return ["mkdir", path, parents, mtime]
+def _with(rec: list[Any], attrs: Attrs | None) -> list[Any]:
+    return rec if attrs is None else rec + [list(attrs)]
+
+
+def mkdir(path: str, parents: bool, mtime: float, attrs: Attrs | None = None) -> list[Any]:
+    return _with(["mkdir", path, parents, mtime], attrs)
 
 
 def publish(path: str, f: File, digests: list[int | None]) -> list[Any]:
     blocks = [[b.id, b.gen, b.size] + ([d] if d is not None else [])
               for b, d in zip(f.blocks, digests, strict=True)]
-    return ["publish", path, blocks, f.replication, f.block_size, f.mtime]
+    return _with(["publish", path, blocks, f.replication, f.block_size, f.mtime], f.attrs)
+
+
+def chattr(path: str, mode: int | None, uid: int | None, gid: int | None) -> list[Any]:
+    return ["chattr", path, mode, uid, gid]
+
+
+def symlink(path: str, target: str, mtime: float, attrs: Attrs | None) -> list[Any]:
+    return _with(["symlink", path, target, mtime], attrs)
 
 
 def rm(path: str, recursive: bool, mtime: float) -> list[Any]:
@@ -84,14 +99,14 @@ def apply(ns: Namespace, rec: list[Any], out: Restored) -> None:
     if op == "epoch":
         out.epoch = max(out.epoch, rec[1])
     elif op == "mkdir":
-        ns.mkdir(rec[1], rec[2], rec[3])
+        ns.mkdir(rec[1], rec[2], rec[3], _attrs(ns, rec, 4))
     elif op == "publish":
         blocks = []
         for entry in rec[2]:
             blocks.append(Block(entry[0], entry[1], entry[2]))
             if len(entry) > 3:
                 out.digests[entry[0]] = entry[3]
-        ns.publish(rec[1], File(blocks, rec[3], rec[4], rec[5]))
+        ns.publish(rec[1], File(blocks, rec[3], rec[4], rec[5], _attrs(ns, rec, 6)))
     elif op == "rm":
         ns.remove(rec[1], rec[2], rec[3])
     elif op == "mv":
@@ -102,8 +117,17 @@ def apply(ns: Namespace, rec: list[Any], out: Restored) -> None:
         ns.set_replication(rec[1], rec[2], rec[3])
     elif op == "touch":
         ns.touch(rec[1], rec[2])
+    elif op == "chattr":
+        ns.chattr(rec[1], rec[2], rec[3], rec[4])
+    elif op == "symlink":
+        ns.symlink(rec[1], rec[2], rec[3], _attrs(ns, rec, 4))
     else:
         raise ValueError(f"unknown journal record {op!r}")
+
+
+def _attrs(ns: Namespace, rec: list[Any], i: int) -> Attrs | None:
+    """The optional attrs element of a record (absent in records from before attrs)."""
+    return ns.attrs(*rec[i]) if len(rec) > i and rec[i] is not None else None
 
 
 def restore(ns: Namespace, journal: JournalStore, checkpoint_path: str | None) -> Restored:

@@ -19,7 +19,7 @@ from typing import Any, Awaitable
 from .. import config
 from ..errors import AlreadyExists, BadRequest, DFSError, NoSpace, NotADirectory, NotFound
 from ..net import NO_SECURITY, Security, ServerConnection
-from ..protocol.fields import addrs, mtime, text, uint
+from ..protocol.fields import addrs, attrs, mtime, text, uint
 from . import records, views
 from .checkpointer import Checkpointer
 from .cluster import BlockInfo, Cluster
@@ -285,7 +285,7 @@ class MetaService:
             self._refuse_existing(up.path)
         # A client keeping the local file's time (sync, put -p) sends it; else meta's clock.
         f = File([b for b, _, _ in committed], up.replication, up.block_size,
-                 mtime(h, "mtime", time.time()))
+                 mtime(h, "mtime", time.time()), self.ns.attrs(*attrs(h.get("attrs"))))
         # Publish first: if the path cannot take the file (a directory appeared there since
         # create), nothing has changed yet and the client's abort reclaims the blocks.
         old = self.ns.publish(up.path, f)
@@ -341,10 +341,33 @@ class MetaService:
         self._writable()
         path = normalise(h.get("path"))
         parents = bool(h.get("parents"))
+        given = self.ns.attrs(*attrs(h.get("attrs")))
         now = time.time()
-        if not self.ns.mkdir(path, parents, now):
+        if not self.ns.mkdir(path, parents, now, given):
             return {"path": path, "created": False}
-        return self._durable(records.mkdir(path, parents, now), {"path": path, "created": True})
+        return self._durable(records.mkdir(path, parents, now, given),
+                             {"path": path, "created": True})
+
+    def handle_symlink(self, h: dict[str, Any], payload: memoryview,
+                       conn: ServerConnection) -> Awaitable[Reply]:
+        """A symbolic link at `path` holding `target` (stored, never followed by meta)."""
+        self._writable()
+        path = normalise(h.get("path"))
+        target = text(h, "target")
+        given = self.ns.attrs(*attrs(h.get("attrs")))
+        now = time.time()
+        self.ns.symlink(path, target, now, given)
+        return self._durable(records.symlink(path, target, now, given), {"path": path})
+
+    def handle_chattr(self, h: dict[str, Any], payload: memoryview,
+                      conn: ServerConnection) -> Awaitable[Reply]:
+        """Set mode, uid and/or gid of a file, directory or link (chmod, chown): recorded
+        and shown, not enforced."""
+        self._writable()
+        path = normalise(h.get("path"))
+        mode, uid, gid = attrs(h, "chattr")
+        self.ns.chattr(path, mode, uid, gid)
+        return self._durable(records.chattr(path, mode, uid, gid), {"path": path})
 
     def handle_rm(self, h: dict[str, Any], payload: memoryview,
                   conn: ServerConnection) -> Awaitable[Reply]:

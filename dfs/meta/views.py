@@ -10,7 +10,7 @@ from typing import Any
 from .. import config
 from ..net.security import Security
 from .cluster import Cluster
-from .namespace import Dir, File, Node, walk
+from .namespace import Dir, File, Link, Node, walk
 
 # A reply must always fit in one frame: pages and problem lists stop at half a header.
 _BUDGET = config.MAX_HEADER // 2
@@ -20,11 +20,14 @@ def entry(path: str, node: Node, cluster: Cluster, security: Security,
           blocks: bool) -> dict[str, Any]:
     """A `stat` entry; with `blocks`, each block's live replicas (and read tokens)."""
     if isinstance(node, Dir):
-        return {"path": path, "type": "dir", "size": 0, "mtime": node.mtime,
-                "entries": len(node.children)}
-    out: dict[str, Any] = {"path": path, "type": "file", "size": node.size,
-                           "replication": node.replication, "block_size": node.block_size,
-                           "mtime": node.mtime}
+        return _with_attrs({"path": path, "type": "dir", "size": 0, "mtime": node.mtime,
+                            "entries": len(node.children)}, node)
+    if isinstance(node, Link):
+        return _with_attrs({"path": path, "type": "symlink", "target": node.target,
+                            "size": len(node.target.encode()), "mtime": node.mtime}, node)
+    out: dict[str, Any] = _with_attrs(
+        {"path": path, "type": "file", "size": node.size, "replication": node.replication,
+         "block_size": node.block_size, "mtime": node.mtime}, node)
     if blocks:
         out["blocks"] = [{"id": str(b.id), "gen": b.gen, "size": b.size,
                           "replicas": cluster.live_replicas(b.id)}
@@ -36,6 +39,15 @@ def entry(path: str, node: Node, cluster: Cluster, security: Security,
         if security.authenticating:  # read tokens for the chunkservers
             for b, e in zip(node.blocks, out["blocks"], strict=True):
                 e["token"] = security.issue(b.id, b.gen, "r")
+    return out
+
+
+def _with_attrs(out: dict[str, Any], node: Node) -> dict[str, Any]:
+    """mode, uid and gid of an entry, those that were ever set."""
+    if node.attrs is not None:
+        for key, value in zip(("mode", "uid", "gid"), node.attrs, strict=True):
+            if value is not None:
+                out[key] = value
     return out
 
 
@@ -64,6 +76,7 @@ def ls_columns(path: str, entries: list[tuple[str, Node]], more: bool) -> dict[s
     mtime: list[float] = []
     replication: list[int] = []
     block_size: list[int] = []
+    links: dict[str, str] = {}
     budget = _BUDGET
     for name, node in entries:
         budget -= len(name.encode()) + 40  # a name, a bool, four numbers of <= 9 bytes
@@ -77,19 +90,30 @@ def ls_columns(path: str, entries: list[tuple[str, Node]], more: bool) -> dict[s
             size.append(len(node.children))  # for a directory: how many entries
             replication.append(0)
             block_size.append(0)
+        elif isinstance(node, Link):  # replication 0 marks it; its target is in `links`
+            is_dir.append(False)
+            size.append(len(node.target.encode()))
+            replication.append(0)
+            block_size.append(0)
+            links[name] = node.target
         else:
             is_dir.append(False)
             size.append(node.size)
             replication.append(node.replication)
             block_size.append(node.block_size)
-    return {"path": path, "names": names, "dir": is_dir, "size": size, "mtime": mtime,
-            "replication": replication, "block_size": block_size, "more": more}
+    out = {"path": path, "names": names, "dir": is_dir, "size": size, "mtime": mtime,
+           "replication": replication, "block_size": block_size, "more": more}
+    if links:
+        out["links"] = links
+    return out
 
 
 def files_under(node: Node, path: str) -> list[tuple[str, File]]:
     """Every file at or under `path` (whose node is `node`), with its full path."""
     if isinstance(node, File):
         return [(path, node)]
+    if isinstance(node, Link):
+        return []
     return [(p, n) for p, n in walk(node, "" if path == "/" else path) if isinstance(n, File)]
 
 
@@ -154,11 +178,13 @@ def _usage(node: Node, cluster: Cluster) -> tuple[int, int, int, int]:
     once however many files share it, times its live replicas."""
     size = stored = files = dirs = 0
     seen: set[int] = set()
-    nodes = [node] if isinstance(node, File) else [n for _, n in walk(node)]
+    nodes = [n for _, n in walk(node)] if isinstance(node, Dir) else [node]
     servers = cluster.servers
     for n in nodes:
         if isinstance(n, Dir):
             dirs += 1
+            continue
+        if isinstance(n, Link):
             continue
         files += 1
         size += n.size
@@ -177,8 +203,12 @@ def _usage(node: Node, cluster: Cluster) -> tuple[int, int, int, int]:
 def du(path: str, node: Node, cluster: Cluster) -> dict[str, Any]:
     """`dfs-cli du -s`: the totals of one path."""
     size, stored, files, dirs = _usage(node, cluster)
-    return {"path": path, "type": "dir" if isinstance(node, Dir) else "file", "size": size,
+    return {"path": path, "type": _kind(node), "size": size,
             "replicated": stored, "files": files, "dirs": dirs}
+
+
+def _kind(node: Node) -> str:
+    return "dir" if isinstance(node, Dir) else "symlink" if isinstance(node, Link) else "file"
 
 
 def du_page(base: str, entries: list[tuple[str, Node]], more: bool,

@@ -71,3 +71,24 @@ def mtime(header: dict[str, Any], key: str, default: float) -> float:
     if type(v) not in (int, float) or not -MTIME_LIMIT < v < MTIME_LIMIT:
         raise BadRequest(f"field {key!r} must be seconds since 1970")
     return float(v)
+
+
+_ATTR_LIMITS = {"mode": 0o7777, "uid": 2**32 - 1, "gid": 2**32 - 1}
+
+
+def attrs(m: Any, what: str = "attrs") -> tuple[int | None, int | None, int | None]:
+    """mode, uid, gid from a map holding any of them (absent or nil: not set). Permission
+    bits only in mode (0..0o7777); ids are 32-bit, as on Linux."""
+    if m is None:
+        return None, None, None
+    if not isinstance(m, dict):
+        raise BadRequest(f"field {what!r} must be a map of mode, uid, gid")
+    out: list[int | None] = []
+    for key, limit in _ATTR_LIMITS.items():
+        v = m.get(key)
+        if v is not None and (not is_uint(v) or v > limit):
+            raise BadRequest(f"{key} in {what!r} must be an integer 0..{limit:#o}"
+                             if key == "mode" else
+                             f"{key} in {what!r} must be an integer 0..{limit}")
+        out.append(v)
+    return out[0], out[1], out[2]

@@ -10,7 +10,8 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-from ..meta.namespace import Dir
+from ..errors import BadRequest
+from ..meta.namespace import Dir, Link
 from . import html as h
 from .metrics import STATES, block_health
 
@@ -132,6 +133,8 @@ def browse(svc: "MetaService", path: str, after: str) -> str:
     """A directory's page of entries, or a file's blocks and replicas. Raises DFSError."""
     node = svc.ns.lookup(path)
     crumbs = _crumbs(path)
+    if isinstance(node, Link):
+        raise BadRequest(f"{path} is a symbolic link to {node.target}")
     if not isinstance(node, Dir):
         return _file_page(svc, path, node, crumbs)
     entries, more = svc.ns.listdir(path, after, PAGE)
@@ -142,6 +145,9 @@ def browse(svc: "MetaService", path: str, after: str) -> str:
         if isinstance(child, Dir):
             rows.append(h.row([f'<a href="{_browse_href(full)}">{h.esc(name)}/</a>', "dir",
                                _entries(len(child.children)), "",
+                               h.when(child.mtime)], numeric={2}))
+        elif isinstance(child, Link):
+            rows.append(h.row([f"{h.esc(name)} → {h.esc(child.target)}", "symlink", "", "",
                                h.when(child.mtime)], numeric={2}))
         else:
             rows.append(h.row([f'<a href="{_browse_href(full)}">{h.esc(name)}</a>', "file",
