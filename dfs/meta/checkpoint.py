@@ -135,6 +135,7 @@ def load(cp: Checkpoint, ns: Namespace, digests: dict[int, int]) -> None:
             d = Dir(0.0)
             dir_at(parent).put(name, d)
             dirs[path] = d
+            ns.dirs += 1
         return d
 
     def attrs(row: list[Any], i: int) -> Attrs | None:

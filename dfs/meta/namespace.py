@@ -136,6 +136,7 @@ class Namespace:
         self.root = Dir(now)
         self.files = 0
         self.blocks = 0
+        self.dirs = 1  # the root included: kept as the tree changes, for /metrics
         self._attrs: dict[Attrs, Attrs] = {}
 
     def attrs(self, mode: int | None, uid: int | None, gid: int | None) -> Attrs | None:
@@ -170,6 +171,7 @@ class Namespace:
                     raise NotFound(f"{join(parts[:i + 1])} (parent of {path})")
                 child = Dir(mtime)
                 node.put(name, child)
+                self.dirs += 1
                 node.mtime = mtime
             elif not isinstance(child, Dir):
                 raise NotADirectory(f"{join(parts[:i + 1])} is a file (in {path})")
@@ -226,6 +228,7 @@ class Namespace:
             raise AlreadyExists(join(parts))
         parent.put(parts[-1], Dir(mtime, attrs))
         parent.mtime = mtime
+        self.dirs += 1
         return True
 
     def symlink(self, path: str, target: str, mtime: float, attrs: Attrs | None = None
@@ -283,7 +286,16 @@ class Namespace:
             raise DirectoryNotEmpty(f"{join(parts)} (use rm -r)")
         parent.pop(parts[-1])
         parent.mtime = mtime
-        removed = list(iter_files(node))
+        removed: list[File] = []
+        if isinstance(node, Dir):
+            self.dirs -= 1
+            for _, child in walk(node):
+                if isinstance(child, File):
+                    removed.append(child)
+                elif isinstance(child, Dir):
+                    self.dirs -= 1
+        elif isinstance(node, File):
+            removed.append(node)
         for f in removed:
             self._count_out(f)
         return removed
@@ -362,6 +374,8 @@ class Namespace:
         dparent.mtime = mtime
         self.files += len(copied)
         self.blocks += sum(len(f.blocks) for f in copied)
+        if isinstance(clone, Dir):
+            self.dirs += 1 + sum(1 for _, n in walk(clone) if isinstance(n, Dir))
         replaced = target if isinstance(target, File) else None
         if replaced is not None:
             self._count_out(replaced)

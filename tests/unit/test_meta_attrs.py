@@ -9,6 +9,8 @@ import pytest
 
 from dfs.errors import AlreadyExists, BadRequest, NotADirectory, NotFound
 from dfs.meta.journal import FileJournal
+from dfs.meta.namespace import Dir
+from dfs.meta.namespace import walk as walk_tree
 
 from ._meta import BLOCK, call, new_meta, put, walk
 
@@ -108,6 +110,45 @@ def test_attributes_and_links_survive_replay_and_checkpoint(tmp_path) -> None:
         # Equal attributes share one tuple.
         f, g = third.ns.lookup("/d/f"), third.ns.lookup("/copy/f")
         assert f.attrs is g.attrs
+        await third.stop()
+
+    run(main())
+
+
+def _walked_dirs(ns) -> int:
+    return 1 + sum(1 for _, n in walk_tree(ns.root) if isinstance(n, Dir))
+
+
+def test_the_directory_count_follows_every_change_and_restart(tmp_path) -> None:
+    """dfs_directories comes from a counter kept as the tree changes (a scrape must not walk
+    a million directories); it always equals a walk of the tree."""
+    jpath, cpath = str(tmp_path / "journal"), str(tmp_path / "checkpoint")
+
+    async def main() -> None:
+        svc = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        steps = [
+            ("mkdir", {"path": "/a/b/c", "parents": True}),
+            ("mkdir", {"path": "/a/b/c", "parents": True}),  # nothing new
+            ("mkdir", {"path": "/x"}),
+            ("cp", {"src": "/a", "dst": "/x/copy", "recursive": True}),
+            ("mv", {"src": "/x/copy/b", "dst": "/moved"}),
+            ("rm", {"path": "/a", "recursive": True}),
+            ("symlink", {"path": "/x/ln", "target": "/a"}),
+        ]
+        await put(svc, "/implicit/parents/f", [3])
+        assert svc.ns.dirs == _walked_dirs(svc.ns) == 3
+        for op, fields in steps:
+            await call(svc, op, **fields)
+            assert svc.ns.dirs == _walked_dirs(svc.ns), (op, fields)
+        await call(svc, "rm", path="/implicit", recursive=True)
+        want = svc.ns.dirs
+        assert want == _walked_dirs(svc.ns) == 5  # /, /x, /x/copy, /moved, /moved/c
+        await svc.journal.close()
+        again = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        assert again.ns.dirs == want
+        await again.stop()
+        third = await new_meta(FileJournal(jpath), checkpoint_path=cpath)
+        assert third.ns.dirs == want == _walked_dirs(third.ns)
         await third.stop()
 
     run(main())
