@@ -34,11 +34,12 @@ class BlockWrite:
     chain and the stream to it."""
 
     def __init__(self, client: "AsyncClient", upload: int, block_id: int, gen: int,
-                 targets: list[str], token: Any = None) -> None:
+                 targets: list[str], token: Any = None, read_token: Any = None) -> None:
         self.client = client
         self.upload = upload
         self.block_id, self.gen, self.targets = block_id, gen, targets
         self.token = token  # meta's write token for (block, gen): chunkservers check it
+        self.read_token = read_token  # lets this writer read the block back (dfs-mount)
         self.packets: list[tuple[bytes, list[int]]] = []
         self.size = 0
         self.digest = 0  # of the block's CRC table (checksum.digest), for meta's commit
@@ -138,6 +139,7 @@ class BlockWrite:
                                             block=self.block_id, exclude=sorted(self.excluded),
                                             keep=keep)
         self.gen, self.targets, self.token = reply["gen"], reply["targets"], reply.get("token")
+        self.read_token = reply.get("read_token")
         log.info("block %d: resending to %s as gen %d", self.block_id, self.targets, self.gen)
         self.error = None
         if not self.started:
@@ -160,6 +162,7 @@ class FileWriter:
         self.block_size = block_size
         self.upload = 0
         self.committed: list[list[Any]] = []  # [id, gen, size, replicas, digest]
+        self.read_tokens: list[Any] = []  # of each committed block, for reading it back
         self.block: BlockWrite | None = None
         self.buf = bytearray()
         self.size = 0
@@ -235,7 +238,7 @@ class FileWriter:
             reply = await self.client.meta_call("add_block", upload=self.upload,
                                                 exclude=sorted(self.excluded))
         self.block = BlockWrite(self.client, self.upload, reply["block"], reply["gen"],
-                                reply["targets"], reply.get("token"))
+                                reply["targets"], reply.get("token"), reply.get("read_token"))
         self.block.excluded = self.excluded
 
     async def _end_block(self) -> None:
@@ -243,6 +246,7 @@ class FileWriter:
         assert block is not None
         replicas = await block.finish()
         self.committed.append([block.block_id, block.gen, block.size, replicas, block.digest])
+        self.read_tokens.append(block.read_token)
 
     async def close(self) -> dict[str, Any]:
         """Flush, end the last block, and commit: the file appears atomically."""

@@ -251,7 +251,8 @@ class MetaService:
         up = self.uploads.get(upload, time.monotonic())
         block_id, targets = self.uploads.allocate(up, exclude)
         return {"block": block_id, "gen": 1, "targets": targets,
-                "token": self.security.issue(block_id, 1, "w")}
+                "token": self.security.issue(block_id, 1, "w"),
+                "read_token": self.security.issue(block_id, 1, "r")}
 
     def handle_add_block(self, h: dict[str, Any], payload: memoryview,
                          conn: ServerConnection) -> Reply:
@@ -268,7 +269,8 @@ class MetaService:
         log.info("pipeline recovery of block %d: gen %d, targets %s (excluded %s)",
                  block_id, gen, targets, sorted(exclude))
         return {"block": block_id, "gen": gen, "targets": targets,
-                "token": self.security.issue(block_id, gen, "w")}
+                "token": self.security.issue(block_id, gen, "w"),
+                "read_token": self.security.issue(block_id, gen, "r")}
 
     def handle_renew(self, h: dict[str, Any], payload: memoryview,
                      conn: ServerConnection) -> Reply:
