@@ -273,6 +273,8 @@ class FileWriter:
         self.result = {"path": reply["path"], "size": self.size,
                        "blocks": len(self.committed),
                        "under_replicated": reply.get("under_replicated", [])}
+        if "mtime" in reply:
+            self.result["mtime"] = reply["mtime"]
         return self.result
 
     async def abort(self) -> None:

@@ -298,7 +298,8 @@ class MetaService:
                  if len(self.cluster.live_replicas(b.id)) < up.replication]
         self.replicator.check_all(int(b) for b in under)
         record = records.publish(up.path, f, [d for _, _, d in committed])
-        return self._durable(record, {"path": up.path, "under_replicated": under})
+        return self._durable(record, {"path": up.path, "under_replicated": under,
+                                      "mtime": f.mtime})
 
     def _refuse_existing(self, path: str) -> None:
         """An exclusive create (`open(path, "xb")`) fails once anything is at the path."""

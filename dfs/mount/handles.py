@@ -98,6 +98,7 @@ class WriteHandle:
         self.dirty = False
         self.unlinked = False  # removed while open: never published
         self.last_path = ""  # where the file was last seen (ops keeps it current)
+        self.published: dict[str, Any] | None = None  # meta's entry after the last upload
         self.lost: DFSError | None = None  # a streamed upload failed: its bytes are gone
         self.changed = time.time()  # shown as the mtime while unflushed
         self.lock = asyncio.Lock()  # one change or upload at a time
@@ -219,7 +220,7 @@ class WriteHandle:
                         w = await self.client.open_write(path, self.replication, self.block_size,
                                                          size=0)
                     w.mtime, w.attrs = self.mtime, self.attrs
-                    await w.close()  # aborts the upload if it fails
+                    self._published(await w.close())  # aborts the upload if it fails
                 except DFSError as exc:
                     # What was streamed went with the upload: every later flush says so,
                     # rather than publish a file without those bytes.
@@ -253,13 +254,25 @@ class WriteHandle:
                     break
                 await writer.write_packet(data)
                 at += len(data)
-            await writer.close()
+            self._published(await writer.close())
         except BaseException:
             await writer.abort()
             raise
 
+    def _published(self, result: dict[str, Any]) -> None:
+        """What meta now holds: the entry stat would return, so nobody needs to ask."""
+        self.published = {"path": result["path"], "type": "file", "size": self.size,
+                          "replication": self.replication, "block_size": self.block_size,
+                          "mtime": result.get("mtime", self.mtime or time.time()),
+                          **self.attrs}
+
     def entry(self) -> dict[str, Any]:
-        """What stat shows while the file is open for writing: its size and time here."""
+        """What stat shows while the file is open for writing: its size and time here, or,
+        once published and unchanged since, what meta holds."""
+        if not self.dirty and self.published is not None:
+            if self.mtime is None:
+                return self.published
+            return {**self.published, "mtime": self.mtime}
         return {"type": "file", "size": self.size, "mtime": self.mtime or self.changed,
                 **self.attrs}
 

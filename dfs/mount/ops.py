@@ -212,6 +212,7 @@ class DFSOperations(pyfuse3.Operations):
             w = self._writing(inode)
         if fields.update_size:
             await self._truncate(inode, path, w, attr.st_size)
+            self._forget_entry(path)
         change: dict[str, int] = {}
         if fields.update_mode:
             change["mode"] = attr.st_mode & 0o7777
@@ -220,8 +221,16 @@ class DFSOperations(pyfuse3.Operations):
         if fields.update_gid:
             change["gid"] = attr.st_gid
         mtime = attr.st_mtime_ns / 1e9 if fields.update_mtime else None
+        # tar and rsync set mode, owner and times one call at a time, often to what the file
+        # already has: each unchanged one is a journal write saved.
+        current = await self._stat_or_pending(path)
+        change = {k: v for k, v in change.items() if current.get(k) != v}
+        if mtime is not None and current.get("mtime") == mtime:
+            mtime = None
         for handle in self._writers.get(inode, []):  # its next upload keeps them
             handle.attrs.update(change)
+            if handle.published is not None:
+                handle.published.update(change)
             if mtime is not None:
                 handle.mtime = mtime
         in_meta = True
@@ -238,8 +247,11 @@ class DFSOperations(pyfuse3.Operations):
             except NotFound:
                 if w is None:
                     raise
-        self._forget_entry(path)
-        return await self.getattr(inode, ctx)
+        # What meta holds now is known: keep it rather than ask again.
+        updated = {**current, **change, **({} if mtime is None else {"mtime": mtime})}
+        if in_meta:
+            self._remember(path, updated)
+        return self._attributes(inode, updated)
 
     async def _truncate(self, inode: int, path: str, w: WriteHandle | None, size: int) -> None:
         if w is not None:
@@ -503,7 +515,9 @@ class DFSOperations(pyfuse3.Operations):
         if path is None:
             return  # removed while open: nowhere to publish
         if await handle.upload(path):
-            self._forget_entry(path)
+            self._forget_entry(path)  # and its directory's, whose mtime moved
+            if handle.published is not None:
+                self._remember(path, handle.published)
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
