@@ -131,9 +131,11 @@ def test_write_read_lifecycle_fields() -> None:
                 await call(svc, "commit", upload=up, blocks=blocks)
         reply = await call(svc, "commit", upload=up, blocks=[
             [b1["block"], 1, BLOCK, b1["targets"], 7], [b2["block"], 1, 10, b2["targets"][:1], 8]])
+        published = reply.pop("mtime")
         assert reply == {"path": "/d/f", "under_replicated": [str(b2["block"])]}
         st = await call(svc, "stat", path="/d/f")
         assert st["type"] == "file" and st["size"] == BLOCK + 10
+        assert st["mtime"] == published  # the reply says what the file was published with
         assert st["replication"] == 2 and st["block_size"] == BLOCK
         assert [b["id"] for b in st["blocks"]] == [str(b1["block"]), str(b2["block"])]
         assert st["blocks"][0]["replicas"] == sorted(b1["targets"])
