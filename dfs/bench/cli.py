@@ -11,6 +11,8 @@
     dfs-bench metrics [--size 1GiB] [--files 5000] [--small-size 4KiB] [--concurrency 16]
                       [--runs 3] [--scrape-interval 1]
                                          large and small with metrics off against on
+    dfs-bench mount [--size 1GiB] [--files 5000] [--runs 3]
+                                         dfs-mount (FUSE) against dfs-cli and the local disk
     ... [--json] [--compare seaweedfs] [--meta HOST:PORT] [--dir DIR] [--keep]
 
 Unless given --meta, it starts meta and two chunkservers as real processes on loopback with
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dfs-bench", description="Benchmark dfs on this machine.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="kind", required=True,
-                           metavar="large|small|meta|tree|fsspec|metrics|startup")
+                           metavar="large|small|meta|tree|fsspec|metrics|mount|startup")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="print one JSON object")
@@ -132,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--secret", action="store_true",
                     help="run the cluster with a (fresh) secret: authentication and tokens")
     fs.add_argument("--tls", action="store_true",
+                    help="run every connection over TLS (a throwaway CA made with openssl)")
+    mo = sub.add_parser("mount", help="dfs-mount (FUSE) against dfs-cli: cp of a large "
+                        "file in, dd of it out, tar x of many small files against local disk")
+    size(mo, config.GiB, "size of the large file")
+    count(mo, "--files", 5000, "small files in the archive tar extracts")
+    count(mo, "--runs", 3, "repetitions of each timed step, A/B order alternating; the "
+          "median is reported")
+    mo.add_argument("--json", action="store_true", help="print one JSON object")
+    mo.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
+    mo.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
+    mo.add_argument("--secret", action="store_true",
+                    help="run the cluster (and the mount) with a (fresh) secret")
+    mo.add_argument("--tls", action="store_true",
                     help="run every connection over TLS (a throwaway CA made with openssl)")
     mc = sub.add_parser("metrics", help="large and small with the HTTP side door's metrics "
                         "off and on (scraped every second), A/B order alternating")
@@ -429,6 +444,20 @@ def run_fsspec(args: argparse.Namespace, base: str) -> dict[str, Any]:
     return result
 
 
+def run_mount(args: argparse.Namespace, base: str) -> dict[str, Any]:
+    for flag in ("size", "files", "runs"):
+        if getattr(args, flag) < 1:
+            raise RuntimeError(f"--{flag.replace('_', '-')} must be at least 1")
+    from . import mount
+    servers = _Servers(args, base)
+    servers.start()
+    try:
+        return mount.run(servers.addr, lambda *a: _cli(servers.addr, *a), list(_SECURITY),
+                         base, args, _log)
+    finally:
+        servers.stop()
+
+
 def run_metrics(args: argparse.Namespace, base: str) -> dict[str, Any]:
     for flag in ("size", "files", "small_size", "concurrency", "runs"):
         if getattr(args, flag) < 1:
@@ -471,7 +500,8 @@ def run_startup(args: argparse.Namespace, base: str) -> dict[str, Any]:
 
 
 RUNS = {"large": run_large, "small": run_small, "meta": run_meta, "tree": run_tree,
-        "fsspec": run_fsspec, "metrics": run_metrics, "startup": run_startup}
+        "fsspec": run_fsspec, "metrics": run_metrics, "mount": run_mount,
+        "startup": run_startup}
 
 
 def _render(kind: str, result: dict[str, Any]) -> str:
@@ -483,6 +513,9 @@ def _render(kind: str, result: dict[str, Any]) -> str:
     if kind == "metrics":
         from . import metrics_cost
         return metrics_cost.render(result)
+    if kind == "mount":
+        from . import mount
+        return mount.render(result)
     return render(result)
 
 

@@ -149,6 +149,14 @@ class FileReader:
             return datas[0]
         return b"".join(parts)
 
+    async def segment(self, bi: int, seg: int) -> bytes:
+        """The verified bytes of block `bi` from `seg` (a READ_SIZE boundary) for READ_SIZE
+        bytes or to the block's end, failing over like every read; for a caller that keeps
+        its own cache of segments (dfs-mount, whose kernel reads out of order)."""
+        if self.closed:
+            raise ValueError("read from a closed dfs file")
+        return await self._fetch(bi, seg)
+
     async def close(self) -> None:
         self.abandon()
 

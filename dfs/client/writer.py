@@ -208,7 +208,8 @@ class FileWriter:
         self.buf += data
         packet = config.PACKET_SIZE
         while len(self.buf) >= packet:
-            chunk = bytes(self.buf[:packet])
+            with memoryview(self.buf) as view:  # one copy of the packet, not two
+                chunk = bytes(view[:packet])
             del self.buf[:packet]
             await self.write_packet(chunk)
         return len(data)

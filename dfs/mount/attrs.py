@@ -17,7 +17,9 @@ import pyfuse3
 # clients change the namespace too, and a file replaced elsewhere is seen at the next open
 # (close-to-open) whatever this says, because open always asks meta.
 TIMEOUT = 1.0
-BLKSIZE = 128 * 1024  # what cp and friends size their buffers by: one FUSE write
+# What cp, dd and friends size their buffers by: with 1 MiB, each write(2) is one FUSE
+# request of up to 1 MiB (the most FUSE takes), not eight of 128 KiB.
+BLKSIZE = 1024 * 1024
 
 _DEFAULT_MODE = {"file": 0o644, "dir": 0o755, "symlink": 0o777}
 _TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}

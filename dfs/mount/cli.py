@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ log = logging.getLogger("dfs.mount")
 DEFAULT_CACHE_SIZE = 10 * config.GiB
 # A dead meta fails a call with EIO after this long (a refused connection fails at once).
 DEFAULT_TIMEOUT = 10.0
+READAHEAD_KIB = 8 * 1024  # as the client's own read-ahead window (8 segments of 1 MiB)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +145,7 @@ def _serve(args: argparse.Namespace, mountpoint: str, cache_dir: str,
     from .ops import DFSOperations
 
     pyfuse3.asyncio.enable()
+    _keep_freed_memory()
     client = _client(args)
     ops = DFSOperations(client, SpoolBudget(cache_dir, args.cache_size),
                         read_only=args.read_only, replication=args.replication,
@@ -174,6 +177,9 @@ def _serve(args: argparse.Namespace, mountpoint: str, cache_dir: str,
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, pyfuse3.terminate)
         log.info("dfs mounted on %s (meta %s)", mountpoint, client.meta_addr)
+        # In a thread: finding the mount's device asks this very loop for getattr.
+        readahead = loop.run_in_executor(None, _raise_readahead, mountpoint, READAHEAD_KIB)
+        readahead.add_done_callback(lambda f: f.exception())
         tell("ok")
         try:
             await pyfuse3.main(min_tasks=4, max_tasks=64)
@@ -196,6 +202,34 @@ def _serve(args: argparse.Namespace, mountpoint: str, cache_dir: str,
         if mounted:
             pyfuse3.close(unmount=True)
     return 0
+
+
+def _keep_freed_memory() -> None:
+    """Have glibc keep freed memory in the process rather than hand it back at once. Every
+    FUSE request and every segment is a fresh buffer of about 1 MiB; with glibc's defaults
+    the heap is trimmed and grown again all the time, and sequential reads through the mount
+    spent more time in page faults than in moving bytes (measured: minor faults per GiB read
+    fell from up to 60,000 to none, and mount CPU per GiB from 2.9-4.0 s to about 1.1 s).
+    The cost is up to 128 MiB of freed memory kept for reuse."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: 1 MiB buffers come from the heap
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: and stay there once freed
+    except (OSError, AttributeError):  # not glibc: its defaults stay
+        pass
+
+
+def _raise_readahead(mountpoint: str, kib: int) -> None:
+    """Let the kernel read ahead `kib` KiB of a file being read sequentially, in requests
+    of up to 1 MiB, instead of its default 128 KiB one request at a time: the mount's
+    sequential reads are then bounded by dfs, not by FUSE round trips. Root only (sysfs);
+    otherwise the default stays."""
+    try:
+        dev = os.stat(mountpoint).st_dev
+        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as f:
+            f.write(str(kib))
+    except OSError as exc:
+        log.debug("kernel read-ahead left at its default: %s", exc)
 
 
 class _Refused(Exception):

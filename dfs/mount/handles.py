@@ -26,31 +26,93 @@ from ..client.reader import FileReader
 from ..client.writer import FileWriter
 from ..errors import DFSError, Unavailable
 
-# A read this close to where the previous one ended continues it (the kernel's read-ahead
-# may deliver neighbouring requests out of order).
-_NEAR = config.READ_SIZE
+SEGMENT = config.READ_SIZE
+WINDOW = config.READ_WINDOW  # segments kept in flight ahead of a sequential reader
 
 
 class ReadHandle:
+    """An open file being read. The kernel's own read-ahead sends several requests at once,
+    out of order, so reads share one cache of 1 MiB segments (each fetched once, verified,
+    from the first replica that answers) instead of one position: a request takes the
+    segments it covers and starts the next WINDOW beyond them. A request far from any
+    recent one (random access) reads only the checksum units it needs (`pread`)."""
+
     def __init__(self, reader: FileReader) -> None:
         self.reader = reader
-        self.next = 0
-        self.lock = asyncio.Lock()
+        self.segments: dict[tuple[int, int], asyncio.Task[bytes]] = {}
+        self.frontier = 0  # the end of the furthest request so far
 
     async def read(self, off: int, size: int) -> bytes:
         r = self.reader
-        if off >= r.size:
+        end = min(off + size, r.size)
+        if off >= end:
             return b""
-        async with self.lock:
-            if abs(off - self.next) <= _NEAR:
-                r.seek(off)
-                data = await r.read(size)
-            else:
-                data = await r.pread(off, size)
-            self.next = off + len(data)
-        return data
+        if not self.frontier - 2 * WINDOW * SEGMENT <= off <= self.frontier + WINDOW * SEGMENT:
+            self.frontier = max(self.frontier, end) if off < self.frontier else end
+            return await r.pread(off, end - off)
+        self.frontier = max(self.frontier, end)
+        keys = self._covering(off, end)
+        ahead = keys[-1]
+        for _ in range(WINDOW):
+            nxt = self._after(ahead)
+            if nxt is None:
+                break
+            ahead = nxt
+            self._start(nxt)
+        parts = []
+        for key in keys:
+            data = await self._start(key)
+            base = key[0] * r.block_size + key[1]
+            lo, hi = max(off, base) - base, min(end, base + len(data)) - base
+            # The kernel asks for whole aligned MiBs when it reads ahead: a whole segment
+            # goes back as it is, uncopied.
+            parts.append(data if (lo, hi) == (0, len(data)) else memoryview(data)[lo:hi])
+        self._evict(keys[0])
+        if len(parts) == 1:
+            return parts[0] if isinstance(parts[0], bytes) else parts[0].tobytes()
+        return b"".join(parts)
+
+    def _covering(self, off: int, end: int) -> list[tuple[int, int]]:
+        bs = self.reader.block_size
+        keys = []
+        pos = off
+        while pos < end:
+            bi, inner = divmod(pos, bs)
+            seg = inner - inner % SEGMENT
+            keys.append((bi, seg))
+            pos = bi * bs + seg + SEGMENT
+            if pos >= bi * bs + self.reader.blocks[bi]["size"]:
+                pos = (bi + 1) * bs
+        return keys
+
+    def _after(self, key: tuple[int, int]) -> tuple[int, int] | None:
+        bi, seg = key[0], key[1] + SEGMENT
+        if seg >= self.reader.blocks[bi]["size"]:
+            bi, seg = bi + 1, 0
+        return (bi, seg) if bi < len(self.reader.blocks) else None
+
+    def _start(self, key: tuple[int, int]) -> asyncio.Task[bytes]:
+        task = self.segments.get(key)
+        if task is None or (task.done() and (task.cancelled() or task.exception())):
+            task = self.segments[key] = asyncio.ensure_future(self.reader.segment(*key))
+            # A read-ahead nobody awaits in the end must not log "never retrieved".
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
+    def _evict(self, first: tuple[int, int]) -> None:
+        """Drop finished segments well behind the earliest one still wanted (requests a
+        little behind it may still come, out of order); the cache stays bounded."""
+        keep_from = (first[0], first[1] - 2 * SEGMENT)
+        for key in [k for k, t in self.segments.items() if k < keep_from and t.done()]:
+            del self.segments[key]
+        while len(self.segments) > 4 * WINDOW:
+            oldest = min(self.segments)
+            self.segments.pop(oldest).cancel()
 
     def close(self) -> None:
+        for task in self.segments.values():
+            task.cancel()
+        self.segments.clear()
         self.reader.abandon()
 
 
