@@ -223,17 +223,31 @@ class WriteHandle:
             for data in held:
                 at += os.pwrite(fd, data, at)
             assert at == self.size, (at, self.size)
+        except (DFSError, OSError) as exc:
+            # Part of the file exists nowhere now: never publish what is left.
+            self.lost = Unavailable(f"{path}: what was written could not be moved to the "
+                                    f"local spool ({exc})")
+            raise self.lost from None
         finally:
             await w.abort()
 
     # what the kernel asks -------------------------------------------------------------
     async def write(self, path: str, off: int, data: bytes) -> int:
         async with self.lock:
+            if self.lost is not None:
+                raise self.lost
             if self.streaming and off == self.size:
                 if self.writer is None:
                     self.writer = await self.client.open_write(path, self.replication,
                                                                self.block_size)
-                await self.writer.write(data)
+                try:
+                    await self.writer.write(data)
+                except DFSError as exc:  # the pipeline gave up: what it held is gone
+                    w, self.writer = self.writer, None
+                    await w.abort()
+                    self.lost = Unavailable(f"{path}: the upload of what was written "
+                                            f"failed ({exc})")
+                    raise self.lost from None
                 n = len(data)
             else:
                 await self._leave_stream(path)
@@ -253,11 +267,15 @@ class WriteHandle:
 
     async def read(self, path: str, off: int, size: int) -> bytes:
         async with self.lock:
+            if self.lost is not None:
+                raise self.lost
             await self._leave_stream(path)
             return os.pread(self._spool(), size, off) if self.size else b""
 
     async def truncate(self, path: str, size: int) -> None:
         async with self.lock:
+            if self.lost is not None:
+                raise self.lost
             if self.streaming and size == self.size:
                 return
             await self._leave_stream(path)

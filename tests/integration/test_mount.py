@@ -182,6 +182,27 @@ def test_a_streamed_file_written_out_of_order_falls_back_to_the_spool(cluster, t
         assert entry["block_size"] == MiB and len(entry["blocks"]) == -(-len(want) // MiB)
 
 
+def test_a_failed_streamed_upload_is_never_published_without_its_bytes(cluster, tmp_path):
+    """Every chunkserver gone in the middle of a streamed file: the write that needs them
+    fails with EIO, so does close, and nothing (no short file) appears in dfs."""
+    cluster.client().put_bytes(b"old version", "/w.bin")
+    with Mount(cluster, tmp_path / "mnt", "--block-size", "1MiB") as m:
+        f = open(m.path / "w.bin", "wb", buffering=0)
+        try:
+            f.write(data_of(2 * MiB, 1))  # two blocks finished on both servers
+            for d in cluster.chunkservers:
+                cluster.kill(d.name)
+            with pytest.raises(OSError) as e:
+                for _ in range(4):  # the next block needs a pipeline
+                    f.write(data_of(MiB, 2))
+            assert e.value.errno == errno.EIO
+        finally:
+            with pytest.raises(OSError) as e:
+                f.close()
+        assert e.value.errno == errno.EIO
+    assert cluster.client().stat("/w.bin")["size"] == len(b"old version")
+
+
 def test_a_sequential_writer_needs_no_local_copy(cluster, tmp_path):
     """With a 64 KiB write cache, an 8 MiB file written front to back still goes through
     (it streams); written out of order it needs the cache, and the program sees ENOSPC."""
@@ -327,6 +348,13 @@ def test_the_ways_a_mount_ends(cluster, tmp_path):
     m = Mount(cluster, tmp_path / "m2").start()
     try:
         m.proc.send_signal(signal.SIGTERM)
+        assert m.proc.wait(timeout=30) == 0
+        assert not mounted(m.path)
+    finally:
+        m.close()
+    m = Mount(cluster, tmp_path / "m2i").start()
+    try:
+        m.proc.send_signal(signal.SIGINT)  # Ctrl-C in the foreground
         assert m.proc.wait(timeout=30) == 0
         assert not mounted(m.path)
     finally:
