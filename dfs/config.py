@@ -6,6 +6,7 @@ changed in exactly one spot.
 
 from __future__ import annotations
 
+import os
 import re
 from fractions import Fraction
 
@@ -59,8 +60,11 @@ PIPELINE_RETRIES = 5  # times a writer rebuilds one block's pipeline before givi
 def packet_timeout(hops_below: int) -> float:
     """How long to wait for a packet's ack from a chain with `hops_below` servers after the
     one we talk to. Each hop waits less than the one above it, so when a server hangs, its
-    upstream neighbour times out first and names it, rather than the client blaming the head."""
-    return PACKET_TIMEOUT + PACKET_TIMEOUT_PER_HOP * hops_below
+    upstream neighbour times out first and names it, rather than the client blaming the head.
+    $DFS_PACKET_TIMEOUT (seconds) replaces PACKET_TIMEOUT, read at each call: the hung-server
+    tests set it for their own processes so they do not wait out 20 s several times."""
+    base = os.environ.get("DFS_PACKET_TIMEOUT")
+    return (float(base) if base else PACKET_TIMEOUT) + PACKET_TIMEOUT_PER_HOP * hops_below
 
 
 # Cluster behaviour (each is the default of a dfsd flag).
