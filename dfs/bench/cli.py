@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--json", action="store_true", help="print one JSON object")
     mo.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
     mo.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
+    mo.add_argument("--keep-page-cache", action="store_true",
+                    help="do not empty the kernel's page cache before each read pair (the "
+                    "default, as root, so both sides start equal; see dfs/bench/mount.py)")
     mo.add_argument("--secret", action="store_true",
                     help="run the cluster (and the mount) with a (fresh) secret")
     mo.add_argument("--tls", action="store_true",

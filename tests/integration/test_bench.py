@@ -157,12 +157,14 @@ def test_human_report_and_bad_arguments(tmp_path: Path) -> None:
 
 def test_mount_smoke(tmp_path: Path) -> None:
     pytest.importorskip("pyfuse3", reason="the [mount] extra (pyfuse3) is not installed")
-    r = bench("mount", "--size", "4MiB", "--files", "30", "--runs", "2", tmp=tmp_path)
+    # --keep-page-cache: emptying the machine's page cache would slow the tests after this.
+    r = bench("mount", "--size", "4MiB", "--files", "30", "--runs", "2", "--keep-page-cache",
+              tmp=tmp_path)
     assert (r["workload"], r["size"], r["files"], r["runs"]) == ("mount", 4 * 2**20, 30, 2)
     positive(r, "put_cli_MBps", "put_mount_MBps", "get_cli_MBps", "get_mount_MBps",
              "tar_mount_files_s", "tar_local_files_s", "tar_local_sync_files_s", "put_ratio",
              "get_ratio")
     assert all(len(v) == 2 for v in r["times_s"].values()), r["times_s"]
-    assert r["page_cache_dropped"] is (os.getuid() == 0)
+    assert r["page_cache_dropped"] is False
     assert no_dfsd_under(tmp_path)
     assert not any(os.path.ismount(p) for p in tmp_path.rglob("mnt"))
