@@ -8,6 +8,7 @@ and nowhere else.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -103,6 +104,22 @@ _CODES: dict[str, type[DFSError]] = {
 }
 
 ERROR_CODES = tuple(_CODES)
+
+# The errno a local file system would give for each dfs error; any other (unavailable,
+# checksum, internal, ...) is an I/O error (EIO). dfs://'s OSErrors and dfs-mount's replies
+# both come from here.
+ERRNO: dict[type[DFSError], int] = {
+    NotFound: errno.ENOENT,
+    AlreadyExists: errno.EEXIST,
+    NotADirectory: errno.ENOTDIR,
+    IsADirectory: errno.EISDIR,
+    DirectoryNotEmpty: errno.ENOTEMPTY,
+    NoSpace: errno.ENOSPC,
+    Unauthorized: errno.EACCES,
+    Timeout: errno.ETIMEDOUT,
+    BadRequest: errno.EINVAL,
+    TooLarge: errno.EFBIG,
+}
 
 
 def from_wire(header: dict[str, Any]) -> DFSError:

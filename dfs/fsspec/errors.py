@@ -13,23 +13,10 @@ from typing import Iterator
 
 from .. import errors
 
-_ERRNO: dict[type[errors.DFSError], int] = {
-    errors.NotFound: errno.ENOENT,
-    errors.AlreadyExists: errno.EEXIST,
-    errors.NotADirectory: errno.ENOTDIR,
-    errors.IsADirectory: errno.EISDIR,
-    errors.DirectoryNotEmpty: errno.ENOTEMPTY,
-    errors.NoSpace: errno.ENOSPC,
-    errors.Unauthorized: errno.EACCES,
-    errors.Timeout: errno.ETIMEDOUT,
-    errors.BadRequest: errno.EINVAL,
-    errors.TooLarge: errno.EFBIG,
-}
-
 
 def to_oserror(exc: errors.DFSError, path: str | None = None) -> OSError:
     """The OSError (FileNotFoundError, FileExistsError, ...) for a dfs error on `path`."""
-    code = _ERRNO.get(type(exc), errno.EIO)  # unavailable, checksum, internal: an I/O error
+    code = errors.ERRNO.get(type(exc), errno.EIO)  # unavailable, checksum, internal: EIO
     return OSError(code, str(exc), path) if path else OSError(code, str(exc))
 
 
