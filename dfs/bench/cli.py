@@ -73,21 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
                            metavar="large|small|meta|tree|fsspec|metrics|mount|startup")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--json", action="store_true", help="print one JSON object")
+        own(sp)
         sp.add_argument("--compare", choices=["seaweedfs"],
                         help="run the same work on a local SeaweedFS in the same run "
                              "(default: dfs alone)")
         sp.add_argument("--peer-fsync", action="store_true",
                         help="ask SeaweedFS to fsync its writes too (it does not by default)")
-        sp.add_argument("--meta", metavar="HOST:PORT",
-                        help="use this running cluster instead of starting one "
-                             "(default: start meta and two chunkservers on loopback)")
+        meta(sp)
+
+    def own(sp: argparse.ArgumentParser) -> None:
+        """What every workload that starts its own cluster takes."""
+        sp.add_argument("--json", action="store_true", help="print one JSON object")
         sp.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
         sp.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
         sp.add_argument("--secret", action="store_true",
                         help="run the cluster with a (fresh) secret: authentication and tokens")
         sp.add_argument("--tls", action="store_true",
                         help="run every connection over TLS (a throwaway CA made with openssl)")
+
+    def meta(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--meta", metavar="HOST:PORT",
+                        help="use this running cluster instead of starting one "
+                             "(default: start meta and two chunkservers on loopback)")
 
     def size(sp: argparse.ArgumentParser, default: int, what: str) -> None:
         sp.add_argument("--size", type=_size, default=default,
@@ -125,32 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--parquet-size", type=_size, default=200 * config.MiB,
                     help="size of the parquet file (default: 200MiB)")
     count(fs, "--ranges", 1000, "random 4 KiB ranges read")
-    fs.add_argument("--json", action="store_true", help="print one JSON object")
-    fs.add_argument("--meta", metavar="HOST:PORT",
-                    help="use this running cluster instead of starting one "
-                         "(default: start meta and two chunkservers on loopback)")
-    fs.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
-    fs.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
-    fs.add_argument("--secret", action="store_true",
-                    help="run the cluster with a (fresh) secret: authentication and tokens")
-    fs.add_argument("--tls", action="store_true",
-                    help="run every connection over TLS (a throwaway CA made with openssl)")
+    own(fs)
+    meta(fs)
     mo = sub.add_parser("mount", help="dfs-mount (FUSE) against dfs-cli: cp of a large "
                         "file in, dd of it out, tar x of many small files against local disk")
     size(mo, config.GiB, "size of the large file")
     count(mo, "--files", 5000, "small files in the archive tar extracts")
     count(mo, "--runs", 3, "repetitions of each timed step, A/B order alternating; the "
           "median is reported")
-    mo.add_argument("--json", action="store_true", help="print one JSON object")
-    mo.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
-    mo.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
     mo.add_argument("--keep-page-cache", action="store_true",
                     help="do not empty the kernel's page cache before each read pair (the "
                     "default, as root, so both sides start equal; see dfs/bench/mount.py)")
-    mo.add_argument("--secret", action="store_true",
-                    help="run the cluster (and the mount) with a (fresh) secret")
-    mo.add_argument("--tls", action="store_true",
-                    help="run every connection over TLS (a throwaway CA made with openssl)")
+    own(mo)
     mc = sub.add_parser("metrics", help="large and small with the HTTP side door's metrics "
                         "off and on (scraped every second), A/B order alternating")
     size(mc, config.GiB, "size of the large file")
@@ -164,13 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how often /metrics of every daemon is scraped while metrics are on "
                     "(default: 1; 0: never during a workload, which measures the request "
                     "counting alone)")
-    mc.add_argument("--json", action="store_true", help="print one JSON object")
-    mc.add_argument("--dir", help="where data and logs go (default: a new temp dir)")
-    mc.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
-    mc.add_argument("--secret", action="store_true",
-                    help="run the clusters with a (fresh) secret: authentication and tokens")
-    mc.add_argument("--tls", action="store_true",
-                    help="run every connection over TLS (a throwaway CA made with openssl)")
+    own(mc)
     st = sub.add_parser("startup", help="meta's start time and memory per file at N files")
     count(st, "--files", 1_000_000, "files in the namespace meta starts with")
     st.add_argument("--json", action="store_true", help="print one JSON object")
