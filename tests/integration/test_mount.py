@@ -346,20 +346,14 @@ def test_the_ways_a_mount_ends(cluster, tmp_path):
         assert m.unmount() == 0 and not mounted(m.path)
     finally:
         m.close()
-    m = Mount(cluster, tmp_path / "m2").start()
-    try:
-        m.proc.send_signal(signal.SIGTERM)
-        assert m.proc.wait(timeout=30) == 0
-        assert not mounted(m.path)
-    finally:
-        m.close()
-    m = Mount(cluster, tmp_path / "m2i").start()
-    try:
-        m.proc.send_signal(signal.SIGINT)  # Ctrl-C in the foreground
-        assert m.proc.wait(timeout=30) == 0
-        assert not mounted(m.path)
-    finally:
-        m.close()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT: Ctrl-C in the foreground
+        m = Mount(cluster, tmp_path / f"m-{sig.name}").start()
+        try:
+            m.proc.send_signal(sig)
+            assert m.proc.wait(timeout=30) == 0
+            assert not mounted(m.path)
+        finally:
+            m.close()
     m = Mount(cluster, tmp_path / "m3").start()
     try:
         m.proc.send_signal(signal.SIGKILL)
