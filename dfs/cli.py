@@ -42,6 +42,7 @@ from .client.async_client import AsyncClient
 from .client.filechecksum import ALGORITHM, local_checksum
 from .client.tree import DEFAULT_PARALLEL
 from .errors import DFSError, NotADirectory, NotFound
+from .malloc_tuning import keep_freed_memory
 
 EXIT_BROKEN_PIPE = 128 + 13  # stdout closed early (`| head`): 128 + SIGPIPE, as for `cat`
 
@@ -391,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), EXIT_ERROR)
     except DFSError as exc:
         return _fail(str(exc), EXIT_ERROR)
+    keep_freed_memory()
     try:
         try:
             import uvloop

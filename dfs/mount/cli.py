@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -21,6 +20,7 @@ import tempfile
 
 from .. import __version__, config
 from ..errors import DFSError
+from ..malloc_tuning import keep_freed_memory
 
 log = logging.getLogger("dfs.mount")
 
@@ -145,7 +145,7 @@ def _serve(args: argparse.Namespace, mountpoint: str, cache_dir: str,
     from .ops import DFSOperations
 
     pyfuse3.asyncio.enable()
-    _keep_freed_memory()
+    keep_freed_memory()
     client = _client(args)
     ops = DFSOperations(client, SpoolBudget(cache_dir, args.cache_size),
                         read_only=args.read_only, replication=args.replication,
@@ -202,21 +202,6 @@ def _serve(args: argparse.Namespace, mountpoint: str, cache_dir: str,
         if mounted:
             pyfuse3.close(unmount=True)
     return 0
-
-
-def _keep_freed_memory() -> None:
-    """Have glibc keep freed memory in the process rather than hand it back at once. Every
-    FUSE request and every segment is a fresh buffer of about 1 MiB; with glibc's defaults
-    the heap is trimmed and grown again all the time, and sequential reads through the mount
-    spent more time in page faults than in moving bytes (measured: minor faults per GiB read
-    fell from up to 60,000 to none, and mount CPU per GiB from 2.9-4.0 s to about 1.1 s).
-    The cost is up to 128 MiB of freed memory kept for reuse."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: 1 MiB buffers come from the heap
-        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: and stay there once freed
-    except (OSError, AttributeError):  # not glibc: its defaults stay
-        pass
 
 
 def _raise_readahead(mountpoint: str, kib: int) -> None:
