@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replication-rate", type=config.parse_size,
                    default=config.DEFAULT_REPLICATION_RATE,
                    help="chunk: bytes per second for re-replication copies it sends "
-                        f"(default: {s(config.DEFAULT_REPLICATION_RATE)}; 0 = unlimited)")
+                        "(default: 0 = unlimited; repair runs at most "
+                        f"{config.MAX_COPIES} copies per server at once either way)")
     p.add_argument("--scrub-rate", type=config.parse_size, default=config.DEFAULT_SCRUB_RATE,
                    help="chunk: bytes per second the scrubber re-reads "
                         f"(default: {s(config.DEFAULT_SCRUB_RATE)})")

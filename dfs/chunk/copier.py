@@ -21,9 +21,12 @@ from .. import checksum, config
 from ..errors import ChecksumError, DFSError
 from ..net import ConnectionPool
 from ..net.blockstream import BlockStream, abort_block
+from ..protocol.buffers import POOL
 from .blockstore import BlockStore
 
 log = logging.getLogger(__name__)
+
+COPY_WINDOW = 8  # packets of one copy in flight: enough for loopback and a LAN
 
 
 class Copier:
@@ -48,20 +51,25 @@ class Copier:
         loop = asyncio.get_running_loop()
         conn = None
         stream: BlockStream | None = None
+        # Packet k is read into bufs[k % len(bufs)]: by then packet k - len(bufs) has been
+        # acknowledged (`send` keeps fewer than COPY_WINDOW unacknowledged), so the target
+        # has its bytes and no transport still holds that buffer.
+        bufs = [POOL.get(config.PACKET_SIZE) for _ in range(COPY_WINDOW + 1)]
         try:
             size = self.store.lookup(block_id, gen)
             conn = await self.pool.get(target)
-            stream = await BlockStream.open(conn, block_id, gen, [], token)
-            offset = 0
-            while offset < size:
+            stream = await BlockStream.open(conn, block_id, gen, [], token, window=COPY_WINDOW)
+            for k, offset in enumerate(range(0, size, config.PACKET_SIZE)):
                 n = min(config.PACKET_SIZE, size - offset)
-                data, crcs, _ = await loop.run_in_executor(
-                    self.disk, self.store.read, block_id, gen, offset, n)
+                data, crcs = await loop.run_in_executor(
+                    self.disk, self.store.read_around_cache, block_id, gen, offset, n,
+                    bufs[k % len(bufs)])
                 checksum.verify(data, crcs)
                 await self._pace(n)
                 await stream.send(offset, data, crcs)
-                offset += n
             await stream.finish(size)
+            for buf in bufs:
+                POOL.put(buf)
             log.info("copied block %d (%d bytes) to %s", block_id, size, target)
         except (DFSError, OSError) as exc:
             if isinstance(exc, ChecksumError):

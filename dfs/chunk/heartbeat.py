@@ -3,6 +3,11 @@ the commands that come back, and re-register whenever meta has forgotten us (a m
 Block reports travel in pages of REPORT_PAGE replicas, so a server holding millions of blocks
 still fits every frame within the protocol's header limit.
 
+Besides heartbeats, one `poll_commands` request is kept open at meta on the same connection:
+meta answers it as soon as it orders a copy from this server, so repair starts (and each next
+copy follows the last) within milliseconds instead of at the next heartbeat. A meta that does
+not know the op is left to hand copies out with heartbeat replies, as before.
+
 Owns nothing but the link; it never touches block files except through the block store.
 """
 
@@ -15,13 +20,14 @@ import time
 from typing import Any, Callable
 
 from .. import config
-from ..errors import DFSError
+from ..errors import BadRequest, DFSError
 from ..net import NO_SECURITY, Connection, Security, cancel_and_wait, within
 from .blockstore import BlockStore, Replica
 
 log = logging.getLogger(__name__)
 
 REPORT_PAGE = 20_000  # replicas per report frame: ~21 bytes each, well inside MAX_HEADER
+POLL_WAIT = 20.0  # seconds meta may hold a poll_commands request before answering "none"
 
 
 class MetaLink:
@@ -46,12 +52,15 @@ class MetaLink:
         self._corrupt: list[list[int]] = []  # [block, gen] found bad here, for meta
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._poll: asyncio.Task[None] | None = None
+        self._polling = True  # False once meta has said it does not know poll_commands
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
+        await cancel_and_wait(self._poll)
         if self.conn is not None:
             self.conn.close()
 
@@ -84,6 +93,9 @@ class MetaLink:
                     await self._register()
                 await self._beat()
                 failures = 0
+                if self._polling and self.registered and (self._poll is None or
+                                                          self._poll.done()):
+                    self._poll = asyncio.ensure_future(self._poll_commands(self.conn))
             except DFSError as exc:
                 if failures == 0:
                     log.warning("meta %s: %s; retrying every second", self.meta_addr, exc)
@@ -100,6 +112,30 @@ class MetaLink:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    async def _poll_commands(self, conn: Connection) -> None:
+        """Hold a poll_commands request open at meta and carry out the copies it answers
+        with, until the connection or the registration goes (the heartbeat loop starts a new
+        poller after registering again)."""
+        while not conn.closed and conn is self.conn and self.registered:
+            try:
+                reply = await conn.call("poll_commands", chunk_id=self.store.server_id,
+                                        addr=self.addr, wait=POLL_WAIT,
+                                        timeout=POLL_WAIT + config.RPC_TIMEOUT)
+            except BadRequest as exc:
+                if "unknown op" in str(exc):
+                    log.info("meta does not take poll_commands: copies come with heartbeats")
+                    self._polling = False
+                return
+            except DFSError:
+                return  # the heartbeat loop notices a broken link and reconnects
+            header = reply.header
+            reply.release()
+            if header.get("reregister"):
+                self._wake.set()  # the heartbeat loop learns it too and registers again
+                return
+            for cmd in header.get("commands") or []:
+                self._command(cmd)
 
     async def _register(self) -> None:
         assert self.conn is not None

@@ -2,13 +2,19 @@
 
 Owns the set of blocks that may be under-replicated and the copies in flight; it never does
 I/O and never touches the namespace. The metadata service feeds it events (a chunkserver died,
-a commit or a corrupt replica left a block short, a replica arrived) and, once a second, asks
-`schedule()` for copy commands, which it hands to the source chunkservers in heartbeat replies.
+a commit or a corrupt replica left a block short, a replica arrived) and asks `schedule()` for
+copy commands at each liveness tick and whenever copies arrive, so a freed copy slot is used
+again within milliseconds; the commands reach the sources through their held poll_commands
+requests (reports.py), or else their next heartbeat reply.
 
 Rules: blocks with the fewest live replicas go first; a copy goes from a live replica to a
 live server that holds no copy and has room (placement's rules); each server takes part in at
 most `max_copies` copies at once as a source and as many as a target, so repair never crowds
 out client traffic; a copy that has not arrived by its deadline is forgotten and retried.
+
+Cost: the needy blocks are sorted into a queue at most once every REBUILD_INTERVAL; between
+rebuilds a schedule only pops the queue's front, so a server lost with a million blocks costs
+one sort a second, not one per arrived copy.
 
 Every copy ordered ends one way, counted in `outcomes` for /metrics (plain ints: the collector
 in dfs/web/metrics.py reads them at scrape time): "ok" (the target reported it), "timeout" (its
@@ -19,8 +25,9 @@ copies that arrived.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from .. import config
 from .cluster import Cluster
@@ -29,6 +36,8 @@ from .placement import choose_targets
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("ok", "timeout", "lost")  # how a copy ends: a fixed set, fit for a metric label
+REBUILD_INTERVAL = 1.0  # seconds between sorts of the needy blocks into the queue
+SCAN_LIMIT = 4096  # queued blocks looked at per schedule() when none of them can start
 
 
 @dataclass
@@ -52,6 +61,8 @@ class Replicator:
         self.receiving: dict[str, int] = {}  # chunkserver id -> copies it is receiving
         self.outcomes = dict.fromkeys(OUTCOMES, 0)  # copies ended, by how (since start)
         self.copied_bytes = 0  # bytes of the copies that arrived (since start)
+        self._queue: deque[int] = deque()  # needy blocks, most urgent first (see schedule)
+        self._sorted_at = float("-inf")
 
     # events -----------------------------------------------------------------------------
     def check(self, block_id: int) -> None:
@@ -65,6 +76,7 @@ class Replicator:
         cs = self.cluster.servers.get(server_id)
         if cs is not None:
             self.needy.update(cs.blocks)
+            self._sorted_at = float("-inf")  # sort them in at the next schedule
         for block_id, copy in list(self.inflight.items()):
             if server_id in (copy.source, copy.target):
                 self._finish(block_id, "lost")
@@ -84,6 +96,12 @@ class Replicator:
         self.outcomes[outcome] += 1
         self.sending[copy.source] = self.sending.get(copy.source, 1) - 1
         self.receiving[copy.target] = self.receiving.get(copy.target, 1) - 1
+
+    def progress(self) -> dict[str, Any]:
+        """Repair as `status` shows it: blocks that may lack replicas (checked, not yet
+        whole), copies in flight, and since start the bytes copied and how copies ended."""
+        return {"needy": len(self.needy), "copying": len(self.inflight),
+                "copied_bytes": self.copied_bytes, "copies": dict(self.outcomes)}
 
     # decisions --------------------------------------------------------------------------
     def live_count(self, block_id: int) -> int:
@@ -107,25 +125,56 @@ class Replicator:
                             block_id, copy.target)
                 self._finish(block_id, "timeout")
                 self.needy.add(block_id)
-        work: list[tuple[int, int]] = []
-        for block_id in list(self.needy):
-            info = self.cluster.blocks.get(block_id)
-            if info is None or info.upload:
-                self.needy.discard(block_id)  # deleted, or not committed yet
-                continue
-            live = self.live_count(block_id)
-            if live >= info.replication:
-                self.needy.discard(block_id)
-                self.cluster.delete_corrupt(block_id)  # whole again: bad copies can go
-            elif block_id not in self.inflight and self.cluster.live_replicas(block_id):
-                work.append((live, block_id))  # something live (maybe draining) to copy from
-        work.sort()
+        if self.needy and (not self._queue or now - self._sorted_at >= REBUILD_INTERVAL):
+            self._sort(now)
         started: list[Copy] = []
-        for _, block_id in work:
+        waiting: list[int] = []  # could not start now (no slot on its servers): stay queued
+        scanned = 0
+        while self._queue and scanned < SCAN_LIMIT and self._room():
+            block_id = self._queue.popleft()
+            if block_id in self.inflight or block_id not in self.needy or \
+                    not self._still_short(block_id):
+                continue
             planned = self._plan(block_id, now)
             if planned is not None:
                 started.append(planned)
+                scanned = 0
+            else:
+                waiting.append(block_id)
+                scanned += 1
+        self._queue.extendleft(reversed(waiting))
         return started
+
+    def _sort(self, now: float) -> None:
+        """Queue every needy block that can be copied now, fewest live replicas first."""
+        work: list[tuple[int, int]] = []
+        for block_id in list(self.needy):
+            if not self._still_short(block_id):
+                continue
+            if block_id not in self.inflight and self.cluster.live_replicas(block_id):
+                work.append((self.live_count(block_id), block_id))  # something live to copy
+        work.sort()
+        self._queue = deque(block_id for _, block_id in work)
+        self._sorted_at = now
+
+    def _still_short(self, block_id: int) -> bool:
+        """Whether the block still lacks replicas; forgets it (and deletes the bad copies
+        kept while it was short) when not."""
+        info = self.cluster.blocks.get(block_id)
+        if info is None or info.upload:
+            self.needy.discard(block_id)  # deleted, or not committed yet
+            return False
+        if self.live_count(block_id) >= info.replication:
+            self.needy.discard(block_id)
+            self.cluster.delete_corrupt(block_id)  # whole again: bad copies can go
+            return False
+        return True
+
+    def _room(self) -> bool:
+        """Some live server could still send a copy and some could take one."""
+        servers = [cs for cs in self.cluster.servers.values() if cs.state == "live"]
+        return any(self.sending.get(cs.id, 0) < self.max_copies for cs in servers) and \
+            any(self.receiving.get(cs.id, 0) < self.max_copies for cs in servers)
 
     def _plan(self, block_id: int, now: float) -> Copy | None:
         info = self.cluster.blocks[block_id]

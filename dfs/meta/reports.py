@@ -7,9 +7,10 @@ requests in service.py: these handlers change no namespace and journal nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from .. import config
 from ..errors import BadRequest
@@ -23,18 +24,25 @@ log = logging.getLogger(__name__)
 
 REPORT_ROW = ("id", "gen", "size", "digest")
 Reply = dict[str, Any]
+MAX_POLL_WAIT = 30.0  # the longest a poll_commands request is held open
+COPIES_PER_REPLY = 10_000  # copy orders per reply, so it fits in a frame
 
 
 class ChunkserverReports:
     def __init__(self, cluster: Cluster, replicator: Replicator, ids: BlockIds,
                  cluster_id: str, heartbeat_interval: float,
-                 roll_epoch: Callable[[], None]) -> None:
+                 roll_epoch: Callable[[], None],
+                 copies_arrived: Callable[[], None] = lambda: None) -> None:
         self.cluster = cluster
         self.replicator = replicator
         self.ids = ids
         self.cluster_id = cluster_id
         self.heartbeat_interval = heartbeat_interval
         self.roll_epoch = roll_epoch  # journal a newer block id epoch, in the background
+        # Called when replicas arrived: repair orders the next copies at once, not at the
+        # next sweep, so a copy slot freed is a copy slot used.
+        self.copies_arrived = copies_arrived
+        self._polls: dict[str, asyncio.Future[None]] = {}  # chunkserver id -> held poll
 
     def handle_register(self, h: dict[str, Any], payload: memoryview,
                         conn: ServerConnection) -> Reply:
@@ -112,5 +120,60 @@ class ChunkserverReports:
             self._reported(cs.id, received)
             for entry in received:
                 self.replicator.arrived(entry[0], cs.id)
+            if self.replicator.inflight or self.replicator.needy:
+                self.copies_arrived()
         return {"commands": self.cluster.take_commands(cs)}
+
+    # copy orders, pushed ----------------------------------------------------------------
+    def handle_poll_commands(self, h: dict[str, Any], payload: memoryview,
+                             conn: ServerConnection) -> Reply | Awaitable[Reply]:
+        """A chunkserver's long poll for copy orders: answered as soon as repair orders a
+        copy from it (see `wake`), or after `wait` seconds with none. Heartbeat replies carry
+        orders too, but only every heartbeat interval: a copy would wait up to that long to
+        start, and the next one as long again after it. Deletes stay with heartbeats, whose
+        count tells when a delete has surely been carried out (cluster.bad_copy_gone)."""
+        cs = self.cluster.servers.get(text(h, "chunk_id"))
+        if cs is None or cs.addr != h.get("addr"):
+            return {"reregister": True}
+        raw_wait = h.get("wait", 0)
+        if not isinstance(raw_wait, (int, float)) or isinstance(raw_wait, bool) or \
+                not 0 <= raw_wait <= MAX_POLL_WAIT:
+            raise BadRequest(f"wait must be a number of seconds in 0..{MAX_POLL_WAIT:g}")
+        if cs.copies or not raw_wait:
+            return {"commands": self._take_copies(cs.id)}
+        return self._held(cs.id, float(raw_wait), conn)
+
+    async def _held(self, server_id: str, wait: float, conn: ServerConnection) -> Reply:
+        old = self._polls.pop(server_id, None)
+        if old is not None and not old.done():
+            old.set_result(None)  # one poll per server: the newer one takes over
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._polls[server_id] = fut
+        try:
+            await asyncio.wait_for(fut, wait)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if self._polls.get(server_id) is fut:
+                del self._polls[server_id]
+        if conn.closed:  # nobody to hand orders to: they wait for the next poll or beat
+            return {}
+        if server_id not in self.cluster.servers:
+            return {"reregister": True}
+        return {"commands": self._take_copies(server_id)}
+
+    def _take_copies(self, server_id: str) -> list[dict[str, Any]]:
+        cs = self.cluster.servers[server_id]
+        if not cs.copies:
+            return []
+        orders = cs.copies[:COPIES_PER_REPLY]
+        del cs.copies[:COPIES_PER_REPLY]
+        return [{"op": "replicate", "blocks": orders}]
+
+    def wake(self, server_ids: Iterable[str]) -> None:
+        """Copies were ordered from these servers: answer their held polls now."""
+        for sid in server_ids:
+            fut = self._polls.get(sid)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 

@@ -31,6 +31,8 @@ from .uploads import Uploads, block_size_ok
 
 log = logging.getLogger(__name__)
 
+LIVENESS_TICK = 0.25  # seconds between checks for chunkservers past the dead timeout
+
 Reply = dict[str, Any]
 
 
@@ -64,11 +66,13 @@ class MetaService:
         self.orphan_grace = orphan_grace
         self.delete_grace = delete_grace
         self.security = security  # signs the block tokens chunkservers check
-        reports = ChunkserverReports(self.cluster, self.replicator, self.uploads.ids,
-                                     cluster_id, heartbeat_interval, self._roll_epoch)
+        self.reports = reports = ChunkserverReports(
+            self.cluster, self.replicator, self.uploads.ids, cluster_id, heartbeat_interval,
+            self._roll_epoch, lambda: self._schedule_copies(time.monotonic()))
         self.handle_register = reports.handle_register
         self.handle_block_report = reports.handle_block_report
         self.handle_heartbeat = reports.handle_heartbeat
+        self.handle_poll_commands = reports.handle_poll_commands
 
     @property
     def epoch(self) -> int:
@@ -154,17 +158,26 @@ class MetaService:
         await self.journal.close()
 
     async def _sweep(self) -> None:
-        """Once a second: liveness, leases, repair, decommissioning, checkpoints, and room
-        in the journal while it is full."""
+        """Every LIVENESS_TICK: liveness, and repair of what a dead server held, so a copy
+        starts within a tick of the dead timeout. Once a second: leases, repair,
+        decommissioning, checkpoints, and room in the journal while it is full."""
+        period = min(1.0, self.heartbeat_interval)
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(min(1.0, self.heartbeat_interval))
+            await asyncio.sleep(min(LIVENESS_TICK, period))
             now = time.monotonic()
+            dead = self.cluster.expire(now)
+            for cs in dead:
+                self.replicator.server_lost(cs.id)
+            if now - last < period:
+                if dead and not self.safe_mode:
+                    self._schedule_copies(now)
+                continue
+            last = now
             self.cluster.tick(now)
             self.cluster.sweep_doomed(now)
             if not self.safe_mode:
                 self.cluster.sweep_orphans(now, self.orphan_grace)
-            for cs in self.cluster.expire(now):
-                self.replicator.server_lost(cs.id)
             self._check_safe_mode(now)
             if not self.safe_mode:
                 self._schedule_copies(now)
@@ -185,13 +198,17 @@ class MetaService:
                 self.uploads.abort(up)
 
     def _schedule_copies(self, now: float) -> None:
-        """Hand each new copy to its source chunkserver, to go out with its next heartbeat."""
+        """Hand each new copy to its source chunkserver: at once to one holding a
+        poll_commands request, else with its next heartbeat reply."""
+        sources = set()
         for copy in self.replicator.schedule(now):
             target = self.cluster.servers[copy.target]
             self.cluster.order_copy(copy.source, copy.block, copy.gen, target.addr,
                                     self.security.issue(copy.block, copy.gen, "w"))
+            sources.add(copy.source)
             log.info("re-replicating block %d: %s -> %s", copy.block,
                      self.cluster.servers[copy.source].addr, target.addr)
+        self.reports.wake(sources)
 
     # changes --------------------------------------------------------------------------
     def _writable(self) -> None:
@@ -502,7 +519,8 @@ class MetaService:
             else 0.0,
             "read_only": self.journal.full,
             "blocks": self.ns.blocks, "uploads": len(self.uploads), "pid": os.getpid(),
-            "chunkservers": views.chunkservers(self.cluster, now)}
+            "chunkservers": views.chunkservers(self.cluster, now),
+            "repair": self.replicator.progress()}
         if self.journal.full:
             try:
                 self._writable()

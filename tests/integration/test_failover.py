@@ -237,6 +237,29 @@ def test_decommission_drains_a_server_before_it_is_taken_away(make_cluster) -> N
     assert bad.returncode != 0 and bad.stderr.startswith("dfs-cli: error:"), bad
 
 
+def test_copy_orders_reach_chunkservers_without_waiting_for_heartbeats(make_cluster) -> None:
+    """Heartbeats a minute apart, and still a drain of 8 blocks finishes at once: meta hands
+    each copy order to its source through the source's held poll_commands request, and orders
+    the next copy as each one arrives. Carried by heartbeat replies, the first order alone
+    would wait up to a minute. `status` shows repair's progress."""
+    cluster = make_cluster(3, heartbeat="60s", dead_timeout="180s")
+    client = cluster.client()
+    data = data_of(8 * MiB, 21)
+    client.put_bytes(data, "/d/file.bin", block_size=MiB)
+    counts = replicas_per_server(client.stat("/d/file.bin"))
+    leaving = cluster.by_addr(max(counts, key=lambda a: counts[a]))
+    before = client.status()["repair"]
+    client.decommission(leaving.addr)
+    wait_until(lambda: cluster.states()[leaving.addr] == "decommissioned", 40,
+               "the drain to finish long before the next heartbeat")
+    after = client.status()["repair"]
+    assert after["copies"]["ok"] - before["copies"]["ok"] == counts[leaving.addr]
+    assert after["copied_bytes"] - before["copied_bytes"] == counts[leaving.addr] * MiB
+    assert after["needy"] == 0 and after["copying"] == 0
+    cluster.kill(leaving.name)
+    assert client.get_bytes("/d/file.bin") == data
+
+
 def test_full_block_report_finds_a_replica_gone_from_disk(make_cluster) -> None:
     """A replica file removed behind the chunkserver's back is noticed at its next full
     block report, and meta has the replica made again (on any server without one)."""

@@ -75,6 +75,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "heartbeat": ("chunk_id", "addr", "capacity", "used", "free", "load", "writing",
                   "received", "corrupt"),
     "block_report": ("chunk_id", "addr", "blocks", "full", "first", "last"),
+    "poll_commands": ("chunk_id", "addr", "wait"),
     "create": ("path", "replication", "block_size", "first_block", "size", "exclusive"),
     "add_block": ("upload", "exclude"),
     "recover_block": ("upload", "block", "exclude", "keep"),
@@ -115,7 +116,8 @@ BOOL_FIELDS = {"first_block", "parents", "recursive", "last", "columns", "full",
 # Chunkserver identity fields never carry a real chunkserver's address: without a secret, a
 # register or decommission naming a live server's address takes it over or drains it (by
 # design), which would only test that the fuzzer can break the cluster on purpose.
-NO_REAL_ADDR = {("register", "addr"), ("heartbeat", "addr"), ("decommission", "addr")}
+NO_REAL_ADDR = {("register", "addr"), ("heartbeat", "addr"), ("decommission", "addr"),
+                ("poll_commands", "addr")}
 
 INTS = [0, 1, 2, -1, 7, 255, 256, 65535, CHUNK, CHUNK + 1, MiB, MAX_PAYLOAD, MAX_PAYLOAD + 1,
         2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**53 + 1, 2**62, 2**63 - 1, 2**63,

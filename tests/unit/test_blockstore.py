@@ -19,7 +19,7 @@ from dfs.chunk.blockstore import (
     Replica,
     block_file_size,
 )
-from dfs.errors import NotFound, StaleGeneration
+from dfs.errors import ChecksumError, NotFound, StaleGeneration
 
 
 def write_block(store: BlockStore, block_id: int, gen: int, data: bytes,
@@ -304,3 +304,27 @@ def test_a_real_enospc_is_no_space_and_leaves_nothing(tmp_path, monkeypatch) -> 
     monkeypatch.undo()
     w.abort()
     assert not block_files(tmp_path) and store.inflight == 0
+
+
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("size", [1, UNIT + 7, 16 * UNIT + 4095])
+def test_reads_around_the_page_cache_return_what_read_does(tmp_path, size: int,
+                                                           direct: bool) -> None:
+    """Re-replication's reads (O_DIRECT into the caller's aligned buffer, through the cache
+    where the filesystem or the offset does not allow it) give the same bytes and CRCs as a
+    plain read, at the block's unaligned end too."""
+    import mmap
+    store = BlockStore(str(tmp_path), direct_io=direct)
+    data = data_of(size, size)
+    write_block(store, 77, 1, data)
+    buf = mmap.mmap(-1, 2 * 1024 * 1024)
+    for offset in range(0, size, 2 * UNIT):
+        want, want_crcs, _ = store.read(77, 1, offset, 2 * UNIT)
+        got, crcs = store.read_around_cache(77, 1, offset, 2 * UNIT, buf)
+        assert bytes(got) == want and crcs == want_crcs
+    got, crcs = store.read_around_cache(77, 1, 0, size, buf)
+    assert bytes(got) == data and crcs == crcs_of(data)
+    del got
+    os.truncate(store.path(77, 1), size // 2)  # the file lost bytes: a corrupt replica
+    with pytest.raises(ChecksumError):
+        store.read_around_cache(77, 1, 0, size, buf)

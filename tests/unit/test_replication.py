@@ -103,3 +103,47 @@ def test_a_returning_server_makes_extra_replicas_trimmed_back_to_r() -> None:
     assert len(cluster.live_replicas(1)) == 2
     assert cluster.servers["s2"].deletes == [[1, 1]]
     assert "127.0.0.1:6002" not in cluster.live_replicas(1)
+
+
+def test_the_queue_is_sorted_once_and_popped_until_every_slot_is_taken() -> None:
+    """A schedule between sorts pops the queue's front only: after a lost server, copies
+    fill every source's slots, and each arrival lets exactly the next queued block start."""
+    cluster = make(3)
+    for b in range(100):
+        add(cluster, b, ["s0", "s1"])
+    rep = Replicator(cluster, max_copies=2)
+    cluster.servers["s0"].state = "dead"
+    rep.server_lost("s0")
+    first = rep.schedule(now=0.0)
+    assert [(c.source, c.target) for c in first] == [("s1", "s2")] * 2  # s1's two slots
+    assert len(rep._queue) == 98
+    running, started = list(first), {c.block for c in first}
+    for _ in range(3):
+        done = running.pop(0)
+        cluster.block_report(cluster.servers["s2"], [[done.block, 1, MiB]])
+        rep.arrived(done.block, "s2")
+        nxt = rep.schedule(now=0.1)  # well inside the sort interval: no re-sort
+        assert len(nxt) == 1 and nxt[0].block not in started
+        running += nxt
+        started.add(nxt[0].block)
+    assert len(rep._queue) == 95
+    # A block checked again between sorts waits for the next sort to be queued.
+    rep.arrived(first[0].block, "s2")
+    assert first[0].block in rep.needy
+    rep.schedule(now=5.0)
+    assert first[0].block not in rep.needy  # found whole at the sort, and forgotten
+
+
+def test_a_server_lost_between_sorts_has_its_blocks_queued_at_once() -> None:
+    cluster = make(4)
+    add(cluster, 1, ["s0", "s1"])
+    add(cluster, 2, ["s2", "s3"])
+    rep = Replicator(cluster)
+    cluster.servers["s0"].state = "dead"
+    rep.server_lost("s0")
+    (copy,) = rep.schedule(now=0.0)
+    assert copy.block == 1
+    cluster.servers["s2"].state = "dead"
+    rep.server_lost("s2")
+    again = {1} if copy.target == "s2" else set()  # its copy was going to s2: lost, redone
+    assert {c.block for c in rep.schedule(now=0.1)} == {2} | again  # not a second later
