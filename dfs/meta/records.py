@@ -28,9 +28,10 @@ from typing import Any
 from ..errors import DFSError
 from ..fsutil import CorruptFile
 from . import checkpoint
+from .cluster import BlockInfo, Cluster
 from .journal import JournalStore
 from .journal_codec import JournalCorrupt
-from .namespace import Attrs, Block, File, Namespace
+from .namespace import Attrs, File, Namespace
 
 # What a well-framed record or checkpoint of the wrong shape raises when it is applied.
 _BAD_SHAPE = (ValueError, KeyError, IndexError, TypeError, AttributeError, DFSError)
@@ -83,14 +84,16 @@ def touch(path: str, mtime: float) -> list[Any]:
 
 
 class Restored:
-    """What start-up rebuilt besides the namespace: the last epoch, and the digest of every
-    block whose digest was recorded (a block id -> digest map, dropped once the block map
-    holds them)."""
+    """What start-up rebuilt besides the namespace: the last epoch. The files' blocks are
+    the block map's records already (cluster.BlockInfo, with their recorded digests); the
+    service enters them into the block map."""
 
     def __init__(self) -> None:
         self.epoch = 0
-        self.digests: dict[int, int] = {}
-        self.records = 0  # journal records replayed after the checkpoint
+        self.records = 0
+        # A replayed record changed a file or directory: the block map the checkpoint
+        # filled no longer matches the namespace and must be rebuilt from it.
+        self.changed = False  # journal records replayed after the checkpoint
 
 
 def apply(ns: Namespace, rec: list[Any], out: Restored) -> None:
@@ -101,11 +104,8 @@ def apply(ns: Namespace, rec: list[Any], out: Restored) -> None:
     elif op == "mkdir":
         ns.mkdir(rec[1], rec[2], rec[3], _attrs(ns, rec, 4))
     elif op == "publish":
-        blocks = []
-        for entry in rec[2]:
-            blocks.append(Block(entry[0], entry[1], entry[2]))
-            if len(entry) > 3:
-                out.digests[entry[0]] = entry[3]
+        blocks = [BlockInfo(entry[1], entry[2], rec[3], digest=entry[3] if len(entry) > 3
+                            else None, id=entry[0]) for entry in rec[2]]
         ns.publish(rec[1], File(blocks, rec[3], rec[4], rec[5], _attrs(ns, rec, 6)))
     elif op == "rm":
         ns.remove(rec[1], rec[2], rec[3])
@@ -130,17 +130,20 @@ def _attrs(ns: Namespace, rec: list[Any], i: int) -> Attrs | None:
     return ns.attrs(*rec[i]) if len(rec) > i and rec[i] is not None else None
 
 
-def restore(ns: Namespace, journal: JournalStore, checkpoint_path: str | None) -> Restored:
-    """Load the checkpoint (if any) into an empty namespace, then replay the journal records
-    that came after it. Raises CorruptFile (JournalCorrupt when the two do not fit together)."""
+def restore(ns: Namespace, journal: JournalStore, checkpoint_path: str | None,
+            cluster: Cluster | None = None) -> Restored:
+    """Load the checkpoint (if any) into an empty namespace (and its blocks into `cluster`'s
+    block map), then replay the journal records that came after it. Raises CorruptFile
+    (JournalCorrupt when the two do not fit together)."""
     out = Restored()
-    cp = checkpoint.read(checkpoint_path) if checkpoint_path else None
-    if cp is not None:
+    cp = None
+    if checkpoint_path:
         try:
-            checkpoint.load(cp, ns, out.digests)
+            cp = checkpoint.load(checkpoint_path, ns, cluster)
         except _BAD_SHAPE as exc:  # its checksum passed: written wrong, not damaged on disk
             raise CorruptFile(str(checkpoint_path), 0, f"cannot be loaded: {exc!r}",
                               "checkpoint") from None
+    if cp is not None:
         out.epoch = cp.epoch
     records = journal.load()
     if cp is not None:
@@ -152,6 +155,7 @@ def restore(ns: Namespace, journal: JournalStore, checkpoint_path: str | None) -
     for i, rec in enumerate(records):
         try:
             apply(ns, rec, out)
+            out.changed = out.changed or rec[0] != "epoch"
         except _BAD_SHAPE as exc:  # a record that cannot have been made by a live request
             raise JournalCorrupt(getattr(journal, "path", "journal"), 0,
                                  f"record {i} after the checkpoint cannot be replayed: "

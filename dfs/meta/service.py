@@ -10,6 +10,7 @@ are in records.py, the upload rules in uploads.py, what is shown in views.py.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
@@ -22,9 +23,9 @@ from ..net import NO_SECURITY, Security, ServerConnection
 from ..protocol.fields import addrs, attrs, mtime, text, uint
 from . import records, views
 from .checkpointer import Checkpointer
-from .cluster import BlockInfo, Cluster
+from .cluster import Cluster
 from .journal import JournalStore
-from .namespace import Dir, File, Namespace, normalise
+from .namespace import Dir, File, Namespace, every_file, normalise
 from .replication import Replicator
 from .reports import ChunkserverReports
 from .uploads import Uploads, block_size_ok
@@ -34,6 +35,17 @@ log = logging.getLogger(__name__)
 LIVENESS_TICK = 0.25  # seconds between checks for chunkservers past the dead timeout
 
 Reply = dict[str, Any]
+
+
+def _give_back_freed_memory() -> None:
+    """Return to the kernel the heap that loading freed (the block map's outgrown tables, the
+    checkpoint's bytes): dfsd asks glibc to keep freed memory for reuse (malloc_tuning), which
+    suits buffers moved again and again but here would keep about 20 bytes a file for good.
+    Does nothing where this is not glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class MetaService:
@@ -87,19 +99,15 @@ class MetaService:
         # them over and over while they are created, so it waits until they exist.
         gc.disable()
         try:
-            restored = records.restore(self.ns, self.journal, self.checkpointer.path)
-            blocks = self.cluster.blocks
-            for _path, f in views.files_under(self.ns.root, "/"):
-                for b in f.blocks:
-                    if b.id in blocks:  # shared with a copy
-                        self.cluster.share(b.id, f.replication)
-                    else:
-                        self.cluster.add_block(b.id, BlockInfo(
-                            b.gen, b.size, f.replication, digest=restored.digests.get(b.id)))
-            del restored.digests
+            restored = records.restore(self.ns, self.journal, self.checkpointer.path,
+                                       self.cluster)
+            if restored.changed:  # the journal changed files since: the tree says which
+                self.cluster.blocks.clear()
+                self.cluster.adopt(every_file(self.ns.root))
         finally:
             gc.enable()
             gc.freeze()  # what was loaded lives as long as the process: stop rescanning it
+        _give_back_freed_memory()
         self._last_epoch = restored.epoch
         if self.journal.full:
             log.error("meta starts read-only: no room to journal changes (see above)")
@@ -303,7 +311,10 @@ class MetaService:
         if h.get("exclusive"):  # checked again: another client may have published since
             self._refuse_existing(up.path)
         # A client keeping the local file's time (sync, put -p) sends it; else meta's clock.
-        f = File([b for b, _, _ in committed], up.replication, up.block_size,
+        # The file holds the block map's records of its blocks (their size and digest are
+        # set by finish, once the file is published).
+        blocks = self.cluster.blocks
+        f = File([blocks[b.id] for b, _, _ in committed], up.replication, up.block_size,
                  mtime(h, "mtime", time.time()), self.ns.attrs(*attrs(h.get("attrs"))))
         # Publish first: if the path cannot take the file (a directory appeared there since
         # create), nothing has changed yet and the client's abort reclaims the blocks.
