@@ -82,14 +82,17 @@ class Replicator:
                 self._finish(block_id, "lost")
                 self.needy.add(block_id)
 
-    def arrived(self, block_id: int, server_id: str) -> None:
-        """A replica of the block was reported by `server_id` (maybe the copy we ordered)."""
+    def arrived(self, block_id: int, server_id: str) -> bool:
+        """A replica of the block was reported by `server_id`. True if it was the copy we
+        ordered (its slots are free again)."""
         copy = self.inflight.get(block_id)
-        if copy is not None and copy.target == server_id:
-            self._finish(block_id, "ok")
-            info = self.cluster.blocks.get(block_id)
-            self.copied_bytes += info.size if info is not None else 0
-            self.needy.add(block_id)  # it may still need more copies
+        if copy is None or copy.target != server_id:
+            return False
+        self._finish(block_id, "ok")
+        info = self.cluster.blocks.get(block_id)
+        self.copied_bytes += info.size if info is not None else 0
+        self.needy.add(block_id)  # it may still need more copies
+        return True
 
     def _finish(self, block_id: int, outcome: str) -> None:
         copy = self.inflight.pop(block_id)

@@ -39,8 +39,8 @@ class ChunkserverReports:
         self.cluster_id = cluster_id
         self.heartbeat_interval = heartbeat_interval
         self.roll_epoch = roll_epoch  # journal a newer block id epoch, in the background
-        # Called when replicas arrived: repair orders the next copies at once, not at the
-        # next sweep, so a copy slot freed is a copy slot used.
+        # Called when copies arrived: repair orders the next ones at once, not at the next
+        # sweep, so a copy slot freed is a copy slot used.
         self.copies_arrived = copies_arrived
         self._polls: dict[str, asyncio.Future[None]] = {}  # chunkserver id -> held poll
 
@@ -118,9 +118,10 @@ class ChunkserverReports:
                 self.replicator.check(block_id)
         if received:
             self._reported(cs.id, received)
-            for entry in received:
-                self.replicator.arrived(entry[0], cs.id)
-            if self.replicator.inflight or self.replicator.needy:
+            copies = [entry[0] for entry in received if self.replicator.arrived(entry[0], cs.id)]
+            if copies:
+                # Only for ordered copies: a block just written is reported by its replicas
+                # one by one, and a schedule between two reports would copy it needlessly.
                 self.copies_arrived()
         return {"commands": self.cluster.take_commands(cs)}
 
