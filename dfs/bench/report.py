@@ -9,8 +9,10 @@ from typing import Any
 # figure key -> (label, unit, limit key or None)
 _FIGURES = [
     ("put_MBps", "put", "MB/s", "fsync_write_MBps"),
-    ("get_MBps", "get to a local file", "MB/s", "loopback_MBps"),
+    ("get_first_MBps", "get to a file, first", "MB/s", "loopback_MBps"),
+    ("get_MBps", "get to a file, repeated", "MB/s", "loopback_MBps"),
     ("get_warm_MBps", "get, warm cache, discarded", "MB/s", "loopback_MBps"),
+    ("get_warm_net_MBps", "... net of start-up", "MB/s", "loopback_MBps"),
     ("put_ops", "put", "files/s", None),
     ("get_ops", "get", "files/s", None),
     ("create_ops", "create", "ops/s", None),
@@ -36,6 +38,8 @@ def render(r: dict[str, Any]) -> str:
         if peer.get(key):
             line += f"  {value / peer[key]:5.2f}x {_peer_name(peer)} ({peer[key]:.1f})"
         lines.append(line)
+    if "cli_startup_s" in r:
+        lines.append(f"  {'dfs-cli start-up (ls /)':<28}{r['cli_startup_s']:>10.3f} s")
     if "ls_s" in r:
         lines.append(f"  {'ls of ' + str(r['ls_entries']) + ' entries':<28}{r['ls_s']:>10.3f} s")
     for kind, q in r.get("latency", {}).items():

@@ -50,7 +50,7 @@ def latencies(result: dict[str, Any], *kinds: str) -> None:
 def test_large_smoke(tmp_path: Path) -> None:
     r = bench("large", "--size", "3MiB", tmp=tmp_path)
     assert r["workload"] == "large" and r["size"] == 3 * 2**20 and r["replication"] == 2
-    positive(r, "put_MBps", "get_MBps", "get_warm_MBps")
+    positive(r, "put_MBps", "get_first_MBps", "get_MBps", "get_warm_MBps", "get_warm_net_MBps")
     positive(r["limits"], "loopback_MBps", "fsync_write_MBps", "cached_read_MBps")
     assert set(r["rss_mib"]) == ROLES and all(v > 0 for v in r["rss_mib"].values()), r
     assert no_dfsd_under(tmp_path)
@@ -168,3 +168,15 @@ def test_mount_smoke(tmp_path: Path) -> None:
     assert r["page_cache_dropped"] is False
     assert no_dfsd_under(tmp_path)
     assert not any(os.path.ismount(p) for p in tmp_path.rglob("mnt"))
+
+
+def test_repair_smoke(tmp_path: Path) -> None:
+    r = bench("repair", "--size", "6MiB", "--foreground-size", "2MiB", "--dead-timeout", "3.5",
+              "--runs", "1", tmp=tmp_path)
+    assert r["workload"] == "repair" and r["victim_bytes"] >= 6 * 2**20, r
+    assert r["copied_bytes"] >= r["victim_bytes"] - 2**20 and r["copies"]["ok"] > 0, r
+    assert 0 < r["dead_after_kill_s"] and 0 <= r["start_after_dead_s"] < r["repair_s"] + 1, r
+    positive(r, "repair_MBps")
+    positive(r["foreground"], "before_MBps", "after_MBps")
+    assert set(r["rss_mib"]) == {"meta", "chunk0", "chunk1", "chunk2"} - {r["victim"]}, r
+    assert no_dfsd_under(tmp_path)
