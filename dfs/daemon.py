@@ -24,7 +24,6 @@ from .chunk.heartbeat import MetaLink
 from .chunk.scrubber import Scrubber
 from .chunk.service import ChunkService
 from .fsutil import CorruptFile, atomic_write, read_text
-from .malloc_tuning import keep_freed_memory
 from .meta.journal import FileJournal
 from .meta.service import MetaService
 from .net import Connection, Security, SecurityError, Server
@@ -397,7 +396,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s {args.role}:{args.port} %(levelname)s "
                                "%(name)s: %(message)s")
-    keep_freed_memory()
     try:
         run: Any
         try:

@@ -61,9 +61,9 @@ class Copier:
             stream = await BlockStream.open(conn, block_id, gen, [], token, window=COPY_WINDOW)
             for k, offset in enumerate(range(0, size, config.PACKET_SIZE)):
                 n = min(config.PACKET_SIZE, size - offset)
-                data, crcs = await loop.run_in_executor(
-                    self.disk, self.store.read_around_cache, block_id, gen, offset, n,
-                    bufs[k % len(bufs)])
+                data, crcs, _ = await loop.run_in_executor(
+                    self.disk, self.store.read_into, block_id, gen, offset, n,
+                    bufs[k % len(bufs)], True)
                 checksum.verify(data, crcs)
                 await self._pace(n)
                 await stream.send(offset, data, crcs)

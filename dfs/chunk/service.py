@@ -30,11 +30,14 @@ from ..errors import BadRequest, ChecksumError, DFSError, NoSpace, Unavailable
 from ..net import NO_SECURITY, ConnectionPool, Security, ServerConnection
 from ..net.blockstream import BlockStream
 from ..protocol import Frame
+from ..protocol.buffers import POOL, Lease
 from ..protocol.fields import addrs, uint
 from .blockstore import UNIT, BlockStore, BlockWriter, Replica
 from .copier import Copier
 
 log = logging.getLogger(__name__)
+
+ReadReply = tuple[dict[str, Any], bytes | Lease]  # a read_block reply: header, data
 
 
 def _chain(h: dict[str, Any], me: str) -> list[str]:
@@ -385,8 +388,7 @@ class ChunkService:
 
     # reads ----------------------------------------------------------------------------
     def handle_read_block(self, h: dict[str, Any], payload: memoryview, conn: ServerConnection
-                          ) -> tuple[dict[str, Any], bytes] | Awaitable[tuple[dict[str, Any],
-                                                                               bytes]]:
+                          ) -> ReadReply | Awaitable[ReadReply]:
         block_id, gen = uint(h, "block"), uint(h, "gen")
         offset, length = uint(h, "offset"), uint(h, "length")
         self.security.check(h.get("token"), block_id, gen, "r")
@@ -407,12 +409,17 @@ class ChunkService:
             return reply
         # Large reads may go to the disk (blocks are written around the page cache), which
         # must not stall the loop; they are counted back on the loop, when they are done.
+        # On plain TCP they land in a pooled buffer, handed back once the reply has left
+        # (net.ServerConnection.reply): no fresh 1 MiB allocation, faulted in page by page,
+        # per read.
+        read: Callable[[int, int, int, int], ReadReply] = \
+            self._read_pooled if conn.tracks_sent else self._read
         fut = asyncio.get_running_loop().run_in_executor(
-            self.disk, self._read, block_id, gen, offset, length)
+            self.disk, read, block_id, gen, offset, length)
         fut.add_done_callback(self._count_read)
         return fut
 
-    def _count_read(self, fut: "asyncio.Future[tuple[dict[str, Any], bytes]]") -> None:
+    def _count_read(self, fut: "asyncio.Future[ReadReply]") -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -428,6 +435,19 @@ class ChunkService:
         except OSError as exc:
             raise DFSError(f"reading block {block_id} failed: {exc}") from None
         return {"crcs": crcs, "size": size}, data
+
+    def _read_pooled(self, block_id: int, gen: int, offset: int,
+                     length: int) -> tuple[dict[str, Any], Lease]:
+        buf = POOL.get(length)
+        try:
+            data, crcs, size = self.store.read_into(block_id, gen, offset, length, buf)
+        except OSError as exc:
+            POOL.put(buf)
+            raise DFSError(f"reading block {block_id} failed: {exc}") from None
+        except BaseException:
+            POOL.put(buf)
+            raise
+        return {"crcs": crcs, "size": size}, Lease(buf, len(data))
 
     def handle_block_info(self, h: dict[str, Any], payload: memoryview,
                           conn: ServerConnection) -> dict[str, Any]:

@@ -13,7 +13,8 @@ import hmac
 import itertools
 import logging
 import ssl
-from collections.abc import Awaitable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from .. import config
@@ -46,6 +47,10 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self._paused_writing = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.peername = "?"
+        # Bytes ever handed to the transport, and (end, hook) of payloads whose sender wants
+        # to know when the transport no longer holds them (see send).
+        self._queued = 0
+        self._sent_hooks: deque[tuple[int, Callable[[], None]]] = deque()
 
     # asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -72,6 +77,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
             if self.closed:
                 break
             self._deliver(frame)
+        if self._sent_hooks:
+            self._run_sent_hooks()
 
     def _deliver(self, frame: Frame) -> None:
         try:
@@ -87,6 +94,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._sent_hooks.clear()  # never called: the garbage collector frees those buffers
         self._wake_drainers(Unavailable(f"connection to {self.peername} lost"))
 
     def pause_writing(self) -> None:
@@ -95,6 +103,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._paused_writing = False
         self._wake_drainers(None)
+        if self._sent_hooks:
+            self._run_sent_hooks()
 
     # hooks --------------------------------------------------------------------------
     def frame_received(self, frame: Frame) -> None:
@@ -108,7 +118,13 @@ class FrameProtocol(asyncio.BufferedProtocol):
         self.close()
 
     # writing ------------------------------------------------------------------------
-    def send(self, header: dict[str, Any], payload: Payload | None = None) -> None:
+    def send(self, header: dict[str, Any], payload: Payload | None = None,
+             on_sent: Callable[[], None] | None = None) -> None:
+        """Write one frame. `on_sent` (plain TCP only, see `tracks_sent`) is called once the
+        transport has handed every byte of the payload to the kernel and so holds no
+        reference to it: the payload's buffer may then be reused. It is called at the next
+        send, incoming data or resume of writing on this connection after that (or never, if
+        the connection is lost first)."""
         if self.closed or self.transport is None or self.transport.is_closing():
             raise Unavailable(f"connection to {self.peername} is closed")
         n = len(payload) if payload is not None else 0
@@ -118,6 +134,25 @@ class FrameProtocol(asyncio.BufferedProtocol):
             self.transport.writelines((prefix, payload))
         else:
             self.transport.write(prefix)
+        self._queued += len(prefix) + n
+        if on_sent is not None:
+            self._sent_hooks.append((self._queued, on_sent))
+        if self._sent_hooks:
+            self._run_sent_hooks()
+
+    @property
+    def tracks_sent(self) -> bool:
+        """Whether `send(on_sent=...)` can tell when a payload has left: on plain TCP the
+        transport's write buffer counts our own bytes; under TLS it counts ciphertext."""
+        return self.transport is not None and \
+            self.transport.get_extra_info("ssl_object") is None
+
+    def _run_sent_hooks(self) -> None:
+        assert self.transport is not None
+        flushed = self._queued - self.transport.get_write_buffer_size()
+        hooks = self._sent_hooks
+        while hooks and hooks[0][0] <= flushed:
+            hooks.popleft()[1]()
 
     @property
     def write_idle(self) -> bool:

@@ -25,12 +25,13 @@ from ..errors import (
     VersionMismatch,
 )
 from ..protocol import Frame
+from ..protocol.buffers import Lease
 from .connection import FrameProtocol, Payload
 from .security import NO_SECURITY, NONCE_BYTES, Security
 
 log = logging.getLogger(__name__)
 
-Reply = dict[str, Any] | tuple[dict[str, Any], Payload]
+Reply = dict[str, Any] | tuple[dict[str, Any], Payload | Lease]
 Handler = Callable[[dict[str, Any], memoryview, "ServerConnection"], Reply | Awaitable[Reply]]
 
 
@@ -213,6 +214,9 @@ class ServerConnection(FrameProtocol):
             return
         header, payload = result if isinstance(result, tuple) else (result, None)
         try:
+            if isinstance(payload, Lease):
+                self.send({"id": rid, **header}, payload.view, payload.release)
+                return
             self.send({"id": rid, **header}, payload)
         except ValueError as exc:  # our reply broke a frame limit: say so, keep the connection
             log.error("reply to %s is too large: %s", self.peername, exc)

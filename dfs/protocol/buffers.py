@@ -57,3 +57,25 @@ class BufferPool:
 
 # One pool per process: every connection in a dfsd or client process shares it.
 POOL = BufferPool()
+
+
+class Lease:
+    """A reply payload held in a pooled buffer: the first `n` bytes of `buf`. Whoever sends
+    it calls `release` once the transport no longer holds it (net.ServerConnection.reply
+    does), which hands the buffer back to the pool; never released, it is garbage
+    collected like any buffer."""
+
+    __slots__ = ("buf", "n", "pool")
+
+    def __init__(self, buf: Buffer, n: int, pool: BufferPool = POOL) -> None:
+        self.buf, self.n, self.pool = buf, n, pool
+
+    @property
+    def view(self) -> memoryview:
+        return memoryview(self.buf)[:self.n]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def release(self) -> None:
+        self.pool.put(self.buf)

@@ -306,13 +306,14 @@ def test_a_real_enospc_is_no_space_and_leaves_nothing(tmp_path, monkeypatch) -> 
     assert not block_files(tmp_path) and store.inflight == 0
 
 
+@pytest.mark.parametrize("around", [True, False])
 @pytest.mark.parametrize("direct", [True, False])
 @pytest.mark.parametrize("size", [1, UNIT + 7, 16 * UNIT + 4095])
-def test_reads_around_the_page_cache_return_what_read_does(tmp_path, size: int,
-                                                           direct: bool) -> None:
-    """Re-replication's reads (O_DIRECT into the caller's aligned buffer, through the cache
-    where the filesystem or the offset does not allow it) give the same bytes and CRCs as a
-    plain read, at the block's unaligned end too."""
+def test_reads_into_a_buffer_return_what_read_does(tmp_path, size: int, direct: bool,
+                                                   around: bool) -> None:
+    """Reads into the caller's pooled buffer, and re-replication's reads around the page cache
+    (O_DIRECT, through the cache where the filesystem or the offset does not allow it), give
+    the same bytes and CRCs as a plain read, at the block's unaligned end too."""
     import mmap
     store = BlockStore(str(tmp_path), direct_io=direct)
     data = data_of(size, size)
@@ -320,11 +321,11 @@ def test_reads_around_the_page_cache_return_what_read_does(tmp_path, size: int,
     buf = mmap.mmap(-1, 2 * 1024 * 1024)
     for offset in range(0, size, 2 * UNIT):
         want, want_crcs, _ = store.read(77, 1, offset, 2 * UNIT)
-        got, crcs = store.read_around_cache(77, 1, offset, 2 * UNIT, buf)
+        got, crcs, _ = store.read_into(77, 1, offset, 2 * UNIT, buf, around)
         assert bytes(got) == want and crcs == want_crcs
-    got, crcs = store.read_around_cache(77, 1, 0, size, buf)
-    assert bytes(got) == data and crcs == crcs_of(data)
+    got, crcs, total = store.read_into(77, 1, 0, size, buf, around)
+    assert bytes(got) == data and crcs == crcs_of(data) and total == size
     del got
     os.truncate(store.path(77, 1), size // 2)  # the file lost bytes: a corrupt replica
     with pytest.raises(ChecksumError):
-        store.read_around_cache(77, 1, 0, size, buf)
+        store.read_into(77, 1, 0, size, buf, around)

@@ -422,3 +422,71 @@ def test_within_never_swallows_a_cancellation_that_lands_with_the_result() -> No
             await caller
 
     asyncio.run(main())
+
+
+class HoldingTransport(FakeTransport):
+    """A transport whose kernel takes nothing until told: what it was given stays in its
+    write buffer (get_write_buffer_size) until `flush(n)`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0
+        self.hold = True  # False: the kernel takes every write at once
+
+    def write(self, data: Any) -> None:
+        super().write(data)
+        if self.hold:
+            self.held += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.held
+
+    def flush(self, n: int) -> None:
+        self.held -= n
+
+
+def test_a_sent_hook_runs_once_the_transport_has_let_go_of_the_whole_payload() -> None:
+    from dfs.net.connection import FrameProtocol
+    proto = FrameProtocol()
+    t = HoldingTransport()
+    proto.connection_made(t)  # type: ignore[arg-type]
+    called: list[str] = []
+    proto.send({"id": 1}, b"x" * 1000, lambda: called.append("a"))
+    first = t.held
+    proto.send({"id": 2}, b"y" * 1000, lambda: called.append("b"))
+    assert called == []
+    t.flush(first - 10)  # a's frame has left but for its last 10 bytes
+    proto.resume_writing()
+    assert called == []
+    t.flush(10)
+    proto.resume_writing()
+    assert called == ["a"]  # b is still held
+    t.flush(t.held)
+    proto.send({"id": 3})  # any later send (or incoming data) looks again
+    assert called == ["a", "b"]
+    t.flush(t.held)
+    t.hold = False
+    proto.send({"id": 4}, b"z", lambda: called.append("c"))  # taken at once: at once
+    assert called == ["a", "b", "c"]
+    t.hold = True
+    proto.send({"id": 5}, b"w", lambda: called.append("d"))
+    proto.connection_lost(None)
+    assert called == ["a", "b", "c"]  # the connection went first: never called
+
+
+def test_a_reply_in_a_pooled_buffer_goes_back_to_the_pool_once_sent() -> None:
+    from dfs.protocol.buffers import Lease
+    pool = BufferPool()
+    server = Server("chunk", "127.0.0.1", 0)
+    conn = ServerConnection(server)
+    t = HoldingTransport()
+    conn.connection_made(t)  # type: ignore[arg-type]
+    buf = pool.get(200_000)
+    buf[:5] = b"hello"
+    conn.reply(7, ({"size": 5}, Lease(buf, 5, pool)))
+    assert pool.free_bytes == 0  # still in the transport
+    t.flush(t.held)
+    conn.resume_writing()
+    assert pool.free_bytes == len(buf)
+    frames = FrameReader(BufferPool()).feed(bytes(t.out))
+    assert frames[-1].header == {"id": 7, "size": 5} and bytes(frames[-1].payload) == b"hello"
