@@ -10,7 +10,6 @@ are in records.py, the upload rules in uploads.py, what is shown in views.py.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import logging
 import os
@@ -35,17 +34,6 @@ log = logging.getLogger(__name__)
 LIVENESS_TICK = 0.25  # seconds between checks for chunkservers past the dead timeout
 
 Reply = dict[str, Any]
-
-
-def _give_back_freed_memory() -> None:
-    """Return to the kernel the heap that loading freed (the block map's outgrown tables, the
-    checkpoint's bytes): dfsd asks glibc to keep freed memory for reuse (malloc_tuning), which
-    suits buffers moved again and again but here would keep about 20 bytes a file for good.
-    Does nothing where this is not glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class MetaService:
@@ -107,7 +95,6 @@ class MetaService:
         finally:
             gc.enable()
             gc.freeze()  # what was loaded lives as long as the process: stop rescanning it
-        _give_back_freed_memory()
         self._last_epoch = restored.epoch
         if self.journal.full:
             log.error("meta starts read-only: no room to journal changes (see above)")
