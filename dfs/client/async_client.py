@@ -57,20 +57,27 @@ def _size_of(f: BinaryIO) -> int | None:
 
 def _ls_rows(page: dict[str, Any]) -> list[dict[str, Any]]:
     """A columnar `ls` page (see docs/PROTOCOL.md) as the dicts `ls --json` shows."""
-    base = "" if page["path"] == "/" else page["path"]
+    prefix = ("" if page["path"] == "/" else page["path"]) + "/"
     links = page.get("links") or {}
+    names, dirs = page["names"], page["dir"]
+    if not links and not any(dirs):  # files only, the usual page: one comprehension
+        return [{"path": prefix + name, "type": "file", "size": size, "replication": repl,
+                 "block_size": bsize, "mtime": mtime}
+                for name, size, mtime, repl, bsize in zip(
+                    names, page["size"], page["mtime"], page["replication"],
+                    page["block_size"], strict=True)]
     rows: list[dict[str, Any]] = []
     for name, is_dir, size, mtime, repl, bsize in zip(
-            page["names"], page["dir"], page["size"], page["mtime"], page["replication"],
+            names, dirs, page["size"], page["mtime"], page["replication"],
             page["block_size"], strict=True):
         if is_dir:
-            rows.append({"path": f"{base}/{name}", "type": "dir", "size": 0, "mtime": mtime,
+            rows.append({"path": prefix + name, "type": "dir", "size": 0, "mtime": mtime,
                          "entries": size})
         elif name in links:
-            rows.append({"path": f"{base}/{name}", "type": "symlink", "size": size,
+            rows.append({"path": prefix + name, "type": "symlink", "size": size,
                          "target": links[name], "mtime": mtime})
         else:
-            rows.append({"path": f"{base}/{name}", "type": "file", "size": size,
+            rows.append({"path": prefix + name, "type": "file", "size": size,
                          "replication": repl, "block_size": bsize, "mtime": mtime})
     return rows
 
@@ -157,18 +164,29 @@ class AsyncClient:
     async def ls(self, path: str = "/") -> list[dict[str, Any]]:
         """Entries of a directory (or the file itself), shaped like `dfs-cli ls --json`."""
         out: list[dict[str, Any]] = []
-        start_after = ""
+        reply = await self._ls_page(path, "")
         while True:
-            reply = await self.meta_call("ls", path=path, start_after=start_after,
-                                         limit=config.MAX_LS_PAGE, columns=True)
             if "names" not in reply:  # not a directory: the entry itself
                 out.extend(reply["entries"])
                 return out
             names = reply["names"]
-            out.extend(_ls_rows(reply))
             if not reply.get("more") or not names:
+                out.extend(_ls_rows(reply))
                 return out
-            start_after = names[-1]
+            # Ask for the next page before turning this one into rows: meta builds it
+            # meanwhile (on the other core, if there is one) instead of waiting for us.
+            following = asyncio.ensure_future(self._ls_page(path, names[-1]))
+            await asyncio.sleep(0)  # let it send the request
+            try:
+                out.extend(_ls_rows(reply))
+            except BaseException:
+                following.cancel()
+                raise
+            reply = await following
+
+    async def _ls_page(self, path: str, start_after: str) -> dict[str, Any]:
+        return await self.meta_call("ls", path=path, start_after=start_after,
+                                    limit=config.MAX_LS_PAGE, columns=True)
 
     async def mkdir(self, path: str, parents: bool = False) -> None:
         """Create a directory; with parents=True, missing parents too and no error if it exists."""

@@ -349,9 +349,9 @@ class MetaService:
         if not isinstance(node, Dir):
             return {"entries": [views.entry(path, node, self.cluster, self.security, False)],
                     "more": False}
-        entries, more = self.ns.listdir(path, start_after, limit)
         if h.get("columns"):
-            return views.ls_columns(path, entries, more)
+            return views.ls_columns(path, *node.page(start_after, limit))
+        entries, more = self.ns.listdir(path, start_after, limit)
         return views.ls_rows(path, entries, more, self.cluster, self.security)
 
     def handle_mkdir(self, h: dict[str, Any], payload: memoryview,

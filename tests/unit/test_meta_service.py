@@ -412,6 +412,34 @@ def test_an_ls_page_always_fits_in_one_frame(name_len: int) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("name", ["x" * 20, "x" * 255, "\u00e9" * 200, "\U0001d11e" * 63])
+def test_an_ls_page_in_columns_always_fits_in_one_frame(name: str) -> None:
+    """The columns page is cut where its names (in bytes: some take 4 a character) and
+    values would outgrow the frame, and the next page starts right after the cut."""
+    async def main() -> None:
+        svc = await new_meta(servers=0)
+        await call(svc, "mkdir", path="/big")
+        for i in range(MAX_LS_PAGE):
+            svc.ns.publish("/big/" + (f"{i:06d}" + name)[:255],
+                           File([], 2, BLOCK, 1763977200.0))
+        names: list[str] = []
+        start_after = ""
+        while True:
+            page = await call(svc, "ls", path="/big", limit=MAX_LS_PAGE, columns=True,
+                              start_after=start_after)
+            assert page["names"], "a page must make progress"
+            assert fits_in_a_frame(page), "ls reply exceeds MAX_HEADER"
+            assert len(page["size"]) == len(page["mtime"]) == len(page["names"])
+            names += page["names"]
+            if not page["more"]:
+                break
+            start_after = page["names"][-1]
+        assert names == sorted(svc.ns.lookup("/big").children)  # type: ignore[union-attr]
+        await svc.stop()
+
+    run(main())
+
+
 def test_ls_in_columns_matches_the_list_of_maps() -> None:
     """The client asks for columns (fewer bytes, faster to build); rebuilt into rows they
     are exactly the entries of the map form, page by page."""
