@@ -307,6 +307,7 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
                          "acknowledging the changes it could not make durable (restart it: "
                          "it recovers from the journal)")
     log.info("meta shutting down")
+    service.reports.release_polls()  # held requests: answer them, do not wait them out
     await server.close()
     await service.stop()
 

@@ -171,6 +171,11 @@ class ChunkserverReports:
         del cs.copies[:COPIES_PER_REPLY]
         return [{"op": "replicate", "blocks": orders}]
 
+    def release_polls(self) -> None:
+        """Answer every held poll now: meta is stopping, and it waits for the requests in
+        flight before it hangs up."""
+        self.wake(list(self._polls))
+
     def wake(self, server_ids: Iterable[str]) -> None:
         """Copies were ordered from these servers: answer their held polls now."""
         for sid in server_ids:
