@@ -19,7 +19,7 @@ from cluster import Cluster, MiB, wait_until
 
 import dfs
 
-SECONDS = float(os.environ.get("DFS_CHAOS_SECONDS", "25"))
+SECONDS = float(os.environ.get("DFS_CHAOS_SECONDS", "15"))
 MIN_KILLS = 5  # the chaos goes on past SECONDS until this many SIGKILLs ...
 MIN_ACKED = 20  # ... and this many acknowledged files (a busy machine is slower)
 OVERTIME = 120.0  # ... but gives up this long after SECONDS

@@ -358,15 +358,18 @@ def test_sigkilled_chunkserver_small_puts_recover(make_cluster: Any, spy: Spy) -
 
 
 @pytest.mark.timeout(120)
-def test_sigstopped_chunkserver_small_puts_recover(make_cluster: Any, spy: Spy) -> None:
+def test_sigstopped_chunkserver_small_puts_recover(make_cluster: Any, spy: Spy,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A hung (SIGSTOPped) chunkserver met on open connections, as in a busy cluster: write_small
-    chains through it time out (20 s at the server above it, 25 s at the client), the hung
-    server is named and excluded, and each block is resent whole to a chain without it.
+    chains through it time out (at the server above it first, then at the client: 8 and 13 s
+    here, 20 and 25 s by default), the hung server is named and excluded, and each block is
+    resent whole to a chain without it.
 
     After SIGCONT the hung server works through the write_small frames queued in its socket:
     it writes first-generation copies and forwards them down their old chains. Those copies
     are stale; they must never replace the committed (newer) replicas, which stay on disk the
     whole time, and meta deletes the stale ones, leaving each block exactly its 2 replicas."""
+    monkeypatch.setenv("DFS_PACKET_TIMEOUT", "8")  # for the daemons and this process
     cluster = make_cluster(3)
     client = cluster.client()
     blobs = fault_blobs(50, 3)
