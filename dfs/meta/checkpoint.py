@@ -54,7 +54,8 @@ import crc32c
 import msgpack
 
 from ..fsutil import CorruptFile, atomic_write
-from .cluster import BlockInfo, Cluster
+from .blocks import BlockInfo
+from .cluster import Cluster
 from .namespace import Attrs, Block, Dir, File, Kind, Link, Namespace, kind
 
 MAGIC = b"DFSCKPT2"

@@ -20,51 +20,10 @@ from ..errors import (
     NotFound,
     TooLarge,
 )
+from .blocks import Block
 
 MAX_PATH = 4096
 MAX_NAME = 255
-
-
-class Block:
-    """One block of a file as the namespace knows it: id, generation, size and the digest of
-    its CRC table (None while unknown: an upload's block, or one committed before digests
-    were recorded). The block map's record (cluster.BlockInfo) is a subclass, and the very
-    object the file holds: at millions of files every object per block counts.
-
-    Size and digest share one int (`_sd`: size << 33 | known << 32 | digest), as one int
-    object instead of two saves 32 bytes a block."""
-
-    __slots__ = ("id", "gen", "_sd")
-
-    def __init__(self, id: int, gen: int, size: int, digest: int | None = None) -> None:
-        self.id, self.gen = id, gen
-        self._sd = _pack(size, digest)
-
-    @property
-    def size(self) -> int:
-        return self._sd >> 33
-
-    @size.setter
-    def size(self, size: int) -> None:
-        self._sd = _pack(size, self.digest)
-
-    @property
-    def digest(self) -> int | None:
-        sd = self._sd
-        return sd & 0xFFFF_FFFF if sd & _KNOWN else None
-
-    @digest.setter
-    def digest(self, digest: int | None) -> None:
-        self._sd = _pack(self._sd >> 33, digest)
-
-
-_KNOWN = 1 << 32
-
-
-def _pack(size: int, digest: int | None) -> int:
-    if size < 0 or (digest is not None and not 0 <= digest < _KNOWN):
-        raise ValueError(f"a block of {size!r} bytes with digest {digest!r}")
-    return size << 33 if digest is None else size << 33 | _KNOWN | digest
 
 
 # mode, uid, gid of an entry, each None until set (chmod, chown, or a create through

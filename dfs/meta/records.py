@@ -28,7 +28,8 @@ from typing import Any
 from ..errors import DFSError
 from ..fsutil import CorruptFile
 from . import checkpoint
-from .cluster import BlockInfo, Cluster
+from .blocks import BlockInfo
+from .cluster import Cluster
 from .journal import JournalStore
 from .journal_codec import JournalCorrupt
 from .namespace import Attrs, File, Namespace
