@@ -82,11 +82,13 @@ CHECKPOINT_RECORDS = 100_000  # ... or once its journal holds this many records
 JOURNAL_PREALLOCATE = 4 * MiB
 BLOCK_REPORT_INTERVAL = 3600.0  # a chunkserver sends a full block report this often
 # Bytes/s one chunkserver spends sending copies; 0: no cap. Repair is kept from crowding out
-# clients by MAX_COPIES and by reading around the page cache (chunk/copier.py), not by a cap:
-# `dfs-bench repair` measured 236 MB/s of repair with a foreground get keeping 79% of its
-# speed, where the old 64 MiB/s cap held repair to 95 MB/s (docs/PERFORMANCE.md).
+# clients by MAX_COPIES, by reading around the page cache (chunk/copier.py) and by slowing to
+# REPAIR_BUSY_RATE while clients use the server, not by a fixed cap (docs/PERFORMANCE.md,
+# "Repair").
 DEFAULT_REPLICATION_RATE = 0
 MAX_COPIES = 4  # copies one chunkserver sends (and receives) at once during repair
+REPAIR_BUSY_RATE = 128 * MiB  # bytes/s of copies a server sends while clients use it
+REPAIR_BUSY_WINDOW = 0.5  # seconds after a client's last request that a server counts as used
 COPY_TIMEOUT = 120.0  # a copy that has not arrived by then is forgotten and retried
 DEFAULT_SCRUB_RATE = 8 * MiB  # bytes per second the scrubber re-reads
 DEFAULT_SCRUB_INTERVAL = 7 * 24 * 3600.0  # one full scrub pass a week

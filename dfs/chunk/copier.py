@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, Callable
 
 from .. import checksum, config
 from ..errors import ChecksumError, DFSError
@@ -31,11 +31,13 @@ COPY_WINDOW = 8  # packets of one copy in flight: enough for loopback and a LAN
 
 class Copier:
     def __init__(self, store: BlockStore, pool: ConnectionPool, disk: Executor,
-                 rate: int = config.DEFAULT_REPLICATION_RATE) -> None:
+                 rate: int = config.DEFAULT_REPLICATION_RATE,
+                 busy: Callable[[], bool] = lambda: False) -> None:
         self.store = store
         self.pool = pool
         self.disk = disk
         self.rate = rate  # bytes/s for all copies together (0: unlimited)
+        self.busy = busy  # whether clients are using this server now
         self.copies: set[asyncio.Future[None]] = set()
         self._clock = 0.0  # when the copy bandwidth is next free
         self.checksum_failures = 0  # units of our own replicas found bad while copying them
@@ -81,11 +83,15 @@ class Copier:
                 abort_block(conn, block_id)
 
     async def _pace(self, n: int) -> None:
-        """Hold all copies together to `rate`."""
-        if self.rate <= 0:
+        """Hold all copies together to `rate`, and to REPAIR_BUSY_RATE while clients use
+        this server: repair takes what clients leave, and yields when they come back.
+        (Unpaced, repair ran at 590-700 MB/s on the project's 2-core machine and a client
+        reading meanwhile kept only 32-44% of its speed.)"""
+        rates = [r for r in (self.rate, config.REPAIR_BUSY_RATE if self.busy() else 0) if r > 0]
+        if not rates:
             return
         now = time.monotonic()
         start = max(now, self._clock)
-        self._clock = start + n / self.rate
+        self._clock = start + n / min(rates)
         if start > now:
             await asyncio.sleep(start - now)

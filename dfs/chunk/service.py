@@ -82,12 +82,22 @@ class ChunkService:
         self.pool = ConnectionPool(role="chunk", security=security)  # to downstream servers
         # Disk threads: packet writes, flushes and fsyncs block here, never the event loop.
         self.disk = ThreadPoolExecutor(max_workers=config.DISK_THREADS, thread_name_prefix="disk")
-        self.copier = Copier(store, self.pool, self.disk, copy_rate)
+        self.copier = Copier(store, self.pool, self.disk, copy_rate, self.serving_clients)
+        self._client_seen = float("-inf")  # when a client's last read or write arrived
         # Counters for /metrics (see the module docstring).
         self.read_bytes = 0
         self.written_bytes = 0
         self.checksum_failures = 0
         self.on_pipeline: Callable[[float], None] | None = None
+
+    def serving_clients(self) -> bool:
+        """Whether a client (not another chunkserver) read or wrote here lately: repair then
+        slows down to leave it room (see copier.py)."""
+        return time.monotonic() - self._client_seen < config.REPAIR_BUSY_WINDOW
+
+    def _client_io(self, conn: ServerConnection) -> None:
+        if conn.hello.get("role") != "chunk":
+            self._client_seen = time.monotonic()
 
     def replicate(self, block_id: int, gen: int, target: str, token: Any = None) -> None:
         """Meta asked for a copy of a replica we hold (see copier.py)."""
@@ -118,6 +128,7 @@ class ChunkService:
         chain = _chain(h, self.addr)
         token = h.get("token")
         self.security.check(token, block_id, gen, "w")
+        self._client_io(conn)
         streams = self._streams(conn)
         # Re-opening a block on the same connection means the writer gave up on the old try.
         self._close_stream(streams, block_id)
@@ -173,6 +184,7 @@ class ChunkService:
         one disk-thread call, so a small block costs one frame and one thread hop per hop."""
         block_id, gen, size = uint(h, "block"), uint(h, "gen"), uint(h, "size")
         chain = _chain(h, self.addr)
+        self._client_io(conn)
         if size != len(payload) or not 0 < size <= config.MAX_PAYLOAD:
             raise BadRequest(f"write_small carries the whole block: size {size} but "
                              f"{len(payload)} bytes of payload")
@@ -238,6 +250,7 @@ class ChunkService:
     def handle_packet(self, h: dict[str, Any], payload: memoryview,
                       conn: ServerConnection) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         block_id = uint(h, "block")
+        self._client_io(conn)
         streams = self._streams(conn)
         stream = streams.get(block_id)
         if stream is None:
@@ -392,6 +405,7 @@ class ChunkService:
         block_id, gen = uint(h, "block"), uint(h, "gen")
         offset, length = uint(h, "offset"), uint(h, "length")
         self.security.check(h.get("token"), block_id, gen, "r")
+        self._client_io(conn)
         size = self.store.lookup(block_id, gen)
         if offset > size:
             raise BadRequest(f"offset {offset} is past the end of block {block_id} ({size})")
