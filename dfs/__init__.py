@@ -20,6 +20,7 @@ from .errors import (
     NoSpace,
     NotADirectory,
     NotFound,
+    NotLeader,
     StaleGeneration,
     Timeout,
     TooLarge,
@@ -43,6 +44,6 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AlreadyExists", "AsyncClient", "BadRequest", "ChecksumError", "Client", "DFSError",
     "DirectoryNotEmpty", "InternalError", "IsADirectory", "NoSpace", "NotADirectory",
-    "NotFound", "StaleGeneration", "Timeout", "TooLarge", "Unauthorized", "Unavailable",
+    "NotFound", "NotLeader", "StaleGeneration", "Timeout", "TooLarge", "Unauthorized", "Unavailable",
     "VersionMismatch", "DFSFileSystem", "Tally", "TreeResult", "local_checksum", "__version__",
 ]

@@ -90,6 +90,13 @@ class Timeout(DFSError):
     code, words = "timeout", "timed out"
 
 
+class NotLeader(DFSError):
+    """This meta is a standby (or has just lost the lead): nothing was done. The reply's
+    `leader` detail names the active meta when this one knows it; clients retry there."""
+
+    code, words = "not_leader", "not the active meta"
+
+
 class InternalError(DFSError):
     code, words = "internal", "internal error"
 
@@ -99,7 +106,7 @@ _CODES: dict[str, type[DFSError]] = {
     for cls in (
         NotFound, AlreadyExists, NotADirectory, IsADirectory, DirectoryNotEmpty, NoSpace,
         Unavailable, ChecksumError, BadRequest, Unauthorized, TooLarge, VersionMismatch,
-        StaleGeneration, Timeout, InternalError,
+        StaleGeneration, Timeout, NotLeader, InternalError,
     )
 }
 

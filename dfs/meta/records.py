@@ -5,10 +5,12 @@ is given. Every record is a msgpack array (meta/journal.py frames it, with check
 
     ["epoch", n]                 a new block id epoch; ids allocated after it are (n << 32) | k
     ["mkdir", path, parents, mtime]            or with a 5th element, attrs
-    ["publish", path, blocks, replication, block_size, mtime]      or with a 7th, attrs
+    ["publish", path, blocks, replication, block_size, mtime]      or with a 7th, attrs,
+                                 and an 8th, the upload id (attrs nil when not set)
                                  blocks: [[id, gen, size, digest], ...]; records written before
                                  digests existed hold [id, gen, size] (the digest is unknown)
                                  attrs: [mode, uid, gid], each nil when not set
+                                 upload: what makes a re-sent commit idempotent (Commits)
     ["rm", path, recursive, mtime]
     ["mv", src, dst, mtime]
     ["cp", src, dst, recursive, mtime]   a copy that shares the source's blocks
@@ -50,10 +52,34 @@ def mkdir(path: str, parents: bool, mtime: float, attrs: Attrs | None = None) ->
     return _with(["mkdir", path, parents, mtime], attrs)
 
 
-def publish(path: str, f: File, digests: list[int | None]) -> list[Any]:
+def publish(path: str, f: File, digests: list[int | None], upload: int = 0) -> list[Any]:
     blocks = [[b.id, b.gen, b.size] + ([d] if d is not None else [])
               for b, d in zip(f.blocks, digests, strict=True)]
-    return _with(["publish", path, blocks, f.replication, f.block_size, f.mtime], f.attrs)
+    rec = ["publish", path, blocks, f.replication, f.block_size, f.mtime]
+    if upload:
+        return rec + [list(f.attrs) if f.attrs is not None else None, upload]
+    return _with(rec, f.attrs)
+
+
+class Commits:
+    """The most recent commits by upload id: a client that lost a commit's reply (the
+    active meta died, the connection dropped) sends it again, to this meta or to the one that
+    took over, and gets the same answer instead of "upload unknown". Bounded: a commit sent
+    again after LIMIT newer ones is not recognised."""
+
+    LIMIT = 50_000
+
+    def __init__(self) -> None:
+        self.by_upload: dict[int, tuple[str, float]] = {}
+
+    def add(self, upload: int, path: str, mtime: float) -> None:
+        by = self.by_upload
+        by[upload] = (path, mtime)
+        if len(by) > self.LIMIT:
+            del by[next(iter(by))]  # dicts keep insertion order: the oldest goes
+
+    def get(self, upload: int) -> tuple[str, float] | None:
+        return self.by_upload.get(upload)
 
 
 def chattr(path: str, mode: int | None, uid: int | None, gid: int | None) -> list[Any]:
@@ -92,6 +118,7 @@ class Restored:
     def __init__(self) -> None:
         self.epoch = 0
         self.records = 0
+        self.commits = Commits()
         # A replayed record changed a file or directory: the block map the checkpoint
         # filled no longer matches the namespace and must be rebuilt from it.
         self.changed = False  # journal records replayed after the checkpoint
@@ -108,6 +135,8 @@ def apply(ns: Namespace, rec: list[Any], out: Restored) -> None:
         blocks = [BlockInfo(entry[1], entry[2], rec[3], digest=entry[3] if len(entry) > 3
                             else None, id=entry[0]) for entry in rec[2]]
         ns.publish(rec[1], File(blocks, rec[3], rec[4], rec[5], _attrs(ns, rec, 6)))
+        if len(rec) > 7:
+            out.commits.add(rec[7], rec[1], rec[5])
     elif op == "rm":
         ns.remove(rec[1], rec[2], rec[3])
     elif op == "mv":

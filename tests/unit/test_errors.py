@@ -31,6 +31,7 @@ TABLE = {
     "version": (errors.VersionMismatch, "protocol version mismatch"),
     "stale": (errors.StaleGeneration, "stale replica"),
     "timeout": (errors.Timeout, "timed out"),
+    "not_leader": (errors.NotLeader, "not the active meta"),
     "internal": (errors.InternalError, "internal error"),
 }
 

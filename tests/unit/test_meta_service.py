@@ -148,8 +148,11 @@ def test_write_read_lifecycle_fields() -> None:
         d = await call(svc, "stat", path="/d")
         assert d["type"] == "dir" and "blocks" not in d and d["entries"] == 1
         # The upload is gone after commit.
-        with pytest.raises(Unavailable):  # an unknown upload: start again
-            await call(svc, "commit", upload=up, blocks=[])
+        # The same commit again (its reply was lost): the same answer, nothing changes.
+        again = await call(svc, "commit", upload=up, blocks=[])
+        assert again == {"path": "/d/f", "under_replicated": [], "mtime": published}
+        with pytest.raises(Unavailable):  # an upload meta never saw: start again
+            await call(svc, "commit", upload=up + 1, blocks=[])
         status = await call(svc, "status")
         assert (status["files"], status["blocks"], status["uploads"]) == (1, 2, 0)
         assert [c["addr"] for c in status["chunkservers"]] == [addr(i) for i in range(3)]
