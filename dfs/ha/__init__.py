@@ -1,0 +1,1 @@
+"""Metadata high availability through etcd."""
