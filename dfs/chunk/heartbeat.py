@@ -1,14 +1,25 @@
-"""The chunkserver's link to meta: register with a full block report, heartbeat, carry out
+"""The chunkserver's links to meta: register with a full block report, heartbeat, carry out
 the commands that come back, and re-register whenever meta has forgotten us (a meta restart).
 Block reports travel in pages of REPORT_PAGE replicas, so a server holding millions of blocks
 still fits every frame within the protocol's header limit.
+
+Several metas (HA: one active, the others standbys): the chunkserver keeps one `MetaLink` to
+each, and reports everything (registration, heartbeats, received and corrupt blocks) to every
+one of them, so a standby already knows where every replica lives when it takes over. But it
+takes commands (deletes, copies) from one meta only, through a shared `CommandFence`: in HA
+mode every reply carries `ha = {"active", "term", "leader"}`, and commands are carried out
+only from a meta that says it is active at the highest election term this chunkserver has seen
+from any meta. A deposed active (paused past its lease, resumed still believing it leads)
+thus cannot delete a replica the new active counts on. A reply with no `ha` comes from a meta
+not in HA mode, and is obeyed as before.
 
 Besides heartbeats, one `poll_commands` request is kept open at meta on the same connection:
 meta answers it as soon as it orders a copy from this server, so repair starts (and each next
 copy follows the last) within milliseconds instead of at the next heartbeat. A meta that does
 not know the op is left to hand copies out with heartbeat replies, as before.
 
-Owns nothing but the link; it never touches block files except through the block store.
+Owns nothing but the links and the fence; it never touches block files except through the
+block store.
 """
 
 from __future__ import annotations
@@ -30,12 +41,45 @@ REPORT_PAGE = 20_000  # replicas per report frame: ~21 bytes each, well inside M
 POLL_WAIT = 20.0  # seconds meta may hold a poll_commands request before answering "none"
 
 
+class CommandFence:
+    """Which meta replies may command this chunkserver: the highest election term seen in any
+    reply from any meta, and the rule applied to each reply. Never does I/O.
+
+    One fence is shared by all the links of a chunkserver, so a term learnt from one meta
+    (even a standby's reply) fences off the commands of an older active on another link.
+    """
+
+    def __init__(self) -> None:
+        self.term = 0  # the highest `ha.term` seen in any reply
+
+    def admit(self, header: dict[str, Any]) -> bool:
+        """Learn the term from one reply's header; True when its commands may be carried out:
+        a meta not in HA mode (no `ha`), or the active one at the highest term seen."""
+        return self.judge(header) in ("non-HA", "active")
+
+    def judge(self, header: dict[str, Any]) -> str:
+        """`admit`, naming the verdict for log lines: "non-HA" or "active" (obeyed), "standby",
+        "stale" (says it is active at an older term than one seen) or "malformed"."""
+        ha = header.get("ha")
+        if ha is None:
+            return "non-HA"
+        if not isinstance(ha, dict):
+            return "malformed"
+        term = ha.get("term")
+        if not isinstance(term, int) or isinstance(term, bool) or term < 0:
+            return "malformed"  # the peer's bad input: obey nothing it says
+        self.term = max(self.term, term)
+        if not ha.get("active"):
+            return "standby"
+        return "active" if term >= self.term else "stale"
+
+
 class MetaLink:
     def __init__(self, store: BlockStore, meta_addr: str, interval: float,
                  advertise: Callable[[Connection], str], writing: Callable[[], int],
                  replicate: Callable[[int, int, str, Any], None],
                  block_report_interval: float = config.BLOCK_REPORT_INTERVAL,
-                 security: Security = NO_SECURITY) -> None:
+                 security: Security = NO_SECURITY, fence: CommandFence | None = None) -> None:
         self.store = store
         self.meta_addr = meta_addr
         self.interval = interval
@@ -54,6 +98,8 @@ class MetaLink:
         self._task: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
         self._polling = True  # False once meta has said it does not know poll_commands
+        self.fence = fence if fence is not None else CommandFence()
+        self.verdict = ""  # the fence's last verdict on this meta's replies, for log lines
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
@@ -66,6 +112,8 @@ class MetaLink:
 
     def block_received(self, block_id: int, replica: Replica) -> None:
         """A replica was finalized: tell meta soon (it need not wait for the next beat)."""
+        if self.conn is None:
+            return  # not connected: the full report of the next registration will carry it
         self._received.append([block_id, *replica])
         self._wake.set()
 
@@ -73,6 +121,25 @@ class MetaLink:
         """A replica here failed its checksums: tell meta with the next heartbeat (soon)."""
         self._corrupt.append([block_id, gen])
         self._wake.set()
+
+    def heard(self, header: dict[str, Any]) -> bool:
+        """Pass one reply from this meta through the fence (every reply: each raises the term
+        seen); True when the commands it carries may be carried out."""
+        verdict = self.fence.judge(header)
+        if verdict != self.verdict:
+            self.verdict = verdict
+            ha: Any = header.get("ha")  # a dict whenever the verdict names a term
+            if verdict == "stale":
+                log.warning("meta %s says it is active at term %s, but term %d was seen: "
+                            "ignoring its commands", self.meta_addr, ha["term"], self.fence.term)
+            elif verdict == "malformed":
+                log.warning("meta %s sent a malformed ha field %r: ignoring its commands",
+                            self.meta_addr, ha)
+            elif verdict != "non-HA":
+                log.debug("meta %s is %s at term %s (leader %r): %s its commands",
+                          self.meta_addr, verdict, ha["term"], ha.get("leader") or "",
+                          "taking" if verdict == "active" else "ignoring")
+        return verdict in ("non-HA", "active")
 
     def _stats(self) -> dict[str, Any]:
         capacity, used, free = self.store.stats()
@@ -124,18 +191,21 @@ class MetaLink:
                                         timeout=POLL_WAIT + config.RPC_TIMEOUT)
             except BadRequest as exc:
                 if "unknown op" in str(exc):
-                    log.info("meta does not take poll_commands: copies come with heartbeats")
+                    log.info("meta %s does not take poll_commands: copies come with "
+                             "heartbeats", self.meta_addr)
                     self._polling = False
                 return
             except DFSError:
                 return  # the heartbeat loop notices a broken link and reconnects
             header = reply.header
             reply.release()
+            obey = self.heard(header)
             if header.get("reregister"):
                 self._wake.set()  # the heartbeat loop learns it too and registers again
                 return
-            for cmd in header.get("commands") or []:
-                self._command(cmd)
+            if obey:
+                for cmd in header.get("commands") or []:
+                    self._command(cmd)
 
     async def _register(self) -> None:
         assert self.conn is not None
@@ -144,6 +214,7 @@ class MetaLink:
         report = self.store.report()
         reply = await self.conn.call("register", blocks=report[:REPORT_PAGE], cluster_id=mine,
                                      **self._stats())
+        self.heard(reply.header)
         theirs = reply.header.get("cluster_id") or ""
         if theirs and not mine:
             self.store.write_identity("cluster.id", theirs)
@@ -160,6 +231,7 @@ class MetaLink:
         assert self.conn is not None
         reply = await self.conn.call("block_report", chunk_id=self.store.server_id,
                                      addr=self.addr, blocks=page, **full)
+        self.heard(reply.header)
         if reply.header.get("reregister"):
             self.registered = False
             return False
@@ -196,13 +268,15 @@ class MetaLink:
             self._received = received + self._received
             self._corrupt = corrupt + self._corrupt
             raise
+        obey = self.heard(reply.header)
         if reply.header.get("reregister"):
-            log.info("meta asked us to register again (it restarted)")
+            log.info("meta %s asked us to register again (it restarted)", self.meta_addr)
             self.registered = False
             self._wake.set()
             return
-        for cmd in reply.header.get("commands") or []:
-            self._command(cmd)
+        if obey:
+            for cmd in reply.header.get("commands") or []:
+                self._command(cmd)
 
     def _command(self, cmd: dict[str, Any]) -> None:
         if cmd.get("op") == "delete":
@@ -211,11 +285,53 @@ class MetaLink:
                 if self.store.delete(int(block_id), int(gen)):
                     deleted += 1
             if deleted:
-                log.info("deleted %d blocks on meta's request", deleted)
+                log.info("deleted %d blocks on the request of meta %s", deleted,
+                         self.meta_addr)
         elif cmd.get("op") == "replicate":
             for entry in cmd.get("blocks") or []:
                 block_id, gen, target = entry[:3]
                 token = entry[3] if len(entry) > 3 else None
                 self._replicate(int(block_id), int(gen), str(target), token)
         else:
-            log.warning("ignoring unknown command from meta: %r", cmd.get("op"))
+            log.warning("ignoring unknown command from meta %s: %r", self.meta_addr,
+                        cmd.get("op"))
+
+
+class MetaLinks:
+    """One `MetaLink` per meta, sharing one `CommandFence`: what the chunkserver's service
+    and scrubber talk to instead of a single link. Reports go to every meta (each
+    link keeps its own pending lists, so a meta that was down hears of them when it is back:
+    the link registers again with a full report); commands are obeyed as the fence allows."""
+
+    def __init__(self, store: BlockStore, meta_addrs: list[str], interval: float,
+                 advertise: Callable[[Connection], str], writing: Callable[[], int],
+                 replicate: Callable[[int, int, str, Any], None],
+                 block_report_interval: float = config.BLOCK_REPORT_INTERVAL,
+                 security: Security = NO_SECURITY) -> None:
+        if not meta_addrs:
+            raise ValueError("a chunkserver needs at least one meta address")
+        self.fence = CommandFence()
+        self.links = [MetaLink(store, addr, interval, advertise, writing, replicate,
+                               block_report_interval, security, fence=self.fence)
+                      for addr in meta_addrs]
+
+    @property
+    def addrs(self) -> list[str]:
+        return [link.meta_addr for link in self.links]
+
+    def start(self) -> None:
+        for link in self.links:
+            link.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(link.stop() for link in self.links))
+
+    def block_received(self, block_id: int, replica: Replica) -> None:
+        """A replica was finalized: every meta must learn where it lives."""
+        for link in self.links:
+            link.block_received(block_id, replica)
+
+    def block_corrupt(self, block_id: int, gen: int) -> None:
+        """A replica here failed its checksums: every meta must stop counting it."""
+        for link in self.links:
+            link.block_corrupt(block_id, gen)
