@@ -77,7 +77,8 @@ def _size(text: str) -> int:
 def _global_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
     p.add_argument("--meta", default=default, metavar="HOST:PORT",
-                   help="meta server (default: $DFS_META, else 127.0.0.1:5000)")
+                   help="meta server (default: $DFS_META, else 127.0.0.1:5000); several, "
+                        "comma-separated, for an HA cluster's metas")
     p.add_argument("--secret-file", default=default, metavar="PATH",
                    help="the cluster secret (default: $DFS_SECRET_FILE)")
     p.add_argument("--tls-cert", default=default, metavar="PEM", help="TLS: our certificate")
@@ -387,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     if trailing and not args.meta:
         args.meta = trailing
     try:
-        args.meta = _client(args).meta_addr  # validate the address and files early
+        # Validate the addresses and files early; every meta of a list is kept.
+        args.meta = ",".join(_client(args).meta_addrs)
     except ValueError as exc:
         return _fail(str(exc), EXIT_ERROR)
     except DFSError as exc:

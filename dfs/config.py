@@ -49,6 +49,7 @@ MAX_COPY_FILES = 100_000
 # Timeouts on the client side.
 CONNECT_TIMEOUT = 5.0
 RPC_TIMEOUT = 30.0
+META_FAILOVER_WAIT = 20.0  # with several metas: how long a request looks for the active one
 PACKET_TIMEOUT = 20.0  # a write packet's ack from the last server of a chain (may wait on fsync)
 PACKET_TIMEOUT_PER_HOP = 5.0
 READ_TIMEOUT = 15.0
@@ -70,6 +71,7 @@ def packet_timeout(hops_below: int) -> float:
 # Cluster behaviour (each is the default of a dfsd flag).
 DEFAULT_HEARTBEAT_INTERVAL = 3.0
 DEFAULT_DEAD_TIMEOUT = 30.0
+HA_LEASE_TTL = 5  # seconds: an HA active meta's etcd lease (failover takes about this long)
 UPLOAD_LEASE = 30.0  # an upload that shows no sign of life for this long is aborted
 ORPHAN_GRACE = UPLOAD_LEASE  # a replica no file refers to is deleted after this long
 # Blocks of a removed or replaced file stay on disk this long, so a reader that opened the old

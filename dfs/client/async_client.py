@@ -1,7 +1,9 @@
 """`dfs.AsyncClient`: the asyncio client. One instance may be shared by many tasks.
 
 Metadata requests go to meta over one multiplexed connection; block bytes go straight to
-chunkservers over pooled connections (see writer.py and reader.py).
+chunkservers over pooled connections (see writer.py and reader.py). Given several meta
+addresses (metadata HA: one active, the others standbys), `meta_call` finds the active one
+and follows it across a failover.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from ..errors import (
     IsADirectory,
     NotADirectory,
     NotFound,
+    NotLeader,
+    Timeout,
     Unavailable,
 )
 from ..net import Connection, ConnectionPool, Security, SecurityError
@@ -36,14 +40,45 @@ Progress = Callable[[int], None]
 
 # Requests that change nothing may be retried once on a fresh connection after meta restarts.
 _IDEMPOTENT = frozenset({"stat", "ls", "status", "fsck", "renew", "du"})
+# Requests a new active meta may be sent again when the old one went away with the request in
+# flight: the read-only ones, commit (meta answers a commit that already took effect as it did
+# the first time), create (a fresh upload; the first one just expires), abort. mkdir is one
+# too with parents=True (see _resendable).
+_RESENDABLE = _IDEMPOTENT | {"commit", "create", "abort"}
+
+
+def meta_addresses(meta: str | None) -> list[str]:
+    """Each address of `HOST:PORT[,HOST:PORT...]` (or of $DFS_META, else 127.0.0.1:5000),
+    normalised as meta_address does, in order, without duplicates. ValueError names a bad
+    one."""
+    text = meta or os.environ.get("DFS_META") or \
+        f"{config.DEFAULT_META_HOST}:{config.DEFAULT_META_PORT}"
+    parts = [part for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ValueError(f"not an address: {text!r}")
+    out: list[str] = []
+    for part in parts:
+        addr = config.format_addr(*config.parse_addr(part))
+        if addr not in out:
+            out.append(addr)
+    return out
 
 
 def meta_address(meta: str | None) -> str:
-    """Normalise `HOST:PORT`, `http://HOST:PORT` or None ($DFS_META, else 127.0.0.1:5000)."""
-    text = meta or os.environ.get("DFS_META") or \
-        f"{config.DEFAULT_META_HOST}:{config.DEFAULT_META_PORT}"
-    host, port = config.parse_addr(text)
-    return config.format_addr(host, port)
+    """Normalise `HOST:PORT`, `http://HOST:PORT` or None ($DFS_META, else 127.0.0.1:5000);
+    a comma-separated list (several metas, one active) comes back as one, each normalised."""
+    return ",".join(meta_addresses(meta))
+
+
+def _resendable(op: str, fields: dict[str, Any]) -> bool:
+    """Whether a request may be sent again without knowing if the first one took effect."""
+    return op in _RESENDABLE or (op == "mkdir" and bool(fields.get("parents")))
+
+
+def _why(exc: DFSError) -> str:
+    """A failure as the "no active meta" message lists it ("unavailable: " goes without
+    saying there)."""
+    return exc.msg if isinstance(exc, Unavailable) else str(exc)
 
 
 def _size_of(f: BinaryIO) -> int | None:
@@ -87,18 +122,26 @@ class AsyncClient:
 
     def __init__(self, meta: str | None = None, *, timeout: float = config.RPC_TIMEOUT,
                  secret_file: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None, tls_ca: str | None = None) -> None:
-        """secret_file: the cluster secret (default $DFS_SECRET_FILE); tls_*: PEM files for
-        TLS to every server (all three, or none). See docs/SECURITY.md."""
-        self.meta_addr = meta_address(meta)
+                 tls_key: str | None = None, tls_ca: str | None = None,
+                 failover_wait: float = config.META_FAILOVER_WAIT) -> None:
+        """meta: HOST:PORT, or a comma-separated list of the metas of an HA cluster;
+        secret_file: the cluster secret (default $DFS_SECRET_FILE); tls_*: PEM files for
+        TLS to every server (all three, or none), see docs/SECURITY.md; failover_wait: with
+        several metas, how long a request keeps looking for the active one."""
+        self.meta_addrs = meta_addresses(meta)
+        self.meta_addr = self.meta_addrs[0]  # the meta in use: moves on failover
+        self.failover_wait = failover_wait
         self.timeout = timeout
         try:
             self.security = Security.from_options(secret_file, tls_cert, tls_key, tls_ca)
         except SecurityError as exc:  # our own configuration, not the server's verdict
             raise BadRequest(str(exc)) from None
         self.pool = ConnectionPool(security=self.security)
-        self._meta: Connection | None = None
-        self._meta_lock: asyncio.Lock | None = None
+        # One connection per meta address, opened on first use. A standby's stays open: other
+        # requests may still be waiting on it for their `not_leader` (nothing done), and
+        # closing it would turn those into "outcome unknown".
+        self._metas: dict[str, Connection] = {}
+        self._meta_locks: dict[str, asyncio.Lock] = {}
         self.bytes_read = 0  # block bytes received from chunkservers (verified), all readers
 
     async def __aenter__(self) -> "AsyncClient":
@@ -108,42 +151,119 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._meta is not None:
-            self._meta.close()
-            self._meta = None
+        for conn in self._metas.values():
+            conn.close()
+        self._metas.clear()
         self.pool.close()
 
     # metadata -------------------------------------------------------------------------
-    async def _meta_conn(self) -> Connection:
-        conn = self._meta
+    async def _meta_conn(self, addr: str) -> Connection:
+        """The connection to the meta at `addr`, (re)opened if need be. Concurrent callers
+        share one attempt to open it."""
+        conn = self._metas.get(addr)
         if conn is not None and not conn.closed:
             return conn
-        if self._meta_lock is None:
-            self._meta_lock = asyncio.Lock()
-        async with self._meta_lock:
-            if self._meta is None or self._meta.closed:
+        lock = self._meta_locks.setdefault(addr, asyncio.Lock())
+        async with lock:
+            conn = self._metas.get(addr)
+            if conn is None or conn.closed:
                 try:
-                    self._meta = await Connection.open(self.meta_addr,
-                                                       security=self.security)
+                    conn = self._metas[addr] = await Connection.open(
+                        addr, security=self.security)
                 except Unavailable as exc:
                     raise Unavailable(f"meta server: {exc.msg}") from None
-            return self._meta
+            return conn
+
+    async def _request(self, conn: Connection, op: str,
+                       fields: dict[str, Any]) -> dict[str, Any]:
+        reply = await conn.call(op, timeout=self.timeout, **fields)
+        header = reply.header
+        reply.release()
+        header.pop("id", None)
+        return header
 
     async def meta_call(self, op: str, **fields: Any) -> dict[str, Any]:
-        """One metadata request; the reply header without its id."""
+        """One metadata request; the reply header without its id. With several metas, the
+        request goes to the active one, wherever it is (see _failover_call)."""
+        if len(self.meta_addrs) > 1:
+            return await self._failover_call(op, fields)
         for attempt in (0, 1):
-            conn = await self._meta_conn()
+            conn = await self._meta_conn(self.meta_addr)
             try:
-                reply = await conn.call(op, timeout=self.timeout, **fields)
+                return await self._request(conn, op, fields)
             except Unavailable:
                 if attempt == 0 and op in _IDEMPOTENT and conn.closed:
                     continue
                 raise
-            header = reply.header
-            reply.release()
-            header.pop("id", None)
-            return header
         raise AssertionError("unreachable")
+
+    async def _failover_call(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """`meta_call` across several metas, one active: stay on the meta in use while it
+        answers; when it says `not_leader` (nothing was done), go to the leader it names, else
+        to the next address; when it cannot be reached, to the next address; when it went
+        away with the request in flight, again only if the request is safe to repeat (else
+        the outcome is unknown, and the caller must be told). Any other reply, error or not,
+        is the answer. Addresses are retried with a backoff for `failover_wait` seconds,
+        which covers the time a standby takes to become active."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # abort is best effort (the upload's lease expires anyway): one pass, no waiting, so
+        # a writer failing because no meta answers does not wait out failover_wait twice.
+        deadline = started + (0.0 if op == "abort" else self.failover_wait)
+        delay = 0.1
+        tried: dict[str, str] = {}  # address -> its last failure, in the order first tried
+        while True:
+            addr = self.meta_addr
+            leader: str | None = None
+            try:
+                conn = await self._meta_conn(addr)
+            except (Unavailable, NotLeader, Timeout) as exc:  # refused, unreachable, hung
+                tried[addr] = _why(exc)
+                leader = exc.details.get("leader") if isinstance(exc, NotLeader) else None
+            else:
+                try:
+                    return await self._request(conn, op, fields)
+                except NotLeader as exc:
+                    tried[addr] = _why(exc)
+                    leader = exc.details.get("leader")
+                except Unavailable as exc:
+                    if not conn.closed:
+                        raise  # meta's own answer, not a lost connection
+                    if not _resendable(op, fields):
+                        raise Unavailable(f"meta {addr} went away during {op}; it may or may "
+                                          "not have been done") from None
+                    tried[addr] = _why(exc)
+            self._move_from(addr, leader)
+            if self.meta_addr in tried:  # a whole round failed: give the cluster time
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise self._no_active_meta(tried, loop.time() - started)
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 1.0)
+
+    def _move_from(self, failed: str, leader: str | None) -> None:
+        """Use the next meta after `failed`: the leader it named, if any (trusted even when
+        not in our list: the cluster knows its members), else the next in the list. Another
+        task may have moved on already; then its choice stands."""
+        if self.meta_addr != failed:
+            return
+        if leader:
+            try:
+                named = config.format_addr(*config.parse_addr(leader))
+            except ValueError:
+                named = ""
+            if named and named != failed:
+                self.meta_addr = named
+                return
+        addrs = self.meta_addrs
+        i = addrs.index(failed) + 1 if failed in addrs else 0
+        self.meta_addr = addrs[i % len(addrs)]
+
+    def _no_active_meta(self, tried: dict[str, str], seconds: float) -> Unavailable:
+        names = self.meta_addrs + [a for a in tried if a not in self.meta_addrs]
+        why = "; ".join(f"{a}: {e}" for a, e in tried.items())
+        return Unavailable(f"no active meta among {', '.join(names)} (tried for "
+                           f"{seconds:.1f}s): {why}", tried=list(tried))
 
     def report_bad(self, block_id: int, addr: str) -> None:
         """Tell meta (in the background) that a replica returned bad bytes."""

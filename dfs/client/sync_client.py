@@ -41,15 +41,23 @@ class _LoopThread:
 
 
 class Client:
-    """Blocking dfs client: `dfs.Client("127.0.0.1:5000")`, or `dfs.Client()` for $DFS_META."""
+    """Blocking dfs client: `dfs.Client("127.0.0.1:5000")`, `dfs.Client("h1:5000,h2:5000")`
+    for an HA cluster's metas, or `dfs.Client()` for $DFS_META."""
 
     def __init__(self, meta: str | None = None, *, timeout: float = config.RPC_TIMEOUT,
                  secret_file: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None, tls_ca: str | None = None) -> None:
+                 tls_key: str | None = None, tls_ca: str | None = None,
+                 failover_wait: float = config.META_FAILOVER_WAIT) -> None:
         self._async = AsyncClient(meta, timeout=timeout, secret_file=secret_file,
-                                  tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca)
+                                  tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca,
+                                  failover_wait=failover_wait)
         self._thread = _LoopThread()
-        self.meta_addr = self._async.meta_addr
+        self.meta_addrs = self._async.meta_addrs
+
+    @property
+    def meta_addr(self) -> str:
+        """The meta in use (HOST:PORT); with several, it moves when the active one does."""
+        return self._async.meta_addr
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._thread.run(coro)

@@ -49,7 +49,8 @@ def entry(row: dict[str, Any]) -> dict[str, Any]:
 class DFSFileSystem(AsyncFileSystem):
     """A dfs cluster as an fsspec filesystem (protocol "dfs").
 
-    meta: HOST:PORT of meta (default: the URL's, else $DFS_META, else 127.0.0.1:5000);
+    meta: HOST:PORT of meta, or a comma-separated list of an HA cluster's metas (default: the
+    URL's, as in dfs://h1:5000,h2:5000/path, else $DFS_META, else 127.0.0.1:5000);
     secret_file, tls_cert, tls_key, tls_ca: as for dfs.Client (see docs/SECURITY.md);
     replication, block_size: what new files are written with; timeout: per request.
     """

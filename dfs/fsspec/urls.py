@@ -2,6 +2,7 @@
 
 Forms accepted (INTERFACE.md, fsspec section):
     dfs://HOST:PORT/path   the meta address is in the URL
+    dfs://H1:P1,H2:P2/path the addresses of an HA cluster's metas are in the URL
     dfs:///path            the meta address comes from `meta=`, else $DFS_META
     dfs:/path, /path       a path on the filesystem at hand
 Paths come out absolute, with single slashes and no trailing slash (the root stays "/").

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--meta", metavar="HOST:PORT",
-                   help="meta server (default: $DFS_META, else 127.0.0.1:5000)")
+                   help="meta server (default: $DFS_META, else 127.0.0.1:5000); several, "
+                        "comma-separated, for an HA cluster's metas")
     p.add_argument("--secret-file", metavar="PATH",
                    help="the cluster secret (default: $DFS_SECRET_FILE)")
     p.add_argument("--tls-cert", metavar="PEM", help="TLS: our certificate")
