@@ -44,6 +44,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AlreadyExists", "AsyncClient", "BadRequest", "ChecksumError", "Client", "DFSError",
     "DirectoryNotEmpty", "InternalError", "IsADirectory", "NoSpace", "NotADirectory",
-    "NotFound", "NotLeader", "StaleGeneration", "Timeout", "TooLarge", "Unauthorized", "Unavailable",
-    "VersionMismatch", "DFSFileSystem", "Tally", "TreeResult", "local_checksum", "__version__",
+    "NotFound", "NotLeader", "StaleGeneration", "Timeout", "TooLarge", "Unauthorized",
+    "Unavailable", "VersionMismatch", "DFSFileSystem", "Tally", "TreeResult", "local_checksum",
+    "__version__",
 ]

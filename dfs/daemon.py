@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__, config
 from .chunk.blockstore import BlockStore
-from .chunk.heartbeat import MetaLink
+from .chunk.heartbeat import MetaLinks
 from .chunk.scrubber import Scrubber
 from .chunk.service import ChunkService
 from .fsutil import CorruptFile, atomic_write, read_text
@@ -51,7 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where the journal or the blocks live "
                    "(default: ./dfs-data/<role>-<port>)")
     p.add_argument("--meta", default=f"{config.DEFAULT_META_HOST}:{config.DEFAULT_META_PORT}",
-                   help="chunk: the meta server HOST:PORT (default: %(default)s)")
+                   help="chunk: the meta server HOST:PORT, or a comma-separated list of "
+                        "them (HA: every meta hears from this server, only the active one "
+                        "commands it) (default: %(default)s)")
+    p.add_argument("--ha", metavar="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]",
+                   help="meta: run as one of several metas coordinated through this etcd "
+                        "cluster (one active, the others hot standbys); PREFIX keeps this "
+                        "cluster's keys apart (default: /dfs/; default mode: one meta, local "
+                        "journal)")
+    p.add_argument("--ha-ttl", type=int, default=config.HA_LEASE_TTL,
+                   help="meta, with --ha: seconds of the active's etcd lease: a standby takes "
+                        "over within about this long after the active stops renewing it "
+                        "(default: %(default)s)")
     p.add_argument("--advertise", help="chunk: HOST:PORT clients should use to reach this "
                    "server (default: the listen address, or the address used to reach meta)")
     p.add_argument("--capacity", type=config.parse_size, default=0,
@@ -240,6 +251,10 @@ def cluster_id(path: str) -> str:
 
 
 async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    if args.ha:
+        from .ha.run import run_ha_meta
+        await run_ha_meta(args, stop)
+        return
     sec = load_security(args)
     path = data_dir(args)
     cid = cluster_id(path)
@@ -313,6 +328,16 @@ async def run_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
 
 async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    # --meta: one address, or a comma-separated list of them (HA), each one normalised.
+    metas: list[str] = []
+    for text in args.meta.split(","):
+        try:
+            meta = config.format_addr(*config.parse_addr(text))
+        except ValueError as exc:
+            raise StartupError(f"--meta {args.meta!r}: {exc}") from None
+        if meta in metas:
+            raise StartupError(f"--meta {args.meta!r}: {meta} is listed twice")
+        metas.append(meta)
     sec = load_security(args)
     path = data_dir(args)
     server = Server("chunk", args.host, args.port, connection_limit(), security=sec)
@@ -324,7 +349,7 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
     warn_if_small(store)
     wildcard = args.host in ("0.0.0.0", "::", "")
     addr = args.advertise or ("" if wildcard else config.format_addr(args.host, args.port))
-    link: MetaLink
+    link: MetaLinks
 
     def advertise(meta_conn: Connection) -> str:
         if addr:
@@ -336,9 +361,9 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
     service = ChunkService(store, addr or f"127.0.0.1:{args.port}",
                            on_block=lambda b, r: link.block_received(b, r),
                            copy_rate=args.replication_rate, security=sec)
-    link = MetaLink(store, args.meta, args.heartbeat_interval, advertise,
-                    writing=lambda: service.writing, replicate=service.replicate,
-                    block_report_interval=args.block_report_interval, security=sec)
+    link = MetaLinks(store, metas, args.heartbeat_interval, advertise,
+                     writing=lambda: service.writing, replicate=service.replicate,
+                     block_report_interval=args.block_report_interval, security=sec)
     http: Any = None
     scrubber: Scrubber | None = None
     if args.http_port:
@@ -352,8 +377,8 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
         started = time.monotonic()
 
         def page() -> str:
-            return pages.chunk_overview(store, service.addr, args.meta, service.writing,
-                                        len(service.copier.copies),
+            return pages.chunk_overview(store, service.addr, ", ".join(metas),
+                                        service.writing, len(service.copier.copies),
                                         scrubber.passes if scrubber else 0, started)
         http = http_server(args, sec, chunk_routes.routes(
             store, lambda: service.writing, registry, page))

@@ -167,7 +167,8 @@ class Cluster:
                  meta_args: list[str] | tuple[str, ...] = (),
                  chunk_args: list[str] | tuple[str, ...] = (),
                  dead_timeout: str = DEAD_TIMEOUT, heartbeat: str = HEARTBEAT,
-                 client_options: dict[str, Any] | None = None, http: bool = False) -> None:
+                 client_options: dict[str, Any] | None = None, http: bool = False,
+                 metas: int = 1, ha: str | None = None) -> None:
         """client_options: keyword arguments for every dfs.Client made here (secret_file=,
         tls_cert=, ... when the cluster runs with them). http: give every daemon its HTTP
         side door on a free port (`Daemon.http_port`); off by default, so clusters side by
@@ -182,9 +183,12 @@ class Cluster:
         self.extra: list[subprocess.Popen[Any]] = []  # other processes tests start (clients)
         self._clients: list[Client] = []
         self._admin: Client | None = None
-        (meta_port,) = free_ports(1)
-        self.meta = self._daemon("meta", "meta", meta_port, [
-            "--dead-timeout", dead_timeout, "--heartbeat-interval", heartbeat, *meta_args])
+        # HA (`ha`: an etcd URL): metas named meta0, meta1, ...; `meta` is the first of them.
+        ha_args = ["--ha", ha] if ha else []
+        self.metas = [self._daemon(f"meta{i}" if ha else "meta", "meta", port, [
+            "--dead-timeout", dead_timeout, "--heartbeat-interval", heartbeat, *ha_args,
+            *meta_args]) for i, port in enumerate(free_ports(metas if ha else 1))]
+        self.meta = self.metas[0]
         for _ in range(chunkservers):
             self.add_chunkserver(start=False)
 
@@ -215,7 +219,8 @@ class Cluster:
 
     @property
     def meta_addr(self) -> str:
-        return self.meta.addr
+        """The meta address every client and chunkserver is given (with HA, all of them)."""
+        return ",".join(m.addr for m in self.metas)
 
     @property
     def chunkservers(self) -> list[Daemon]:
@@ -235,7 +240,10 @@ class Cluster:
         """Start meta, wait until it accepts connections, start the chunkservers, and wait
         until status shows every one of them live. Stops everything if any step fails."""
         try:
-            self._start(self.meta)
+            for m in self.metas:
+                m.start()
+            for m in self.metas:
+                self._wait_listening(m)
             for d in self.chunkservers:
                 d.start()
             for d in self.chunkservers:

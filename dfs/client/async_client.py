@@ -233,6 +233,15 @@ class AsyncClient:
                         raise Unavailable(f"meta {addr} went away during {op}; it may or may "
                                           "not have been done") from None
                     tried[addr] = _why(exc)
+                except Timeout as exc:
+                    # A paused or cut-off active: another meta may lead by now. Its
+                    # connection goes (replies to requests left on it would be stale).
+                    conn.close()
+                    if not _resendable(op, fields):
+                        raise Unavailable(f"meta {addr} did not answer {op} in "
+                                          f"{self.timeout:g}s; it may or may not have been "
+                                          "done") from None
+                    tried[addr] = _why(exc)
             self._move_from(addr, leader)
             if self.meta_addr in tried:  # a whole round failed: give the cluster time
                 left = deadline - loop.time()

@@ -56,7 +56,7 @@ class Checkpointer:
                 await self.journal.synced()  # never cover a record the journal could lose
                 await asyncio.get_running_loop().run_in_executor(
                     None, checkpoint.write, self.path, data)
-                await self.journal.rotate()
+                await self.journal.rotate(data)
             except OSError as exc:
                 self.journal.unmark()
                 self._retry = min(2 * self._retry or 1.0, MAX_RETRY)

@@ -56,7 +56,7 @@ class JournalStore(Protocol):
     def mark(self) -> tuple[int, int]: ...
     def synced(self) -> asyncio.Future[None]: ...
     def unmark(self) -> None: ...
-    def rotate(self) -> asyncio.Future[None]: ...
+    def rotate(self, snapshot: bytes = b"") -> asyncio.Future[None]: ...
     async def make_room(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -104,7 +104,7 @@ class MemoryJournal:
     def unmark(self) -> None:
         return None
 
-    def rotate(self) -> asyncio.Future[None]:
+    def rotate(self, snapshot: bytes = b"") -> asyncio.Future[None]:
         self.records = self.records[self._mark:]
         self.gen += 1
         self.base = self._mark
@@ -258,9 +258,10 @@ class FileJournal:
     def unmark(self) -> None:
         self._tail = None
 
-    def rotate(self) -> asyncio.Future[None]:
+    def rotate(self, snapshot: bytes = b"") -> asyncio.Future[None]:
         """After the checkpoint for `mark()` is durable: start generation gen+1 holding only
-        the records appended since the mark. Runs in order with appends (in the flusher)."""
+        the records appended since the mark. Runs in order with appends (in the flusher).
+        (`snapshot`, the checkpoint's bytes, is for journals that keep it themselves.)"""
         assert self._tail is not None, "rotate() without mark()"
         tail, self._tail = self._tail, None
         # From this call on, appends belong to the new generation (they queue behind it).

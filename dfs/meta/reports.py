@@ -43,6 +43,9 @@ class ChunkserverReports:
         # sweep, so a copy slot freed is a copy slot used.
         self.copies_arrived = copies_arrived
         self._polls: dict[str, asyncio.Future[None]] = {}  # chunkserver id -> held poll
+        # False while commands must wait (an HA meta unsure of its lease, or just taken
+        # over): they stay queued for a later reply.
+        self.may_command: Callable[[], bool] = lambda: True
 
     def handle_register(self, h: dict[str, Any], payload: memoryview,
                         conn: ServerConnection) -> Reply:
@@ -123,6 +126,8 @@ class ChunkserverReports:
                 # Only for ordered copies: a block just written is reported by its replicas
                 # one by one, and a schedule between two reports would copy it needlessly.
                 self.copies_arrived()
+        if not self.may_command():
+            return {"commands": []}
         return {"commands": self.cluster.take_commands(cs)}
 
     # copy orders, pushed ----------------------------------------------------------------
@@ -140,7 +145,7 @@ class ChunkserverReports:
         if not isinstance(raw_wait, (int, float)) or isinstance(raw_wait, bool) or \
                 not 0 <= raw_wait <= MAX_POLL_WAIT:
             raise BadRequest(f"wait must be a number of seconds in 0..{MAX_POLL_WAIT:g}")
-        if cs.copies or not raw_wait:
+        if (cs.copies and self.may_command()) or not raw_wait:
             return {"commands": self._take_copies(cs.id)}
         return self._held(cs.id, float(raw_wait), conn)
 
@@ -165,7 +170,7 @@ class ChunkserverReports:
 
     def _take_copies(self, server_id: str) -> list[dict[str, Any]]:
         cs = self.cluster.servers[server_id]
-        if not cs.copies:
+        if not cs.copies or not self.may_command():
             return []
         orders = cs.copies[:COPIES_PER_REPLY]
         del cs.copies[:COPIES_PER_REPLY]

@@ -14,7 +14,7 @@ import gc
 import logging
 import os
 import time
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from .. import config
 from ..errors import AlreadyExists, BadRequest, DFSError, NoSpace, NotADirectory, NotFound
@@ -56,11 +56,13 @@ class MetaService:
         self.cluster = Cluster(dead_timeout)
         self.replicator = Replicator(self.cluster)
         self.uploads = Uploads(self.cluster)
+        self.commits = records.Commits()
         self._sweeper: asyncio.Task[None] | None = None
         self._epoch_task: asyncio.Future[None] | None = None
         self._last_epoch = 0  # the newest epoch journaled or being journaled
         self.safe_mode = False
         self.safe_until = 0.0
+        self.repair_after = 0.0  # monotonic: an HA meta that took over orders nothing before
         self.checkpointer = Checkpointer(checkpoint_path, journal, checkpoint_interval,
                                          checkpoint_records)
         self.orphan_grace = orphan_grace
@@ -96,6 +98,7 @@ class MetaService:
             gc.enable()
             gc.freeze()  # what was loaded lives as long as the process: stop rescanning it
         self._last_epoch = restored.epoch
+        self.commits = restored.commits
         if self.journal.full:
             log.error("meta starts read-only: no room to journal changes (see above)")
         else:
@@ -109,6 +112,44 @@ class MetaService:
         self.safe_until = now + self.cluster.dead_timeout
         self.safe_mode = True
         self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def adopt(self, ns: Namespace, restored: records.Restored,
+              hand_over: Callable[[Cluster], int]) -> int:
+        """Take over as an HA active: the namespace a standby kept current, and the
+        chunkservers it heard from (`hand_over` enters them into our cluster; returns their
+        count). Then safe mode until every block is reported, and no repair, no orphan
+        deletion and no commands for a dead timeout: what the standby heard may be a little
+        behind. `begin()` then journals a new epoch."""
+        gc.disable()
+        try:
+            self.ns = ns
+            self.cluster.blocks.clear()
+            self.cluster.adopt(every_file(ns.root))
+        finally:
+            gc.enable()
+        self._last_epoch = restored.epoch
+        self.commits = restored.commits
+        servers = hand_over(self.cluster)
+        now = time.monotonic()
+        self.cluster.tick(now)
+        self.safe_until = self.repair_after = now + self.cluster.dead_timeout
+        self.safe_mode = True
+        self._sweeper = asyncio.ensure_future(self._sweep())
+        return servers
+
+    async def begin(self) -> None:
+        """An adopted namespace's first write: a new block id epoch."""
+        await self._new_epoch()
+
+    def abandon(self, exc: DFSError) -> None:
+        """This meta lost the lead (HA): stop at once, failing what waits on the journal;
+        no checkpoint (the namespace may hold changes etcd refused)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        fail = getattr(self.journal, "fail", None)
+        if fail is not None:
+            fail(exc)
+        self.reports.release_polls()
 
     async def _new_epoch(self) -> None:
         """Journal the next block id epoch and allocate from it once it is durable; again if
@@ -171,7 +212,7 @@ class MetaService:
             last = now
             self.cluster.tick(now)
             self.cluster.sweep_doomed(now)
-            if not self.safe_mode:
+            if not self.safe_mode and now >= self.repair_after:
                 self.cluster.sweep_orphans(now, self.orphan_grace)
             self._check_safe_mode(now)
             if not self.safe_mode:
@@ -195,6 +236,8 @@ class MetaService:
     def _schedule_copies(self, now: float) -> None:
         """Hand each new copy to its source chunkserver: at once to one holding a
         poll_commands request, else with its next heartbeat reply."""
+        if now < self.repair_after:
+            return
         sources = set()
         for copy in self.replicator.schedule(now):
             target = self.cluster.servers[copy.target]
@@ -213,12 +256,19 @@ class MetaService:
             raise NoSpace(f"meta's journal disk is full ({where}): meta is read-only until "
                           "space is freed there")
 
-    def _durable(self, record: list[Any], reply: Reply) -> Awaitable[Reply]:
-        fut = self.journal.append(record)
+    def _answered(self, reply: Reply) -> Awaitable[Reply]:
+        """A reply once every change journaled so far is durable: what a re-sent commit
+        waits for, since the first one may still be on its way to the journal."""
+        return self._durable(None, reply)
+
+    def _durable(self, record: list[Any] | None, reply: Reply) -> Awaitable[Reply]:
+        fut = self.journal.append(record) if record is not None else self.journal.synced()
 
         async def wait() -> Reply:
             try:
                 await fut
+            except DFSError:
+                raise  # e.g. not_leader: this meta lost the lead before the change was kept
             except OSError as exc:
                 raise DFSError(f"metadata journal failed: {exc}") from None
             return reply
@@ -293,7 +343,11 @@ class MetaService:
                       conn: ServerConnection) -> Awaitable[Reply]:
         """Publish the upload's file atomically, replacing any old one at its path."""
         self._writable()
-        up = self.uploads.get(uint(h, "upload"), time.monotonic())
+        uid = uint(h, "upload")
+        done = self.commits.get(uid) if uid not in self.uploads.by_id else None
+        if done is not None:  # a commit sent again: it took effect, answer as before
+            return self._answered({"path": done[0], "under_replicated": [], "mtime": done[1]})
+        up = self.uploads.get(uid, time.monotonic())
         committed = self.uploads.check_commit(up, h.get("blocks"))
         if h.get("exclusive"):  # checked again: another client may have published since
             self._refuse_existing(up.path)
@@ -312,7 +366,8 @@ class MetaService:
         under = [str(b.id) for b in f.blocks
                  if len(self.cluster.live_replicas(b.id)) < up.replication]
         self.replicator.check_all(int(b) for b in under)
-        record = records.publish(up.path, f, [d for _, _, d in committed])
+        record = records.publish(up.path, f, [d for _, _, d in committed], up.id)
+        self.commits.add(up.id, up.path, f.mtime)
         return self._durable(record, {"path": up.path, "under_replicated": under,
                                       "mtime": f.mtime})
 

@@ -196,6 +196,27 @@ class ChunkCollector(Collector):
         yield gauge("dfs_chunk_pipelines", "Block streams being written now", self.writing())
 
 
+class HaCollector(Collector):
+    """An HA meta's role, term and takeovers, and the active's namespace gauges while it is
+    the active one (a standby's namespace is the active's, a moment behind)."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        node = self.node
+        yield gauge("dfs_ha_is_active", "1 on the active meta (its lease good by its own "
+                    "clock), 0 on a standby", 1 if node.confident() else 0)
+        yield gauge("dfs_ha_term", "The election term this meta knows of", node.term)
+        yield counter("dfs_ha_failovers", "Times this meta took over as the active one",
+                      node.failovers)
+        service = node.service
+        if service is not None:
+            yield from MetaCollector(service).collect()
+            yield counter("dfs_journal_records", "Journal records appended since this meta "
+                          "became the active one", service.journal.appended)
+
+
 def block_health(svc: "MetaService") -> dict[str, int]:
     """Committed blocks that need care, by state. Only the replicator's queue and the copies
     in flight are looked at: a block that may have lost a replica is queued (Replicator.check
