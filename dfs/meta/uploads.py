@@ -109,7 +109,8 @@ class Uploads:
         if up is None:
             # Not NotFound: that word is kept for paths. The upload must start again.
             raise Unavailable("the upload is no longer known to meta (its lease expired, it "
-                              "was aborted, or meta restarted); upload the file again")
+                              "was aborted, or meta restarted or failed over); upload the file "
+                              "again")
         up.touched = now
         return up
 
