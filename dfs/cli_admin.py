@@ -64,6 +64,12 @@ async def cmd_status(c: AsyncClient, a: argparse.Namespace) -> int:
     live = sum(1 for s in st["chunkservers"] if s["state"] == "live")
     print(f"meta {st['meta']}: {st['files']} files, {st['blocks']} blocks, "
           f"{live}/{len(st['chunkservers'])} chunkservers live")
+    ha = st.get("ha")
+    if ha:
+        others = ", ".join(f"{m['addr']} ({m['role']})" for m in ha.get("metas", [])
+                           if m.get("addr") != st["meta"])
+        print(f"  HA: this meta is {ha['role']}, term {ha['term']}, leader "
+              f"{ha['leader'] or 'none'}" + (f"; also {others}" if others else ""))
     if st.get("safe_mode"):
         print(f"  SAFE MODE: waiting for block reports ({st.get('safe_mode_s', 0):.0f}s left); "
               "no repair or orphan deletion until then")

@@ -340,8 +340,21 @@ class AsyncClient:
         return await self.meta_call("decommission", addr=addr)
 
     async def status(self) -> dict[str, Any]:
-        """Cluster summary shaped like `dfs-cli status --json`."""
-        return await self.meta_call("status")
+        """Cluster summary shaped like `dfs-cli status --json`. A standby answers status
+        for itself; given several metas, the client asks the active one it names instead
+        (the cluster's view), falling back to the standby's answer if that fails."""
+        st = await self.meta_call("status")
+        ha = st.get("ha") or {}
+        leader = ha.get("leader")
+        if len(self.meta_addrs) > 1 and ha.get("role") == "standby" and leader:
+            try:
+                conn = await self._meta_conn(leader)
+                active = await self._request(conn, "status", {})
+            except DFSError:
+                return st
+            self.meta_addr = leader
+            return active
+        return st
 
     async def cp(self, src: str, dst: str, recursive: bool = False) -> str:
         """Copy inside the cluster, moving no bytes: the copy shares the source's blocks

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -305,6 +306,12 @@ def test_status_metrics_and_readyz_show_each_role(tmp_path: Path, etcd: EtcdServ
             with pytest.raises(NotLeader) as err:
                 pinned.mkdir("/x")
             assert err.value.details["leader"] == active.addr
+        with dfs.Client(f"{standby.addr},{active.addr}", timeout=5) as both:
+            assert both.status()["ha"]["role"] == "active"  # the cluster's view, not ours
+        out = subprocess.run(["dfs-cli", "--meta", f"{standby.addr},{active.addr}", "status"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and f"HA: this meta is active, term {st['term']}, " \
+            f"leader {active.addr}; also {standby.addr} (standby)" in out.stdout, out
         code, text = get(active.http_port, "/metrics")
         assert code == 200 and "dfs_ha_is_active 1.0" in text and "dfs_ha_term " in text
         assert "dfs_ha_failovers_total 1.0" in text and "dfs_files " in text
