@@ -124,9 +124,9 @@ class EtcdJournal:
         """Refuse everything from now on (this meta no longer leads)."""
         if self._failed is None:
             self._failed = exc
-        if self._flusher is not None:
-            self._flusher.cancel()
-            self._flusher = None
+        if self._flusher is not None and self._flusher is not asyncio.current_task():
+            self._flusher.cancel()  # (from the flusher itself, it just returns)
+        self._flusher = None
         pending, self._pending = self._pending, []
         for _, fut in pending:
             if not fut.done():
