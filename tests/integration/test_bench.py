@@ -15,6 +15,7 @@ import pytest
 from cluster import Cluster
 
 import dfs
+from dfs.bench import meta_ha
 
 BENCH = [sys.executable, "-m", "dfs.bench.cli"]
 ROLES = {"client", "meta", "chunk1", "chunk2"}
@@ -71,6 +72,52 @@ def test_meta_smoke(tmp_path: Path) -> None:
     assert r["ls_entries"] == 100 and r["ls_s"] > 0
     latencies(r, "create", "stat", "rm")
     assert no_dfsd_under(tmp_path)
+
+
+def no_etcd_under(tmp: Path) -> bool:
+    out = subprocess.run(["pgrep", "-af", "etcd"], capture_output=True, text=True).stdout
+    return str(tmp) not in out
+
+
+def test_meta_ha_smoke(tmp_path: Path) -> None:
+    """`meta --ha`: a local-journal cluster against an HA pair with its own etcd; both
+    figures and the ratio of every rate."""
+    r = bench("meta", "--ha", "--ops", "30", "--ls-entries", "40", "--concurrency", "2",
+              "--runs", "1", tmp=tmp_path)
+    assert (r["workload"], r["ha"], r["ops"], r["runs"]) == ("meta", True, 30, 1), r
+    assert r["order"] == [["local", "ha"]]
+    assert r["ls_entries"] == 40 and "fsync" in r["durability"]
+    for name in ("create_ops", "stat_ops", "rm_ops", "ls_s", "create_p50_ms", "cpu_s"):
+        f = r["figures"][name]
+        positive(f, "local", "ha", "ratio")
+        assert len(f["local_runs"]) == len(f["ha_runs"]) == len(f["run_ratios"]) == 1, f
+    assert set(r["rss_mib"]["local"]) == ROLES, r["rss_mib"]
+    assert set(r["rss_mib"]["ha"]) == ROLES | {"standby", "etcd"}, r["rss_mib"]
+    assert set(r["cpu_s"]["ha"]) == ROLES - {"client"} | {"standby", "etcd"}, r["cpu_s"]
+    assert no_dfsd_under(tmp_path) and no_etcd_under(tmp_path)
+    proc = subprocess.run(BENCH + ["meta", "--runs", "2", "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "--runs goes with --ha" in proc.stderr, proc.stderr
+
+
+def test_meta_ha_rounds_alternate_and_take_medians() -> None:
+    """The A/B bookkeeping of `meta --ha` alone, on made-up measurements."""
+    calls: list[tuple[str, int]] = []
+
+    def once(mode: str, i: int) -> dict[str, Any]:
+        calls.append((mode, i))
+        rate = (100.0 if mode == "local" else 50.0) * (i + 1)
+        q = {"p50_ms": 1.0, "p99_ms": 2.0}
+        return {"create_ops": rate, "stat_ops": rate, "rm_ops": rate, "ls_s": 0.5,
+                "ls_entries": 9, "latency": {"create": q, "stat": q, "rm": q},
+                "cpu_total_s": 1.0, "cpu_s": {"meta": 1.0}, "rss_mib": {"meta": 30.0 + i}}
+
+    r = meta_ha.run(3, once, lambda text: None)
+    assert r["order"] == [["local", "ha"], ["ha", "local"], ["local", "ha"]]
+    assert calls == [("local", 0), ("ha", 0), ("ha", 1), ("local", 1), ("local", 2), ("ha", 2)]
+    f = r["figures"]["create_ops"]
+    assert (f["local"], f["ha"], f["ratio"], f["run_ratios"]) == (200, 100, 0.5, [0.5] * 3)
+    assert r["rss_mib"]["ha"] == {"meta": 32.0} and r["ls_entries"] == 9
 
 
 def test_tree_smoke(tmp_path: Path) -> None:
