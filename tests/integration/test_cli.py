@@ -779,6 +779,22 @@ def test_dfs_demo_exits_0_and_ends_with_ok(wd: Path) -> None:
     assert list(wd.iterdir()) == [], "dfs-demo left files in the current directory"
 
 
+@pytest.mark.timeout(150)
+def test_dfs_demo_ha_survives_the_active_meta_and_ends_with_ok(wd: Path) -> None:
+    """`dfs-demo --ha`: etcd and two metas; the file is read back after the active meta is
+    SIGKILLed and the standby has taken over (and says how long that took)."""
+    proc = subprocess.run([sys.executable, "-m", "dfs.demo", "--ha"], stdin=subprocess.DEVNULL,
+                          capture_output=True, cwd=wd, env=clean_env(), timeout=120)
+    out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, (proc.returncode, out, err)
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert lines and "OK" in lines[-1], out
+    assert "(SIGKILL)" in out and re.search(r"took over \d+\.\d\d s after the SIGKILL", out), out
+    assert out.count("sha256 downloaded") == 2, out
+    assert "Traceback" not in out + err, err
+    assert list(wd.iterdir()) == [], "dfs-demo left files in the current directory"
+
+
 
 # -- fsck -------------------------------------------------------------------------------------
 
