@@ -27,16 +27,9 @@ from .fsutil import CorruptFile, atomic_write, read_text
 from .meta.journal import FileJournal
 from .meta.service import MetaService
 from .net import Connection, Security, SecurityError, Server
+from .startup import FatalError, StartupError
 
 log = logging.getLogger("dfsd")
-
-
-class StartupError(Exception):
-    """One clear line for the operator; no traceback."""
-
-
-class FatalError(Exception):
-    """The role cannot go on (its journal failed): one line, exit status 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "over within about this long after the active stops renewing it "
                         "(default: %(default)s)")
     p.add_argument("--advertise", help="chunk: HOST:PORT clients should use to reach this "
-                   "server (default: the listen address, or the address used to reach meta)")
+                   "server (default: the listen address, or the address used to reach meta); "
+                   "meta with --ha: the address other metas name when they send clients here "
+                   "(default: the listen address, 127.0.0.1 for a wildcard)")
     p.add_argument("--capacity", type=config.parse_size, default=0,
                    help="chunk: bytes this server may use (default: the disk's free space)")
     p.add_argument("--reserve", type=config.parse_size, default=None,

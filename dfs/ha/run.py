@@ -13,7 +13,6 @@ from typing import Any
 
 from .. import config
 from ..daemon import (
-    StartupError,
     bind,
     cluster_id,
     connection_limit,
@@ -26,6 +25,7 @@ from ..errors import DFSError
 from ..fsutil import CorruptFile
 from ..meta.service import MetaService
 from ..net import Server
+from ..startup import StartupError
 from .etcd import Etcd, EtcdError, cmp_create_revision, op_put, parse_url
 from .journal import EtcdJournal
 from .layout import Layout
@@ -64,8 +64,15 @@ async def run_ha_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
     endpoints, prefix = parse_ha(args.ha)
     if args.ha_ttl < 2:
         raise StartupError("--ha-ttl must be at least 2 seconds")
-    addr = config.format_addr(args.host if args.host not in ("0.0.0.0", "::", "") else
-                              "127.0.0.1", args.port)
+    single = [n for n in ("journal", "checkpoint") if os.path.exists(os.path.join(path, n))]
+    if single:
+        # Its cluster id would become the group's: the old chunkservers would be taken in
+        # and every block they hold, unknown to the empty namespace in etcd, deleted.
+        raise StartupError(f"data dir {path} holds a single meta's {' and '.join(single)}: "
+                           "an HA meta starts from an empty data dir (importing a single "
+                           "meta's namespace into etcd is not supported)")
+    addr = args.advertise or config.format_addr(
+        args.host if args.host not in ("0.0.0.0", "::", "") else "127.0.0.1", args.port)
     server = Server("meta", args.host, args.port, connection_limit(), security=sec)
     bind(server)
     etcd = Etcd(endpoints)
