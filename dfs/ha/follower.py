@@ -46,6 +46,7 @@ class Follower:
         self.count = 0  # records applied (the number of the next one)
         self.last_seq = -1  # the last batch applied
         self.revision = 0  # etcd revision the namespace is current to
+        self.covered = 0  # records the checkpoint it was loaded from covers
         self.loaded = asyncio.Event()
 
     # loading ----------------------------------------------------------------------------
@@ -68,6 +69,7 @@ class Follower:
             await loop.run_in_executor(None, atomic_write, self.checkpoint_path, data)
             cp = await loop.run_in_executor(None, _load_local, self.checkpoint_path, ns)
         covered = cp.count if cp is not None else 0
+        self.covered = covered
         if cp is not None:
             out.epoch = cp.epoch
         if first is not None and first > covered:

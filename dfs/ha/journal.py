@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import msgpack
 
-from ..errors import NotLeader
+from ..errors import NotLeader, Unavailable
 from .etcd import KV, Etcd, EtcdError, cmp_create_revision, op_put, op_range, prefix_end
 from .layout import BATCH_BYTES, PIECE, Layout
 
@@ -44,15 +44,18 @@ class Fenced(Exception):
 
 
 class EtcdJournal:
-    gen = 0  # the file journal's generations have no meaning here: `count` is global
+    gen = 0  # the file journal's generations have no meaning here: `total` is global
     base: int | None = None
 
     def __init__(self, etcd: Etcd, layout: Layout, leader_rev: int, next_seq: int,
-                 count: int, on_lost: Callable[[str], None]) -> None:
+                 total: int, on_lost: Callable[[str], None], since_checkpoint: int = 0) -> None:
         self.etcd, self.layout = etcd, layout
         self.leader_rev = leader_rev  # the leader key's create revision: our fence
         self.next_seq = next_seq
-        self.count = count  # records journaled by every active so far, ours included
+        self.total = total  # records journaled by every active so far, ours included
+        # Records since the newest checkpoint in etcd: what the checkpointer's "due" counts
+        # (the file journal's records of its generation).
+        self.count = since_checkpoint
         self.on_lost = on_lost
         self.full = False  # etcd has no "disk full" meta can act on; its errors stall
         self.appended = 0
@@ -68,7 +71,7 @@ class EtcdJournal:
         # meta took over: what a checkpoint may delete.
         self._written: deque[tuple[int, int]] = deque()
         if next_seq > 0:  # the batches of the actives before this one
-            self._written.append((next_seq - 1, count))
+            self._written.append((next_seq - 1, total))
 
     # the JournalStore interface -----------------------------------------------------------
     def load(self) -> list[list[Any]]:
@@ -82,6 +85,7 @@ class EtcdJournal:
             return fut
         self._pending.append((msgpack.packb(record, use_bin_type=True), fut))
         self._last = fut
+        self.total += 1
         self.count += 1
         self.appended += 1
         if self._flusher is None:
@@ -89,8 +93,8 @@ class EtcdJournal:
         return fut
 
     def mark(self) -> tuple[int, int]:
-        self._marked = self.count
-        return 0, self.count
+        self._marked = self.total
+        return 0, self.total
 
     def synced(self) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -117,8 +121,9 @@ class EtcdJournal:
         if self._flusher is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._flusher), 5.0)
-            except asyncio.TimeoutError:
-                self.fail(NotLeader("meta stopped before etcd accepted the change"))
+            except asyncio.TimeoutError:  # etcd out of reach: the batch may have landed
+                self.fail(Unavailable("meta stopped while etcd was out of reach; the change "
+                                      "may or may not have been kept"))
 
     def fail(self, exc: BaseException) -> None:
         """Refuse everything from now on (this meta no longer leads)."""
@@ -143,7 +148,7 @@ class EtcdJournal:
                     take, size = take + 1, size + len(data)
                 batch = self._pending[:take]
                 del self._pending[:take]
-                first = self.count - len(self._pending) - len(batch)
+                first = self.total - len(self._pending) - len(batch)
                 value = msgpack.packb(first) + b"".join(d for d, _ in batch)
                 seq = self.next_seq
                 started = time.perf_counter()
@@ -231,6 +236,7 @@ class EtcdJournal:
             await self.etcd.compact(revision)
         except EtcdError as exc:
             raise OSError(f"etcd: {exc}") from None
+        self.count = max(0, self.total - count)
         log.info("checkpoint stored in etcd: %d bytes in %d pieces, covering %d records",
                  len(snapshot), len(parts), count)
 

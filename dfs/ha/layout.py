@@ -4,12 +4,12 @@ Under one prefix (default `/dfs/`, so several clusters can share an etcd):
 
     cluster_id                 the cluster id every meta and chunkserver of this cluster shares
     term                       elections so far (decimal); bumped by each new active
-    leader                     msgpack {"addr", "term", "id"} of the active, bound to its lease:
+    leader                     msgpack {"addr", "term"} of the active, bound to its lease:
                                it disappears when the active stops renewing the lease
-    members/<addr>             msgpack {"addr", "role", "applied"} of each running meta, bound
+    members/<addr>             msgpack {"addr", "role"} of each running meta, bound
                                to that meta's lease (what `status` lists)
-    journal/<seq: 16 hex>      one group commit of the active: msgpack {"first": n, "records":
-                               [...]} where n is the number of records journaled before it
+    journal/<seq: 16 hex>      one group commit of the active: a msgpack stream, the number of
+                               records journaled before it, then its records
     checkpoint                 msgpack {"count", "parts", "size", "crc", "seq"}: the newest
                                checkpoint, which covers the first `count` records
     checkpoint/<seq>/<part>    its bytes (checkpoint.py's file format), in pieces under etcd's

@@ -210,7 +210,7 @@ class HaNode:
             return
         f = self.follower
         journal = EtcdJournal(self.etcd, self.layout, revision, f.last_seq + 1, f.count,
-                              self._lost)
+                              self._lost, since_checkpoint=f.count - f.covered)
         service = self.make_service(journal)
         service.reports.may_command = lambda: self.confident() and \
             time.monotonic() >= service.repair_after

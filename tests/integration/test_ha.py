@@ -321,3 +321,17 @@ def test_status_metrics_and_readyz_show_each_role(tmp_path: Path, etcd: EtcdServ
         wait_until(lambda: get(active.http_port, "/readyz")[0] == 200, 20, "active ready")
         assert get(standby.http_port, "/readyz")[0] == 503
         assert get(standby.http_port, "/api/status")[1].count('"standby"') >= 1
+
+
+def test_a_single_metas_data_dir_is_refused(tmp_path: Path, etcd: EtcdServer) -> None:
+    """Its cluster id would become the group's, and the old chunkservers' blocks, unknown to
+    the empty namespace in etcd, would be deleted as orphans: refused with one line."""
+    old = tmp_path / "old-meta"
+    old.mkdir()
+    (old / "journal").write_bytes(b"DFSJRNL1")
+    out = subprocess.run([sys.executable, "-m", "dfs.daemon", "--role", "meta", "--ha",
+                          etcd.url, "--host", "127.0.0.1", "--port", "0", "--http-port", "0",
+                          "--data-dir", str(old)], capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "single meta's journal" in lines[0], out.stderr
