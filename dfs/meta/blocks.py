@@ -135,6 +135,15 @@ class BlockInfo(Block):
             self.replicas = _replica_set(tuple(s for s in self.replicas if s != server_id))
 
 
+def exactly(info: BlockInfo, gen: int, size: int, digest: int | None) -> bool:
+    """A reported replica is this committed block as recorded (generation, size, digest if
+    both are known) and the block has nothing rare about it (no upload, no known corrupt
+    copy, one file): the case a block report is nearly all made of, checked in one step."""
+    sd = info._sd
+    return info._rare is None and gen == info.gen and sd >> 33 == size and (
+        digest is None or not sd & _KNOWN or sd & 0xFFFF_FFFF == digest)
+
+
 # Equal replica tuples are shared, as most blocks sit on the same few sets of servers: a
 # 2-tuple of its own costs a block 64 bytes: sharing them took what a million blocks cost
 # once two chunkservers had reported them from 173 to 109 bytes a block (the servers' own

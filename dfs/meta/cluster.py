@@ -11,7 +11,7 @@ import logging
 from collections import deque
 from typing import Any, Iterable
 
-from .blocks import BlockInfo
+from .blocks import BlockInfo, exactly
 from .namespace import File
 from .placement import Candidate
 
@@ -220,9 +220,20 @@ class Cluster:
     def block_report(self, cs: ChunkServer, report: Iterable[list[int]]) -> None:
         """A full or incremental report of finalized replicas ([id, gen, size, digest] each;
         the digest may be left out)."""
+        blocks, sid, held = self.blocks, cs.id, cs.blocks
         for entry in report:
             block_id, gen = int(entry[0]), int(entry[1])
-            info = self.blocks.get(block_id)
+            info = blocks.get(block_id)
+            if info is not None and exactly(info, gen, entry[2],
+                                            entry[3] if len(entry) > 3 else None):
+                # The usual replica, on the fast path (a meta start-up or an HA takeover
+                # goes through millions of them).
+                if sid not in info.replicas:
+                    info.add(sid)
+                held.add(block_id)
+                if len(info.replicas) > info.replication:
+                    self.trim(block_id, info)
+                continue
             if info is None:
                 # No file refers to it: deleted after a grace period if that still holds.
                 self.orphans.setdefault((cs.id, block_id), (gen, self.now))
