@@ -95,8 +95,9 @@ async def run_ha_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
     node = HaNode(etcd, layout, addr, path, args.ha_ttl, cid, args.dead_timeout,
                   args.heartbeat_interval, make_service)
     http: Any = None
+    web_clients: list[Any] = []
     if args.http_port:
-        http = ha_http(args, sec, node, server)
+        http = ha_http(args, sec, node, server, web_clients)
     try:
         await node.start()
     except CorruptFile as exc:
@@ -113,6 +114,8 @@ async def run_ha_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
     log.info("meta shutting down")
     if http is not None:
         await http.close()
+    for c in web_clients:
+        await c.close()
     node.standby.release_polls()
     if node.service is not None:
         node.service.reports.release_polls()
@@ -123,15 +126,24 @@ async def run_ha_meta(args: argparse.Namespace, stop: asyncio.Event) -> None:
         log.warning("meta shutdown: %s", exc)
 
 
-def ha_http(args: argparse.Namespace, sec: Any, node: HaNode, server: Server) -> Any:
+def ha_http(args: argparse.Namespace, sec: Any, node: HaNode, server: Server,
+            clients: list[Any]) -> Any:
     """The HTTP side door of an HA meta: /healthz, /readyz (ready = active and out of safe
     mode), /metrics (requests and the dfs_ha_* gauges) and /api/status. The pages and file
-    downloads are the active's, served by the single-meta routes on the active only."""
+    downloads are the single meta's, served by the active only."""
     from prometheus_client import CollectorRegistry
 
+    from ..client.async_client import AsyncClient
     from ..web import ha_routes
     from ..web.metrics import HaCollector, RequestMetrics
     registry = CollectorRegistry()
     server.observe = RequestMetrics(registry, "dfs").observe
     registry.register(HaCollector(node))
-    return http_server(args, sec, ha_routes.routes(node, registry))
+
+    def client() -> AsyncClient:  # what /files reads through: the normal client path
+        if not clients:
+            clients.append(AsyncClient(node.addr, secret_file=args.secret_file,
+                                       tls_cert=args.tls_cert, tls_key=args.tls_key,
+                                       tls_ca=args.tls_ca))
+        return clients[0]
+    return http_server(args, sec, ha_routes.routes(node, registry, client))

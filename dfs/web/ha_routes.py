@@ -6,21 +6,51 @@
 /metrics      Prometheus text: requests, dfs_ha_is_active, dfs_ha_term, dfs_ha_failovers_total,
               and the namespace gauges while active
 /api/status   the object `dfs-cli status --json` prints, with its `ha` section
+/, /chunkservers, /browse, /api/fsck, /files/PATH
+              the single meta's pages and downloads (meta_routes.py), served by the active
+              meta; a standby answers them 503, naming the active one
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from . import metrics
+from ..errors import NotLeader
+from . import meta_routes, metrics
 from .meta_routes import json_response
 
+OWN = {"/healthz", "/readyz", "/metrics", "/api/status"}  # answered by every role, below
 
-def routes(node: Any, registry: CollectorRegistry) -> web.RouteTableDef:
+
+class ActiveService:
+    """The active MetaService, whichever it is now: what the single meta's pages read."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+
+    def __getattr__(self, name: str) -> Any:
+        service = self._node.service
+        if service is None:
+            raise NotLeader("a standby meta", leader=self._node.leader)
+        return getattr(service, name)
+
+
+def routes(node: Any, registry: CollectorRegistry,
+           client: Callable[[], Any]) -> list[web.AbstractRouteDef]:
+    """`client()`: the AsyncClient /files reads through (to this meta)."""
     table = web.RouteTableDef()
+
+    def active_only(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            if node.service is None or not node.confident():
+                leader = f"; the active one is {node.leader}" if node.leader else ""
+                return web.Response(status=503, text=f"a standby meta{leader}\n")
+            return await handler(request)
+        return serve
 
     @table.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
@@ -48,4 +78,11 @@ def routes(node: Any, registry: CollectorRegistry) -> web.RouteTableDef:
     async def api_status(request: web.Request) -> web.Response:
         return json_response(dict(node.handle_status({}, memoryview(b""), None)))
 
-    return table
+    # The pages: built once against whichever service is active (their collector goes to a
+    # registry nobody scrapes: /metrics above has the HA one).
+    pages = meta_routes.routes(ActiveService(node), client, CollectorRegistry())  # type: ignore[arg-type]
+    out: list[web.AbstractRouteDef] = list(table)
+    for rd in pages:
+        if isinstance(rd, web.RouteDef) and rd.path not in OWN:
+            out.append(web.RouteDef(rd.method, rd.path, active_only(rd.handler), rd.kwargs))
+    return out

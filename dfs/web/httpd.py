@@ -14,7 +14,7 @@ import hmac
 import logging
 import socket
 import ssl
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from aiohttp import web
 
@@ -54,7 +54,7 @@ def authorized(request: web.Request, secret: bytes) -> bool:
 class HttpServer:
     """One aiohttp site for a dfsd's routes; `start` raises OSError (port in use)."""
 
-    def __init__(self, routes: web.RouteTableDef, host: str, port: int,
+    def __init__(self, routes: Iterable[web.AbstractRouteDef], host: str, port: int,
                  security: Security, tls_cert: str | None = None,
                  tls_key: str | None = None) -> None:
         """tls_cert/tls_key: the daemon's own; with them the side door speaks HTTPS. Unlike

@@ -319,6 +319,14 @@ def test_status_metrics_and_readyz_show_each_role(tmp_path: Path, etcd: EtcdServ
         assert code == 200 and "dfs_ha_is_active 0.0" in text
         assert "dfs_ha_failovers_total 0.0" in text
         wait_until(lambda: get(active.http_port, "/readyz")[0] == 200, 20, "active ready")
+        c = cluster.client()
+        c.put_bytes(b"seen on the page", "/page/file")
+        code, text = get(active.http_port, "/browse?path=/page")
+        assert code == 200 and "file" in text
+        assert get(active.http_port, "/files/page/file") == (200, "seen on the page")
+        assert get(active.http_port, "/")[0] == 200
+        code, text = get(standby.http_port, "/")
+        assert code == 503 and active.addr in text
         assert get(standby.http_port, "/readyz")[0] == 503
         assert get(standby.http_port, "/api/status")[1].count('"standby"') >= 1
 
