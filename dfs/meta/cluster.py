@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 class ChunkServer:
     __slots__ = ("id", "addr", "capacity", "used", "free", "load", "state", "last_heartbeat",
                  "blocks", "pending", "writing", "deletes", "copies", "decommission", "beats",
-                 "reporting")
+                 "reporting", "deleting", "handed")
 
     def __init__(self, id: str, addr: str, now: float) -> None:
         self.id = id
@@ -44,6 +44,14 @@ class ChunkServer:
         # has been carried out before beat n+1 is sent.
         self.beats = 0
         self.reporting: set[int] | None = None  # blocks in the full report being received
+        # Blocks whose good replica here meta told this server to delete (an extra copy,
+        # trimmed) and that may still be on its disk: queued in `deletes`, or handed out in
+        # the reply to its last beat (`handed`; carried out before it sends the next one).
+        # Until then the server is no target for a new copy of such a block, which that
+        # delete (same block, same generation) would remove, and its reports of the doomed
+        # replica are not believed.
+        self.deleting: set[int] = set()
+        self.handed: list[int] = []
 
     @property
     def shown_state(self) -> str:
@@ -97,12 +105,18 @@ class Cluster:
         cs.last_heartbeat = now
         cs.deletes = []
         cs.copies = []
+        # Deletes never sent are dropped, and one handed out either ran or was lost with
+        # the connection: the report that comes with the registration is the truth.
+        cs.deleting, cs.handed = set(), []
         cs.beats += 1
         return cs
 
     def heartbeat(self, cs: ChunkServer, capacity: int, used: int, free: int, load: int,
                   writing: int, now: float) -> None:
         cs.beats += 1
+        if cs.handed:  # the deletes the reply to its last beat carried have been carried out
+            cs.deleting.difference_update(cs.handed)
+            cs.handed = []
         if cs.state == "dead":
             log.info("chunkserver %s (%s) is live again", cs.addr, cs.id)
         cs.state = "live"
@@ -151,8 +165,11 @@ class Cluster:
         the reply fits in a frame; the rest wait for the next beat."""
         commands: list[dict[str, Any]] = []
         if cs.deletes:
-            commands.append({"op": "delete", "blocks": cs.deletes[:limit]})
+            sent = cs.deletes[:limit]
+            commands.append({"op": "delete", "blocks": sent})
             del cs.deletes[:limit]
+            if cs.deleting:
+                cs.handed += [b for b, _ in sent if b in cs.deleting]
         if cs.copies:
             commands.append({"op": "replicate", "blocks": cs.copies[:limit]})
             del cs.copies[:limit]
@@ -220,9 +237,11 @@ class Cluster:
     def block_report(self, cs: ChunkServer, report: Iterable[list[int]]) -> None:
         """A full or incremental report of finalized replicas ([id, gen, size, digest] each;
         the digest may be left out)."""
-        blocks, sid, held = self.blocks, cs.id, cs.blocks
+        blocks, sid, held, deleting = self.blocks, cs.id, cs.blocks, cs.deleting
         for entry in report:
             block_id, gen = int(entry[0]), int(entry[1])
+            if deleting and block_id in deleting:
+                continue  # a replica it was told to delete: as good as gone
             info = blocks.get(block_id)
             if info is not None and exactly(info, gen, entry[2],
                                             entry[3] if len(entry) > 3 else None):
@@ -301,6 +320,7 @@ class Cluster:
             info.discard(cs.id)
             cs.blocks.discard(block_id)
             cs.deletes.append([block_id, info.gen])
+            cs.deleting.add(block_id)
             log.info("block %d has %d live replicas, %d wanted: deleting the one on %s",
                      block_id, len(live), info.replication, cs.addr)
 

@@ -195,8 +195,11 @@ class Replicator:
         held.update(cs.addr for sid in info.corrupt or {}
                     if (cs := self.cluster.servers.get(sid)) is not None
                     and not self.cluster.bad_copy_gone(info, cs))
+        # Nor is one told to delete its extra replica of it that may not have done so yet
+        # (cluster.trim): the copy would land first and that delete remove it.
         candidates = [c for c in self.cluster.candidates()
-                      if self.receiving.get(self.cluster.by_addr[c.addr].id, 0) < self.max_copies]
+                      if self.receiving.get((cs := self.cluster.by_addr[c.addr]).id, 0)
+                      < self.max_copies and block_id not in cs.deleting]
         chosen = choose_targets(candidates, 1, max(info.size, 1), held)
         if not chosen:
             return None

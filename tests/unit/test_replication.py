@@ -147,3 +147,69 @@ def test_a_server_lost_between_sorts_has_its_blocks_queued_at_once() -> None:
     rep.server_lost("s2")
     again = {1} if copy.target == "s2" else set()  # its copy was going to s2: lost, redone
     assert {c.block for c in rep.schedule(now=0.1)} == {2} | again  # not a second later
+
+
+def beat(cluster: Cluster, sid: str, now: float) -> list[dict]:
+    """One heartbeat of `sid` and the commands its reply carries."""
+    cs = cluster.servers[sid]
+    cluster.heartbeat(cs, cs.capacity, cs.used, cs.free, 0, 0, now)
+    return cluster.take_commands(cs)
+
+
+def test_a_server_told_to_drop_an_extra_replica_is_no_copy_target_until_it_has() -> None:
+    """The trim-delete vs new-copy race: meta trims an extra replica by queueing a delete on
+    s2, then the block loses another replica before s2 has carried the delete out. Were s2
+    the copy target, the copy would land on s2 and the delete (same block, same generation)
+    would remove it after, while meta counted it. s2 takes the copy only once a heartbeat
+    proves the delete ran; a report of the doomed replica meanwhile is not believed."""
+    cluster = make(3)
+    cluster.servers["s2"].free -= 10 * MiB  # the fullest: trimmed first
+    add(cluster, 1, ["s0", "s1", "s2"])  # one more than the 2 asked: s2's goes
+    assert cluster.servers["s2"].deletes == [[1, 1]]
+    assert cluster.live_replicas(1) == ["127.0.0.1:6000", "127.0.0.1:6001"]
+    rep = Replicator(cluster)
+    cluster.servers["s0"].state = "dead"  # before s2's next heartbeat
+    rep.server_lost("s0")
+    assert rep.schedule(now=1.0) == []  # s2 is the only spare, and it is deleting the block
+    cluster.block_report(cluster.servers["s2"], [[1, 1, MiB]])  # a full report, before it ran
+    assert cluster.live_replicas(1) == ["127.0.0.1:6001"]
+    assert beat(cluster, "s2", now=2.0) == [{"op": "delete", "blocks": [[1, 1]]}]
+    assert rep.schedule(now=2.0) == []  # handed out, not known to be carried out yet
+    assert beat(cluster, "s2", now=3.0) == []  # sent after the delete ran: s2 is free again
+    (copy,) = rep.schedule(now=3.0)
+    assert (copy.source, copy.target) == ("s1", "s2")
+    cluster.block_report(cluster.servers["s2"], [[1, 1, MiB]])
+    assert rep.arrived(1, "s2")
+    assert cluster.live_replicas(1) == ["127.0.0.1:6001", "127.0.0.1:6002"]
+
+
+def test_a_delete_held_back_by_an_unsure_meta_keeps_its_server_out() -> None:
+    """Heartbeats whose replies carry no commands (an HA meta that just took over, or is
+    unsure of its lease) prove nothing: the server stays no target until a reply that
+    carried the delete has been followed by a beat."""
+    cluster = make(3)
+    cluster.servers["s2"].free -= 10 * MiB
+    add(cluster, 1, ["s0", "s1", "s2"])
+    rep = Replicator(cluster)
+    cs = cluster.servers["s2"]
+    for t in range(1, 5):
+        cluster.heartbeat(cs, cs.capacity, cs.used, cs.free, 0, 0, float(t))  # no commands
+    cluster.servers["s0"].state = "dead"
+    rep.server_lost("s0")
+    assert rep.schedule(now=5.0) == []
+    assert beat(cluster, "s2", now=6.0)[0]["op"] == "delete"
+    assert beat(cluster, "s2", now=7.0) == []
+    assert [c.target for c in rep.schedule(now=7.0)] == ["s2"]
+
+
+def test_a_server_that_registers_again_before_its_trim_was_sent_is_trimmed_afresh() -> None:
+    """Registration drops the queued deletes (the report that comes with it is the truth):
+    the replica is believed again and trimmed again, never left uncounted on disk."""
+    cluster = make(3)
+    cluster.servers["s2"].free -= 10 * MiB
+    add(cluster, 1, ["s0", "s1", "s2"])
+    back = cluster.register("s2", "127.0.0.1:6002", now=1.0)  # restarted before its beat
+    assert back.deletes == [] and back.deleting == set()
+    cluster.heartbeat(back, back.capacity, back.used, back.free - 10 * MiB, 0, 0, 1.0)
+    cluster.block_report(back, [[1, 1, MiB]])
+    assert back.deletes == [[1, 1]] and len(cluster.live_replicas(1)) == 2
