@@ -68,6 +68,17 @@ def packet_timeout(hops_below: int) -> float:
     return (float(base) if base else PACKET_TIMEOUT) + PACKET_TIMEOUT_PER_HOP * hops_below
 
 
+# A host's failed `auth` attempts are logged once, then only counted, and summed up in one
+# line per this many seconds while they go on (dfs/net/logthrottle.py), so a flood of them
+# cannot fill the log. $DFS_AUTH_LOG_INTERVAL (seconds) replaces it: tests set it short.
+AUTH_LOG_INTERVAL = 60.0
+
+
+def auth_log_interval() -> float:
+    value = os.environ.get("DFS_AUTH_LOG_INTERVAL")
+    return float(value) if value else AUTH_LOG_INTERVAL
+
+
 # Cluster behaviour (each is the default of a dfsd flag).
 DEFAULT_HEARTBEAT_INTERVAL = 3.0
 DEFAULT_DEAD_TIMEOUT = 30.0

@@ -27,6 +27,7 @@ from ..errors import (
 from ..protocol import Frame
 from ..protocol.buffers import Lease
 from .connection import FrameProtocol, Payload
+from .logthrottle import LogThrottle
 from .security import NO_SECURITY, NONCE_BYTES, Security
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,12 @@ class ServerConnection(FrameProtocol):
         try:
             security.check_client(header.get("proof"), *self._nonces)
         except Unauthorized as exc:
-            log.warning("refusing %s: %s", self.peername, exc)
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            host = str(peer[0]) if isinstance(peer, tuple) else self.peername
+            failures = self.server.auth_failures
+            if failures.note(host, time.monotonic()):
+                log.warning("refusing %s: %s (more failed auth attempts from %s are summed "
+                            "up every %g s)", self.peername, exc, host, failures.interval)
             self._refuse(rid, exc)
             return
         self._nonces = None
@@ -293,6 +299,8 @@ class Server:
         # answered: how metrics count and time requests (dfs/web/metrics.py). The op is always
         # one of the service's handlers, so its values are bounded.
         self.observe: Callable[[str, str, float], None] | None = None
+        # Failed `auth` attempts: one line per host, then counts (anyone may send them).
+        self.auth_failures = LogThrottle(config.auth_log_interval())
 
     def bind(self) -> None:
         """Claim the address now (so a port in use is reported before any slow start-up
@@ -321,10 +329,12 @@ class Server:
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def _sweep(self) -> None:
-        """Close peers that never said hello or left a frame half sent."""
+        """Close peers that never said hello or left a frame half sent; sum up the failed
+        auth attempts held back from the log."""
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            self._log_auth_failures(now)
             for conn in list(self.conns):
                 if not conn.helloed and now - conn.opened > config.HELLO_TIMEOUT:
                     log.info("closing %s: no hello (and auth) in %gs", conn.peername,
@@ -336,12 +346,18 @@ class Server:
                              config.FRAME_TIMEOUT)
                     conn.close()
 
+    def _log_auth_failures(self, now: float, every: bool = False) -> None:
+        for host, count, seconds in self.auth_failures.due(now, every):
+            log.warning("%d more failed auth attempts from %s in the last %.0f s", count,
+                        host, seconds)
+
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish for up to `grace` seconds, hang up."""
         if self._server is not None:
             self._server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self._log_auth_failures(time.monotonic(), every=True)
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=grace)
         for task in list(self.tasks):

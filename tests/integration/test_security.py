@@ -17,6 +17,7 @@ import hmac
 import itertools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -554,6 +555,57 @@ def test_auth_with_a_bad_proof_is_refused(secure: SecureCluster, role: str) -> N
     if role == "meta":
         log = secure.meta.log_path.read_text(errors="replace")
         assert "wrong cluster secret" in log, secure.meta.tail()
+
+
+FLOOD = 2000  # bad auth attempts in the flood test
+FLOOD_INTERVAL = 2.0  # $DFS_AUTH_LOG_INTERVAL there: the summaries come every 2 s, not 60
+
+
+def test_a_flood_of_bad_auth_attempts_cannot_fill_metas_log(
+        tmp_path: Path, clusters: list[Cluster], monkeypatch: pytest.MonkeyPatch) -> None:
+    """2,000 connections say hello and send a wrong proof, 8 at a time: each is refused as
+    before, but meta's log grows by one line for the first and one summary with the count
+    per interval after it, not by 2,000 lines; every attempt is counted in those lines.
+    Clients with the secret are served throughout."""
+    monkeypatch.setenv("DFS_AUTH_LOG_INTERVAL", str(FLOOD_INTERVAL))  # daemons inherit it
+    c = SecureCluster(tmp_path / "flood", 1)
+    clusters.append(c)
+    c.start()
+    client = c.client()
+    client.put_bytes(b"still served", "/ok")
+    wait_until(lambda: "leaving safe mode" in c.meta.log_text(), 20, "meta out of safe mode")
+    before = c.log_size("meta")
+
+    def attempt(_: int) -> None:
+        with Raw(c.meta.port) as raw:
+            raw.hello(nonce=os.urandom(16))
+            assert_refused(raw, raw.request("auth", proof=os.urandom(32)))
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        flood = pool.map(attempt, range(FLOOD))
+        assert client.get_bytes("/ok") == b"still served"  # while the flood goes on
+        list(flood)
+    took = time.monotonic() - started
+    first = re.compile(r"refusing 127\.0\.0\.1:\d+: .*wrong cluster secret")
+    summary = re.compile(r"(\d+) more failed auth attempts from 127\.0\.0\.1 in the last")
+
+    def lines() -> list[str]:
+        return c.meta.log_text()[before:].splitlines()
+
+    def counted() -> int:
+        return sum(1 if first.search(ln) else int(m.group(1)) if (m := summary.search(ln))
+                   else 0 for ln in lines())
+    wait_until(lambda: counted() == FLOOD, 3 * FLOOD_INTERVAL + 5,
+               f"{FLOOD} failed attempts counted in meta's log")
+    grown = lines()
+    print(f"{FLOOD} bad auth attempts in {took:.1f} s: meta's log grew by {len(grown)} "
+          f"lines: {grown}")
+    # One line for the first attempt, one summary per interval while they came, one for the
+    # last interval: a handful, whatever the number of attempts.
+    assert len(grown) <= 3 + took / FLOOD_INTERVAL, grown
+    assert [ln for ln in grown if first.search(ln)] and [ln for ln in grown
+                                                         if summary.search(ln)], grown
+    assert client.get_bytes("/ok") == b"still served"
 
 
 @pytest.mark.parametrize("role", ROLES)
