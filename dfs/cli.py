@@ -217,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp.add_argument("path", nargs="?", default="/")
     sp = cmd("decommission", "drain a chunkserver's blocks elsewhere, then mark it "
-             "decommissioned (returns at once; watch `status`)")
+             "decommissioned (returns at once; watch `status`); kept across meta restarts")
+    sp.add_argument("--cancel", action="store_true",
+                    help="put the chunkserver back in service instead")
     sp.add_argument("addr", metavar="HOST:PORT")
     sp = cmd("status", "show the cluster: chunkservers, their state and capacity")
     json_flag(sp)

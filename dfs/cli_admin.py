@@ -101,6 +101,11 @@ async def cmd_fsck(c: AsyncClient, a: argparse.Namespace) -> int:
 
 
 async def cmd_decommission(c: AsyncClient, a: argparse.Namespace) -> int:
-    r = await c.decommission(a.addr)
-    print(f"{r['addr']}: {r['state']} ({r['blocks']} blocks to keep elsewhere)")
+    r = await c.decommission(a.addr, cancel=a.cancel)
+    if a.cancel:
+        now = "no chunkserver registered there now" if r["state"] == "unknown" else \
+            f"{r['state']}, {r['blocks']} blocks"
+        print(f"{r['addr']}: in service again ({now})")
+    else:
+        print(f"{r['addr']}: {r['state']} ({r['blocks']} blocks to keep elsewhere)")
     return EXIT_OK

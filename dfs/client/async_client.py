@@ -335,8 +335,11 @@ class AsyncClient:
         """Health of every block under `path`, shaped like `dfs-cli fsck --json`."""
         return await self.meta_call("fsck", path=path)
 
-    async def decommission(self, addr: str) -> dict[str, Any]:
-        """Start draining the chunkserver at HOST:PORT; returns at once (see `status`)."""
+    async def decommission(self, addr: str, cancel: bool = False) -> dict[str, Any]:
+        """Start draining the chunkserver at HOST:PORT (`cancel`: put it back in service);
+        returns once meta has journaled it, not when the drain is done (see `status`)."""
+        if cancel:
+            return await self.meta_call("decommission", addr=addr, cancel=True)
         return await self.meta_call("decommission", addr=addr)
 
     async def status(self) -> dict[str, Any]:

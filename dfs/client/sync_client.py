@@ -134,8 +134,8 @@ class Client:
     def fsck(self, path: str = "/") -> dict[str, Any]:
         return self._run(self._async.fsck(path))
 
-    def decommission(self, addr: str) -> dict[str, Any]:
-        return self._run(self._async.decommission(addr))
+    def decommission(self, addr: str, cancel: bool = False) -> dict[str, Any]:
+        return self._run(self._async.decommission(addr, cancel))
 
     def status(self) -> dict[str, Any]:
         return self._run(self._async.status())

@@ -72,6 +72,7 @@ class Follower:
         self.covered = covered
         if cp is not None:
             out.epoch = cp.epoch
+            out.decommission = dict(cp.decommission)
         if first is not None and first > covered:
             raise CorruptFile("etcd", 0, f"the journal in etcd starts at record {first} but "
                               f"the newest checkpoint covers only {covered}", "journal")

@@ -24,8 +24,15 @@ File layout (integers big-endian)::
                                             ids, gens, sizes, digests: one per block, the
                                                     files' in order (digest nil if unknown)
                                   root    [mode, uid, gid] of "/" (absent until set)
+                                  decommission  [[chunk_id, addr], ...]: the chunkservers
+                                          an operator decommissioned (records.py,
+                                          "decommission"); absent when there are none
                                 A dir or link whose mode, uid or gid was set has one more
                                 element, [mode, uid, gid] (nil for those not set).
+
+Keys a loader does not know are skipped: a checkpoint without `decommission` (written before
+it existed) loads with none, and a meta from before it loads a newer checkpoint, dropping only
+that state.
 
 Files are columns, directory by directory, because start-up time is mostly spent turning the
 file into objects: whole columns decode in C, and a million files load in about a second.
@@ -47,7 +54,7 @@ from __future__ import annotations
 
 import io
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import crc32c
@@ -65,10 +72,12 @@ HEAD = struct.Struct(">IQ")
 
 @dataclass
 class Checkpoint:
-    """What a checkpoint says besides the tree it loads: the journal position it covers."""
+    """What a checkpoint says besides the tree it loads: the journal position it covers, and
+    the decommissioned chunkservers (id -> address then)."""
     gen: int = 0
     count: int = 0
     epoch: int = 0
+    decommission: dict[str, str] = field(default_factory=dict)
 
 
 def _no_digest(block_id: int) -> int | None:
@@ -76,9 +85,11 @@ def _no_digest(block_id: int) -> int | None:
 
 
 def snapshot(ns: Namespace, gen: int, count: int, epoch: int,
-             digest: Callable[[int], int | None] = _no_digest) -> bytes:
+             digest: Callable[[int], int | None] = _no_digest,
+             decommission: dict[str, str] | None = None) -> bytes:
     """Serialise the namespace (on the event loop, so it is one consistent moment); `digest`
-    gives a block's recorded digest (the block map holds them)."""
+    gives a block's recorded digest (the block map holds them); `decommission` the
+    decommissioned chunkservers, id -> address."""
     dirs: list[list[Any]] = []
     links: list[list[Any]] = []
     groups: list[list[Any]] = []
@@ -129,6 +140,8 @@ def snapshot(ns: Namespace, gen: int, count: int, epoch: int,
                          "files": groups}
     if ns.root.attrs is not None:
         m["root"] = list(ns.root.attrs)
+    if decommission:
+        m["decommission"] = [[sid, addr] for sid, addr in decommission.items()]
     body = msgpack.packb(m, use_bin_type=True)
     return MAGIC + HEAD.pack(crc32c.crc32c(body), len(body)) + body
 
@@ -188,6 +201,7 @@ class _Loader:
 
     def run(self, u: msgpack.Unpacker) -> Checkpoint:
         head: dict[str, int] = {}
+        decommission: dict[str, str] = {}
         for _ in range(u.read_map_header()):
             key = u.unpack()
             if key == "dirs":
@@ -215,11 +229,16 @@ class _Loader:
                 root = u.unpack()
                 if root is not None:
                     self.ns.root.attrs = self.ns.attrs(*root)
+            elif key == "decommission":
+                for sid, addr in u.unpack():
+                    if not isinstance(sid, str) or not isinstance(addr, str):
+                        raise ValueError(f"decommissioned chunkserver {sid!r} at {addr!r}")
+                    decommission[sid] = addr
             else:
                 head[key] = u.unpack()
         if _more(u):
             raise ValueError("data after the body's map")
-        return Checkpoint(head["gen"], head["count"], head["epoch"])
+        return Checkpoint(head["gen"], head["count"], head["epoch"], decommission)
 
     def dir_at(self, path: str) -> Dir:
         d = self.dirs.get(path)

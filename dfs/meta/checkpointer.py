@@ -42,16 +42,17 @@ class Checkpointer:
             count >= self.records or (count > 1 and now - self.last >= self.interval))
 
     async def write(self, ns: Namespace, epoch: int,
-                    digest: Callable[[int], int | None]) -> None:
-        """Write the namespace to the checkpoint file, then start a new journal generation
-        holding only what came after it, so restart time follows the namespace's size, not
-        its history."""
+                    digest: Callable[[int], int | None],
+                    decommission: dict[str, str] | None = None) -> None:
+        """Write the namespace (and the decommissioned chunkservers) to the checkpoint file,
+        then start a new journal generation holding only what came after it, so restart time
+        follows the namespace's size, not its history."""
         if self.path is None or self._running:
             return
         self._running = True
         try:
             gen, count = self.journal.mark()
-            data = checkpoint.snapshot(ns, gen, count, epoch, digest)  # one moment
+            data = checkpoint.snapshot(ns, gen, count, epoch, digest, decommission)  # one moment
             try:
                 await self.journal.synced()  # never cover a record the journal could lose
                 await asyncio.get_running_loop().run_in_executor(

@@ -2,7 +2,9 @@
 
 Owns chunkserver liveness and block locations, rebuilt from registrations, block reports and
 heartbeats (never persisted, as in GFS and SeaweedFS). Never touches the disk or the network;
-the service feeds it messages and carries its commands back in heartbeat replies.
+the service feeds it messages and carries its commands back in heartbeat replies. The one
+thing here that is persisted is which chunkservers an operator decommissioned: the service
+journals it (records.py) and hands it back at start-up (`decommissions`).
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ class Cluster:
         self.now = 0.0  # the service's clock at the last sweep (for orphan ages)
         # Deletes held back for readers of a removed or replaced file: (due, server, block, gen).
         self.doomed: deque[tuple[float, str, int, int]] = deque()
+        # Chunkservers decommissioned, by id (the disk holding the replicas: a server keeps
+        # its id in its data dir across restarts and address changes, a fresh data dir is a
+        # new server) -> the address it had then. Journaled; a server listed here is
+        # draining again from its first registration on.
+        self.decommissions: dict[str, str] = {}
 
     def tick(self, now: float) -> None:
         """The service's clock, once a sweep: orphans are aged by it."""
@@ -90,6 +97,8 @@ class Cluster:
         if cs is None:
             cs = ChunkServer(sid, addr, now)
             self.servers[sid] = cs
+            if sid in self.decommissions:  # decommissioned before meta restarted
+                cs.decommission = "decommissioning"
         else:
             self._forget_replicas(cs)
         old = self.by_addr.get(addr)
@@ -148,7 +157,21 @@ class Cluster:
         if cs.decommission:
             return False
         cs.decommission = "decommissioning"
+        self.decommissions[cs.id] = cs.addr
         return True
+
+    def end_decommission(self, sid: str) -> None:
+        """Put a decommissioned (or draining) server back in service: its replicas count
+        again, so the blocks that now have more than they ask for lose the extra ones."""
+        self.decommissions.pop(sid, None)
+        cs = self.servers.get(sid)
+        if cs is None or not cs.decommission:
+            return
+        cs.decommission = ""
+        for block_id in list(cs.blocks):
+            info = self.blocks.get(block_id)
+            if info is not None and not info.upload and len(info.replicas) > info.replication:
+                self.trim(block_id, info)
 
     def decommissioned(self, cs: ChunkServer) -> None:
         """Every block the draining server holds has its replicas elsewhere."""

@@ -18,6 +18,9 @@ is given. Every record is a msgpack array (meta/journal.py frames it, with check
     ["touch", path, mtime]
     ["chattr", path, mode, uid, gid]     each nil when left as it is
     ["symlink", path, target, mtime]     or with a 5th element, attrs
+    ["decommission", chunk_id, addr]     an operator started draining that chunkserver
+                                 (`addr`: where it was then, shown until it registers again)
+    ["recommission", chunk_id]           ... and put it back in service
 
 Replay calls the same Namespace methods that served the live request, so a replayed namespace
 is the one the requests built.
@@ -110,15 +113,32 @@ def touch(path: str, mtime: float) -> list[Any]:
     return ["touch", path, mtime]
 
 
+def decommission(chunk_id: str, addr: str) -> list[Any]:
+    return ["decommission", chunk_id, addr]
+
+
+def recommission(chunk_id: str) -> list[Any]:
+    return ["recommission", chunk_id]
+
+
+# Records that change no file or directory: replaying them leaves the block map as it is.
+_NOT_FILES = frozenset({"epoch", "decommission", "recommission"})
+
+
 class Restored:
-    """What start-up rebuilt besides the namespace: the last epoch. The files' blocks are
-    the block map's records already (cluster.BlockInfo, with their recorded digests); the
-    service enters them into the block map."""
+    """What start-up rebuilt besides the namespace: the last epoch, the recent commits and
+    the decommissioned chunkservers. The files' blocks are the block map's records already
+    (cluster.BlockInfo, with their recorded digests); the service enters them into the block
+    map. An HA standby keeps one current as it applies the active's records, and hands it to
+    the service when it takes over (MetaService.adopt)."""
 
     def __init__(self) -> None:
         self.epoch = 0
         self.records = 0
         self.commits = Commits()
+        # Chunkserver id -> its address when it was decommissioned: each is draining (or
+        # drained) again as soon as it registers (cluster.Cluster.decommissions).
+        self.decommission: dict[str, str] = {}
         # A replayed record changed a file or directory: the block map the checkpoint
         # filled no longer matches the namespace and must be rebuilt from it.
         self.changed = False  # journal records replayed after the checkpoint
@@ -151,6 +171,10 @@ def apply(ns: Namespace, rec: list[Any], out: Restored) -> None:
         ns.chattr(rec[1], rec[2], rec[3], rec[4])
     elif op == "symlink":
         ns.symlink(rec[1], rec[2], rec[3], _attrs(ns, rec, 4))
+    elif op == "decommission":
+        out.decommission[rec[1]] = rec[2]
+    elif op == "recommission":
+        out.decommission.pop(rec[1], None)
     else:
         raise ValueError(f"unknown journal record {op!r}")
 
@@ -175,6 +199,7 @@ def restore(ns: Namespace, journal: JournalStore, checkpoint_path: str | None,
                               "checkpoint") from None
     if cp is not None:
         out.epoch = cp.epoch
+        out.decommission = dict(cp.decommission)
     records = journal.load()
     if cp is not None:
         why = _mismatch(journal, len(records), cp.gen, cp.count)
@@ -185,7 +210,7 @@ def restore(ns: Namespace, journal: JournalStore, checkpoint_path: str | None,
     for i, rec in enumerate(records):
         try:
             apply(ns, rec, out)
-            out.changed = out.changed or rec[0] != "epoch"
+            out.changed = out.changed or rec[0] not in _NOT_FILES
         except _BAD_SHAPE as exc:  # a record that cannot have been made by a live request
             raise JournalCorrupt(getattr(journal, "path", "journal"), 0,
                                  f"record {i} after the checkpoint cannot be replayed: "

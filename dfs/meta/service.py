@@ -22,7 +22,7 @@ from ..net import NO_SECURITY, Security, ServerConnection
 from ..protocol.fields import addrs, attrs, mtime, text, uint
 from . import records, views
 from .checkpointer import Checkpointer
-from .cluster import Cluster
+from .cluster import ChunkServer, Cluster
 from .journal import JournalStore
 from .namespace import Dir, File, Namespace, every_file, normalise
 from .replication import Replicator
@@ -99,6 +99,7 @@ class MetaService:
             gc.freeze()  # what was loaded lives as long as the process: stop rescanning it
         self._last_epoch = restored.epoch
         self.commits = restored.commits
+        self.cluster.decommissions = restored.decommission  # before any server registers
         if self.journal.full:
             log.error("meta starts read-only: no room to journal changes (see above)")
         else:
@@ -129,6 +130,7 @@ class MetaService:
             gc.enable()
         self._last_epoch = restored.epoch
         self.commits = restored.commits
+        self.cluster.decommissions = dict(restored.decommission)  # before hand_over registers
         servers = hand_over(self.cluster)
         now = time.monotonic()
         self.cluster.tick(now)
@@ -180,7 +182,8 @@ class MetaService:
                      "every block reported" if complete else "the wait for reports is over")
 
     async def checkpoint(self) -> None:
-        await self.checkpointer.write(self.ns, self._last_epoch, self._digest)
+        await self.checkpointer.write(self.ns, self._last_epoch, self._digest,
+                                      self.cluster.decommissions)
 
     def _digest(self, block_id: int) -> int | None:
         info = self.cluster.blocks.get(block_id)
@@ -539,22 +542,54 @@ class MetaService:
         return {"removed": removed}
 
     def handle_decommission(self, h: dict[str, Any], payload: memoryview,
-                            conn: ServerConnection) -> Reply:
+                            conn: ServerConnection) -> Awaitable[Reply]:
         """Start draining a chunkserver: it takes no new blocks and each of its blocks is
-        copied to servers in service; once all are, it is `decommissioned`."""
+        copied to servers in service; once all are, it is `decommissioned`. With `cancel`,
+        put it back in service. Journaled (by chunkserver id), so a restarted meta, or the
+        HA meta that takes over, drains it again as soon as it registers."""
+        self._writable()
         addr = text(h, "addr")
         try:
             host, port = config.parse_addr(addr)
         except ValueError:
             raise BadRequest(f"not a chunkserver address: {addr!r}") from None
-        cs = self.cluster.by_addr.get(config.format_addr(host, port))
+        addr = config.format_addr(host, port)
+        cs = self.cluster.by_addr.get(addr)
+        if h.get("cancel"):
+            return self._recommission(addr, cs)
         if cs is None:
             raise NotFound(f"no chunkserver at {addr}")
-        if self.cluster.start_decommission(cs):
-            self.replicator.check_all(cs.blocks)
-            log.info("decommissioning chunkserver %s: %d blocks to copy elsewhere", cs.addr,
-                     len(cs.blocks))
-        return {"addr": cs.addr, "state": cs.shown_state, "blocks": len(cs.blocks)}
+        reply = {"addr": cs.addr, "state": "decommissioning", "blocks": len(cs.blocks)}
+        if not self.cluster.start_decommission(cs):  # already: once its record is durable
+            return self._answered({**reply, "state": cs.shown_state})
+        self.replicator.check_all(cs.blocks)
+        log.info("decommissioning chunkserver %s (%s): %d blocks to copy elsewhere", cs.addr,
+                 cs.id, len(cs.blocks))
+        return self._durable(records.decommission(cs.id, cs.addr), reply)
+
+    def _recommission(self, addr: str, cs: ChunkServer | None) -> Awaitable[Reply]:
+        """End the decommission of the server at `addr`, or, when none is registered there,
+        of every server that was decommissioned at that address (gone for good, say)."""
+        if cs is not None:
+            ids = [cs.id] if cs.id in self.cluster.decommissions else []
+        else:
+            ids = [sid for sid, was in self.cluster.decommissions.items() if was == addr]
+            if not ids:
+                raise NotFound(f"no chunkserver at {addr}, and none was decommissioned there")
+        waits = []
+        for sid in ids:
+            self.cluster.end_decommission(sid)
+            waits.append(self._durable(records.recommission(sid), {}))
+            log.info("chunkserver %s (%s) is back in service: decommission cancelled", addr,
+                     sid)
+        reply = {"addr": addr, "state": cs.shown_state if cs is not None else "unknown",
+                 "blocks": len(cs.blocks) if cs is not None else 0}
+
+        async def done() -> Reply:
+            for wait in waits or [self._answered({})]:
+                await wait
+            return reply
+        return done()
 
     def handle_fsck(self, h: dict[str, Any], payload: memoryview,
                     conn: ServerConnection) -> Reply:

@@ -343,3 +343,60 @@ def test_a_single_metas_data_dir_is_refused(tmp_path: Path, etcd: EtcdServer) ->
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "single meta's journal" in lines[0], out.stderr
+
+
+def test_decommission_survives_failover_and_every_meta_restarting(tmp_path: Path,
+                                                                  etcd: EtcdServer) -> None:
+    """A decommission is a journal record like any change: the standby applies it, so the
+    meta that takes over drains the same chunkserver (never `live` in between); a checkpoint
+    in etcd keeps it once its record is compacted away, so metas that all restart at once
+    have it too; and `cancel` puts the server back in service across a failover."""
+    with ha_cluster(tmp_path, etcd, "--checkpoint-records", "20") as cluster:
+        leaving = cluster.add_chunkserver()  # three servers: the drain can finish
+        c = cluster.client()
+        want = {f"/f{i}": os.urandom(3000 + i) for i in range(5)}
+        for path, data in want.items():
+            c.put_bytes(data, path)
+        c.decommission(leaving.addr)
+        wait_until(lambda: cluster.states().get(leaving.addr) == "decommissioned", 30,
+                   "the drain to finish")
+
+        def drained_again(what: str) -> None:
+            def drained() -> bool:
+                state = cluster.states().get(leaving.addr)
+                assert state in (None, "decommissioning", "decommissioned"), state
+                return state == "decommissioned"
+            wait_until(drained, 30, f"the server decommissioned again after {what}")
+
+        old = active_name(cluster)
+        survivor = next(m for m in cluster.metas if m.name != old)
+        cluster.kill(old)
+        wait_until(lambda: role_of(survivor.addr) == "active", TTL + 10, "the takeover")
+        drained_again("a failover")
+        cluster.restart(old)
+        wait_until(lambda: role_of(cluster[old].addr) == "standby", 20, "a standby again")
+        # Enough changes for a checkpoint that covers the decommission record: etcd then
+        # holds the state in that checkpoint only.
+        offsets = {m.name: len(m.log_text()) for m in cluster.metas}
+        for i in range(30):
+            c.mkdir(f"/more{i}")
+        wait_until(lambda: any("checkpoint stored in etcd" in m.log_text()[offsets[m.name]:]
+                               for m in cluster.metas), 20, "a checkpoint in etcd")
+        for m in cluster.metas:
+            cluster.kill(m.name)
+        for m in cluster.metas:
+            cluster.restart(m.name)
+        active_name(cluster)
+        drained_again("every meta restarted")
+        c2 = cluster.client()
+        assert c2.decommission(leaving.addr, cancel=True)["state"] == "live"
+        old = active_name(cluster)
+        survivor = next(m for m in cluster.metas if m.name != old)
+        cluster.kill(old)
+        wait_until(lambda: role_of(survivor.addr) == "active", TTL + 10, "the takeover")
+        wait_until(lambda: cluster.states().get(leaving.addr) == "live", 20,
+                   "the server in service after the takeover")
+        c2.put_bytes(b"three", "/three", replication=3)
+        assert leaving.addr in c2.stat("/three")["blocks"][0]["replicas"]
+        for path, data in want.items():
+            assert c2.get_bytes(path) == data, path

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import pytest
+from cli_runner import cli
 from cluster import Cluster, MiB, data_of, wait_until
 
 import dfs
@@ -292,3 +293,44 @@ def test_a_restored_meta_never_serves_bytes_of_an_older_file(make_cluster, tmp_p
         c.restart(other)
     for path, data in new.items():
         assert client.get_bytes(path) == data
+
+
+def test_decommission_survives_meta_restarts_and_can_be_cancelled(make_cluster) -> None:
+    """A drained chunkserver stays out of service through a SIGKILL of meta (the journal has
+    it) and a clean restart (the checkpoint has it): as soon as it registers again it is
+    draining, then drained once the others have reported, never `live`, and it takes no new
+    block. `decommission --cancel`, journaled too, puts it back in service for good."""
+    cluster = make_cluster(3)
+    client = cluster.client()
+    data = data_of(4 * MiB + 3, 12)
+    client.put_bytes(data, "/d.bin", block_size=MiB)
+    leaving = cluster["chunk2"]
+    client.decommission(leaving.addr)
+    cluster.wait_state("chunk2", "decommissioned", 40)
+
+    def never_live_until_drained() -> None:
+        def drained() -> bool:
+            state = cluster.states().get(leaving.addr)
+            assert state in (None, "decommissioning", "decommissioned"), state
+            return state == "decommissioned"
+        wait_until(drained, 30, "chunk2 decommissioned again after meta's restart")
+
+    for sig in (signal.SIGKILL, signal.SIGTERM):  # the journal, then the checkpoint
+        cluster.kill("meta", sig)
+        assert cluster["meta"].wait(10) in (0, -signal.SIGKILL)
+        cluster.restart("meta")
+        never_live_until_drained()
+        wait_until(lambda: [cluster.states().get(d.addr) for d in cluster.chunkservers[:2]]
+                   == ["live", "live"], 30, "the other two chunkservers back")
+        client.put_bytes(b"new", f"/new-{sig}", replication=2)
+        assert leaving.addr not in client.stat(f"/new-{sig}")["blocks"][0]["replicas"]
+    assert "checkpoint written" in cluster["meta"].log_text()
+    run = cli("decommission", "--cancel", leaving.addr, meta=cluster.meta_addr)
+    assert run.code == 0 and f"{leaving.addr}: in service again (live" in run.out.decode(), run
+    assert cluster.states()[leaving.addr] == "live"
+    restart_meta(cluster)
+    cluster.wait_live()
+    assert cluster.states()[leaving.addr] == "live"
+    client.put_bytes(b"three", "/three", replication=3)  # three servers in service again
+    assert leaving.addr in client.stat("/three")["blocks"][0]["replicas"]
+    assert client.get_bytes("/d.bin") == data
