@@ -42,6 +42,10 @@ MAX_CONNECTIONS = 4096
 HELLO_TIMEOUT = 10.0
 FRAME_TIMEOUT = 30.0
 MAX_LS_PAGE = 10_000
+# Blocks one `stat` reply lists at most when the client pages (fewer when they would
+# outgrow a frame: about 6,800 with two replicas each). A file's block list never has to
+# fit in one frame: stat pages it, and a writer sends it to commit in parts.
+MAX_BLOCK_PAGE = 10_000
 # Entries one `cp -r` request may copy: the copy runs on meta's loop and adds that many
 # files to memory at once (about 0.3 s and 120 MB per 100,000 files).
 MAX_COPY_FILES = 100_000

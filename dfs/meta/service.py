@@ -393,8 +393,14 @@ class MetaService:
     def handle_stat(self, h: dict[str, Any], payload: memoryview,
                     conn: ServerConnection) -> Reply:
         path = normalise(h.get("path"))
+        page = None
+        if "block_start" in h or "block_limit" in h:  # a client that pages block lists
+            limit = min(uint(h, "block_limit", config.MAX_BLOCK_PAGE), config.MAX_BLOCK_PAGE)
+            if limit < 1:
+                raise BadRequest("field 'block_limit' must be at least 1")
+            page = (uint(h, "block_start", 0), limit)
         return views.entry(path, self.ns.lookup(path), self.cluster, self.security,
-                           blocks=bool(h.get("blocks", True)))
+                           blocks=bool(h.get("blocks", True)), page=page)
 
     def handle_ls(self, h: dict[str, Any], payload: memoryview,
                   conn: ServerConnection) -> Reply:

@@ -7,18 +7,36 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
+
 from .. import config
+from ..errors import TooLarge
 from ..net.security import Security
+from .blocks import Block
 from .cluster import Cluster
 from .namespace import Dir, File, Link, Node, walk
 
 # A reply must always fit in one frame: pages and problem lists stop at half a header.
 _BUDGET = config.MAX_HEADER // 2
+# The block entries of one `stat` reply stop here; what else the reply holds (a path of at
+# most 16 KiB in UTF-8, a few numbers) fits in the rest of the frame.
+_BLOCKS_BUDGET = config.MAX_HEADER - 64 * 1024
+# The most a block entry takes in msgpack without its replica addresses: the keys, an id
+# string of up to 20 digits, gen and size of up to 9 bytes each, a digest and a read token
+# ([expiry, 16-byte mac]). Each address adds its bytes and a header of at most 3.
+_ENTRY_COST = 110
 
 
 def entry(path: str, node: Node, cluster: Cluster, security: Security,
-          blocks: bool) -> dict[str, Any]:
-    """A `stat` entry; with `blocks`, each block's live replicas (and read tokens)."""
+          blocks: bool, page: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A `stat` entry; with `blocks`, each block's live replicas (and read tokens).
+
+    `page` (start, limit): a client that pages block lists gets blocks from index `start`,
+    at most `limit` of them and no more than fit in a frame, with `block_count` (the file's),
+    `blocks_more` and `first_block` (the id of block 0: a file's block list never changes once
+    published and ids are never reused, so a reader going through the pages checks it still
+    reads the version it opened). Without `page`, every block, or TooLarge when they would
+    not fit in one reply (docs/PROTOCOL.md, `stat`)."""
     if isinstance(node, Dir):
         return _with_attrs({"path": path, "type": "dir", "size": 0, "mtime": node.mtime,
                             "entries": len(node.children)}, node)
@@ -28,18 +46,63 @@ def entry(path: str, node: Node, cluster: Cluster, security: Security,
     out: dict[str, Any] = _with_attrs(
         {"path": path, "type": "file", "size": node.size, "replication": node.replication,
          "block_size": node.block_size, "mtime": node.mtime}, node)
-    if blocks:
-        out["blocks"] = [{"id": str(b.id), "gen": b.gen, "size": b.size,
-                          "replicas": cluster.live_replicas(b.id)}
-                         for b in node.blocks]
-        for b, e in zip(node.blocks, out["blocks"], strict=True):
-            info = cluster.blocks.get(b.id)
-            if info is not None and info.digest is not None:
-                e["digest"] = info.digest  # of the block's CRC table (see checksum.py)
-        if security.authenticating:  # read tokens for the chunkservers
-            for b, e in zip(node.blocks, out["blocks"], strict=True):
-                e["token"] = security.issue(b.id, b.gen, "r")
+    if not blocks:
+        return out
+    held = node.blocks
+    if page is None:
+        out["blocks"] = _block_entries(held, cluster, security, None)
+        _refuse_oversized(out, len(held))
+        return out
+    start, limit = page
+    out["blocks"] = entries = _block_entries(held[start:start + limit], cluster, security,
+                                             _BLOCKS_BUDGET)
+    out["block_count"] = len(held)
+    out["blocks_more"] = start + len(entries) < len(held)
+    if held:
+        out["first_block"] = str(held[0].id)
     return out
+
+
+def _block_entries(held: list[Block], cluster: Cluster, security: Security,
+                   budget: int | None) -> list[dict[str, Any]]:
+    """The stat entries of `held`, in order; with `budget`, only the first ones whose largest
+    encoding fits in it (at least one)."""
+    out: list[dict[str, Any]] = []
+    costs: dict[str, int] = {}  # per address: the same few recur in every entry
+    signing = security.authenticating
+    for b in held:
+        replicas = cluster.live_replicas(b.id)
+        if budget is not None:
+            budget -= _ENTRY_COST
+            for a in replicas:
+                cost = costs.get(a)
+                if cost is None:
+                    cost = costs[a] = len(a.encode()) + 3
+                budget -= cost
+            if budget < 0 and out:
+                break
+        e: dict[str, Any] = {"id": str(b.id), "gen": b.gen, "size": b.size,
+                             "replicas": replicas}
+        info = cluster.blocks.get(b.id)
+        if info is not None and info.digest is not None:
+            e["digest"] = info.digest  # of the block's CRC table (see checksum.py)
+        if signing:  # read tokens for the chunkservers
+            e["token"] = security.issue(b.id, b.gen, "r")
+        out.append(e)
+    return out
+
+
+def _refuse_oversized(out: dict[str, Any], count: int) -> None:
+    """A stat that does not page gets every block or, when they would not fit in one reply,
+    TooLarge naming the way out. Measured exactly, so a client of before paging still reads
+    every file it could read then; a few blocks always fit (even 16 replicas each, every
+    address 260 bytes long, are 70 KiB), so the usual small file is not measured at all."""
+    if count <= 16:
+        return
+    if len(msgpack.packb(out)) <= config.MAX_HEADER - 1024:  # room for the reply's id
+        return
+    raise TooLarge(f"{out['path']} has {count:,} blocks, more than one stat reply holds: "
+                   "ask for them a page at a time with block_start (and block_limit)")
 
 
 def _with_attrs(out: dict[str, Any], node: Node) -> dict[str, Any]:
