@@ -32,6 +32,9 @@ from .uploads import Uploads, block_size_ok
 log = logging.getLogger(__name__)
 
 LIVENESS_TICK = 0.25  # seconds between checks for chunkservers past the dead timeout
+# Under-replicated block ids a commit reply lists at most (then it gives their count too):
+# 10,000 ids of up to 22 bytes each keep it well inside a frame.
+UNDER_LISTED = 10_000
 
 Reply = dict[str, Any]
 
@@ -351,7 +354,7 @@ class MetaService:
         if done is not None:  # a commit sent again: it took effect, answer as before
             return self._answered({"path": done[0], "under_replicated": [], "mtime": done[1]})
         up = self.uploads.get(uid, time.monotonic())
-        committed = self.uploads.check_commit(up, h.get("blocks"))
+        committed = self.uploads.check_commit(up, h.get("blocks"), uint(h, "block_start", 0))
         if h.get("exclusive"):  # checked again: another client may have published since
             self._refuse_existing(up.path)
         # A client keeping the local file's time (sync, put -p) sends it; else meta's clock.
@@ -371,8 +374,21 @@ class MetaService:
         self.replicator.check_all(int(b) for b in under)
         record = records.publish(up.path, f, [d for _, _, d in committed], up.id)
         self.commits.add(up.id, up.path, f.mtime)
-        return self._durable(record, {"path": up.path, "under_replicated": under,
-                                      "mtime": f.mtime})
+        reply: Reply = {"path": up.path, "under_replicated": under[:UNDER_LISTED],
+                        "mtime": f.mtime}
+        if len(under) > UNDER_LISTED:  # the reply must fit in a frame, whatever the file
+            reply["under_replicated_count"] = len(under)
+        return self._durable(record, reply)
+
+    def handle_commit_part(self, h: dict[str, Any], payload: memoryview,
+                           conn: ServerConnection) -> Reply:
+        """Record the head of an upload's block list ahead of its commit, for a file whose
+        list does not fit in one frame. Kept with the upload in memory: nothing is visible
+        or journaled until the commit, and an abort or an expired lease drops it too."""
+        self._writable()
+        up = self.uploads.get(uint(h, "upload"), time.monotonic())
+        return {"recorded": self.uploads.add_part(up, uint(h, "block_start"),
+                                                  h.get("blocks"))}
 
     def _refuse_existing(self, path: str) -> None:
         """An exclusive create (`open(path, "xb")`) fails once anything is at the path."""

@@ -24,12 +24,16 @@ from .cluster import BlockInfo, Cluster
 from .namespace import Block
 from .placement import choose_targets
 
+# A block a commit lists: the block, the replicas that acknowledged it, its digest.
+Committed = tuple[Block, list[str], int]
+
 EPOCH_BITS = 32
 MAX_EPOCH = (1 << (64 - EPOCH_BITS)) - 1  # the last epoch whose ids fit in 64 bits
 
 
 class Upload:
-    __slots__ = ("id", "path", "replication", "block_size", "expected", "blocks", "touched")
+    __slots__ = ("id", "path", "replication", "block_size", "expected", "blocks", "touched",
+                 "parts", "part_ids")
 
     def __init__(self, uid: int, path: str, replication: int, block_size: int,
                  expected: int | None, now: float) -> None:
@@ -38,6 +42,11 @@ class Upload:
         self.expected = expected  # the writer's word for the file's size, if it knew it
         self.blocks: list[int] = []
         self.touched = now
+        # The head of the block list, sent ahead of the commit by `commit_part` (a list too
+        # long for one frame), checked as a commit checks it; nothing is published until the
+        # commit sends the rest.
+        self.parts: list[Committed] = []
+        self.part_ids: set[int] = set()
 
     def need(self, index: int) -> int:
         """Bytes a server needs free to take block `index` of this file: a whole block,
@@ -146,6 +155,8 @@ class Uploads:
         any server can take them. Returns (gen, targets)."""
         if block_id not in up.blocks:
             raise BadRequest(f"block {block_id} is not part of this upload")
+        if block_id in up.part_ids:  # its generation is recorded: it cannot be rewritten
+            raise BadRequest(f"block {block_id} is already listed by commit_part")
         in_service = {c.addr for c in self.cluster.candidates()}  # not dead, not draining
         keep = [a for a in keep if a in in_service and a not in exclude]
         need = up.need(up.blocks.index(block_id))
@@ -159,12 +170,38 @@ class Uploads:
         return self.cluster.bump_generation(block_id), targets
 
     # commit -----------------------------------------------------------------------------
-    def check_commit(self, up: Upload, entries: Any) -> list[tuple[Block, list[str], int]]:
-        """The written blocks a commit lists, checked against what this upload allocated:
-        (block, replicas that acked it, digest) each."""
-        if not isinstance(entries, list) or len(entries) > len(up.blocks):
+    def add_part(self, up: Upload, start: int, entries: Any) -> int:
+        """`commit_part`: blocks `start`, `start + 1`, ... of the file, recorded for the
+        commit. Parts come in order and hold whole blocks only (the file's last block, which
+        may be short, comes with the commit). A part sent again (its reply was lost) is
+        answered as before. Returns how many blocks are recorded."""
+        if not isinstance(entries, list) or not entries:
+            raise BadRequest("commit_part needs a non-empty list of written blocks")
+        recorded = len(up.parts)
+        if start + len(entries) <= recorded and \
+                all(_same(e, c) for e, c in zip(entries, up.parts[start:], strict=False)):
+            return recorded
+        if start != recorded:
+            raise BadRequest(f"commit_part out of order: meta holds {recorded} blocks of this "
+                             f"upload and the part starts at block {start}")
+        checked = self._check(up, entries, last_may_be_short=False)
+        up.parts += checked
+        up.part_ids.update(b.id for b, _, _ in checked)
+        return len(up.parts)
+
+    def check_commit(self, up: Upload, entries: Any, start: int = 0) -> list[Committed]:
+        """The file's written blocks: those of its parts, then the rest that the commit
+        lists (`start`: the index of its first, i.e. how many the parts held), checked
+        against what this upload allocated: (block, replicas that acked it, digest) each."""
+        if start != len(up.parts):
+            raise BadRequest(f"the commit starts at block {start} but meta holds "
+                             f"{len(up.parts)} blocks of this upload from commit_part")
+        return up.parts + self._check(up, entries, last_may_be_short=True)
+
+    def _check(self, up: Upload, entries: Any, last_may_be_short: bool) -> list[Committed]:
+        if not isinstance(entries, list) or len(up.parts) + len(entries) > len(up.blocks):
             raise BadRequest("commit needs the list of written blocks")
-        out: list[tuple[Block, list[str], int]] = []
+        out: list[Committed] = []
         seen: set[int] = set()
         for i, e in enumerate(entries):
             if not isinstance(e, list) or len(e) != 5:
@@ -175,18 +212,19 @@ class Uploads:
             info = self.cluster.blocks.get(block_id) if is_uint(block_id) else None
             if info is None or info.upload != up.id or not is_uint(gen) or info.gen != gen:
                 raise BadRequest(f"block {block_id} gen {gen} is not the upload's current block")
+            whole = not last_may_be_short or i < len(entries) - 1
             if not is_uint(size) or not 0 < size <= up.block_size or \
-                    (i < len(entries) - 1 and size != up.block_size):
+                    (whole and size != up.block_size):
                 raise BadRequest(f"block {block_id} has a bad size {size!r}")
             if not is_uint(digest) or digest >= 1 << 32:
                 raise BadRequest(f"block {block_id} has a bad digest {digest!r}")
-            if block_id in seen:
+            if block_id in seen or block_id in up.part_ids:
                 raise BadRequest(f"block {block_id} is listed twice")
             seen.add(block_id)
             out.append((Block(block_id, gen, size), replicas, digest))
         return out
 
-    def finish(self, up: Upload, committed: list[tuple[Block, list[str], int]]) -> None:
+    def finish(self, up: Upload, committed: list[Committed]) -> None:
         """The upload's file is published: its blocks join the block map as committed, with
         the replicas that acknowledged them; blocks it allocated but did not use go."""
         del self.by_id[up.id]
@@ -204,6 +242,12 @@ class Uploads:
 
     def expired(self, now: float, lease: float) -> list[Upload]:
         return [up for up in self.by_id.values() if now - up.touched > lease]
+
+
+def _same(entry: Any, committed: Committed) -> bool:
+    """A commit entry names exactly a block already recorded."""
+    b, replicas, digest = committed
+    return entry == [b.id, b.gen, b.size, replicas, digest]
 
 
 def block_size_ok(block_size: int) -> bool:
