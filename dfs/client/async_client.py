@@ -28,7 +28,7 @@ from ..errors import (
     Unavailable,
 )
 from ..net import Connection, ConnectionPool, Security, SecurityError
-from . import tree, treesync
+from . import blocklist, tree, treesync
 from .filechecksum import file_checksum
 from .localfile import DirectFile, Drain, Pump, open_direct, read_full
 from .reader import FileReader
@@ -285,10 +285,19 @@ class AsyncClient:
 
     async def stat(self, path: str, blocks: bool = True) -> dict[str, Any]:
         """A dict like `dfs-cli stat --json`: type, size, replication, blocks with replicas
-        (`blocks=False`: the entry alone, as `ls` shows it)."""
+        (`blocks=False`: the entry alone, as `ls` shows it). A file's blocks come a page at a
+        time underneath, however many there are."""
         if not blocks:
             return await self.meta_call("stat", path=path, blocks=False)
-        return await self.meta_call("stat", path=path)
+        return await blocklist.whole(self, path)
+
+    async def stat_page(self, path: str, block_start: int = 0,
+                        block_limit: int | None = None) -> dict[str, Any]:
+        """One `stat` reply: a file's blocks from index `block_start` (at most `block_limit`
+        of them, and no more than fit in a frame), with `block_count`, `blocks_more` and
+        `first_block` (docs/PROTOCOL.md, `stat`)."""
+        fields: dict[str, Any] = {} if block_limit is None else {"block_limit": block_limit}
+        return await self.meta_call("stat", path=path, block_start=block_start, **fields)
 
     async def ls(self, path: str = "/") -> list[dict[str, Any]]:
         """Entries of a directory (or the file itself), shaped like `dfs-cli ls --json`."""
@@ -494,7 +503,8 @@ class AsyncClient:
         return _Opener(self, path, mode, replication, block_size)
 
     async def open_read(self, path: str) -> FileReader:
-        info = await self.stat(path)
+        # The first page of the block list: the reader loads the rest as it gets there.
+        info = await self.stat_page(path, 0, blocklist.PAGE_LIMIT)
         if info["type"] == "symlink":
             raise BadRequest(f"{info['path']} is a symbolic link to {info['target']}")
         if info["type"] != "file":

@@ -4,7 +4,9 @@ A file is read in segments of READ_SIZE bytes, aligned inside each block, so eve
 whole number of checksum units and is verified end to end against the CRC32Cs stored with the
 replica. Sequential reads keep READ_WINDOW segments in flight (read-ahead); memory is bounded by
 that window. A dead server, a timeout or a checksum mismatch moves to the next replica for that
-block only; a corrupt replica is reported to meta so it stops being served.
+block only; a corrupt replica is reported to meta so it stops being served. The block list
+comes from meta a page at a time as the reader reaches it (blocklist.py): a file of any number
+of blocks opens with one small `stat`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .. import checksum, config
-from ..errors import BadRequest, ChecksumError, DFSError, NotFound, Unavailable
+from ..errors import BadRequest, ChecksumError, DFSError, Unavailable
+from .blocklist import BlockList
 
 if TYPE_CHECKING:
     from .async_client import AsyncClient
@@ -35,7 +38,8 @@ class FileReader:
         self.path: str = info["path"]
         self.size: int = info["size"]
         self.block_size: int = info["block_size"]
-        self.blocks: list[dict[str, Any]] = info["blocks"]
+        # Loaded a page at a time as the reader gets there (blocklist.py).
+        self.blocks = BlockList(client, self.path, info)
         self.mtime: float = info.get("mtime", 0.0)
         self.replication: int = info.get("replication", 0)
         self.pos = 0
@@ -47,6 +51,15 @@ class FileReader:
         # that knows its access pattern (see fsspec/files.py) may lower it: 1 reads no
         # further than asked.
         self.window = config.READ_WINDOW
+
+    def block_len(self, bi: int) -> int:
+        """Bytes in block `bi`: every block but the last is whole (commit checks it)."""
+        entry = self.blocks.cached(bi)
+        if entry is not None:
+            return int(entry["size"])
+        if bi < self.blocks.count - 1:
+            return self.block_size
+        return self.size - bi * self.block_size
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self.pos, 2: self.size}[whence]
@@ -122,7 +135,7 @@ class FileReader:
         pos = offset
         while pos < end:
             bi, off = divmod(pos, self.block_size)
-            bsize = self.blocks[bi]["size"]
+            bsize = self.block_len(bi)
             stop = min(end - bi * self.block_size, bsize)
             last = min(-(-stop // UNIT) * UNIT, bsize)
             for seg in range(off - off % UNIT, last, SEGMENT):
@@ -170,9 +183,9 @@ class FileReader:
     # segments -------------------------------------------------------------------------
     def _next(self, bi: int, seg: int) -> tuple[int, int] | None:
         seg += SEGMENT
-        if seg >= self.blocks[bi]["size"]:
+        if seg >= self.block_len(bi):
             bi, seg = bi + 1, 0
-        return (bi, seg) if bi < len(self.blocks) else None
+        return (bi, seg) if bi < self.blocks.count else None
 
     async def _segment(self, bi: int, seg: int, read_ahead: bool) -> bytes:
         key = (bi, seg)
@@ -203,8 +216,8 @@ class FileReader:
         after a meta restart, locations reappear as chunkservers re-register."""
         errors: list[str] = []
         corrupt = self._corrupt.setdefault(bi, set())
+        block = await self.blocks.get(bi)
         for delay in RETRY_DELAYS:
-            block = self.blocks[bi]
             length = min(size, block["size"] - seg)
             replicas = [a for a in block["replicas"] if a not in corrupt]
             if replicas:
@@ -226,11 +239,13 @@ class FileReader:
                     errors.append(f"{addr}: {exc}")
             if delay is None:
                 break
-            if not await self._refresh(bi, delay):
+            fresh = await self._refresh(bi, block, delay)
+            if fresh is None:
                 raise Unavailable(f"{self.path} was replaced or removed while being read "
                                   f"({'; '.join(errors[-2:])})")
+            block = fresh
         detail = "; ".join(errors[-4:]) or "no live replica"
-        raise Unavailable(f"no replica of block {self.blocks[bi]['id']} of {self.path} could "
+        raise Unavailable(f"no replica of block {block['id']} of {self.path} could "
                           f"be read ({detail})")
 
     async def _read_from(self, addr: str, block: dict[str, Any], seg: int, length: int) -> bytes:
@@ -251,19 +266,16 @@ class FileReader:
         finally:
             reply.release()
 
-    async def _refresh(self, bi: int, delay: float) -> bool:
-        """Wait, then reload the block's locations from meta. False when the file was
+    async def _refresh(self, bi: int, known: dict[str, Any],
+                       delay: float) -> dict[str, Any] | None:
+        """Wait, then reload the block's locations from meta. None when the file was
         replaced or removed meanwhile: its old blocks are being deleted (after meta's delete
         grace), so the version we opened cannot be finished."""
         await asyncio.sleep(delay)
         try:
-            info = await self.client.stat(self.path)
-        except NotFound:
-            return False
+            fresh = await self.blocks.refresh(bi)
         except DFSError:
-            return True  # meta may be restarting: try the replicas we know again
-        fresh = info.get("blocks") or []
-        if bi >= len(fresh) or fresh[bi]["id"] != self.blocks[bi]["id"]:
-            return False
-        self.blocks[bi] = fresh[bi]
-        return True
+            return known  # meta may be restarting: try the replicas we know again
+        if fresh is None or fresh["id"] != known["id"]:
+            return None
+        return fresh

@@ -81,15 +81,15 @@ class ReadHandle:
             seg = inner - inner % SEGMENT
             keys.append((bi, seg))
             pos = bi * bs + seg + SEGMENT
-            if pos >= bi * bs + self.reader.blocks[bi]["size"]:
+            if pos >= bi * bs + self.reader.block_len(bi):
                 pos = (bi + 1) * bs
         return keys
 
     def _after(self, key: tuple[int, int]) -> tuple[int, int] | None:
         bi, seg = key[0], key[1] + SEGMENT
-        if seg >= self.reader.blocks[bi]["size"]:
+        if seg >= self.reader.block_len(bi):
             bi, seg = bi + 1, 0
-        return (bi, seg) if bi < len(self.reader.blocks) else None
+        return (bi, seg) if bi < self.reader.blocks.count else None
 
     def _start(self, key: tuple[int, int]) -> asyncio.Task[bytes]:
         task = self.segments.get(key)

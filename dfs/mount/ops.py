@@ -24,7 +24,7 @@ from typing import Any, Callable, Coroutine, ParamSpec, Sequence, TypeVar
 import pyfuse3
 
 from .. import config
-from ..client import AsyncClient
+from ..client import AsyncClient, blocklist
 from ..client.reader import FileReader
 from ..errors import DFSError, NotFound
 from . import attrs
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 P = ParamSpec("P")
 LS_PAGE = 1000  # entries per meta ls request while a directory is read
+_PAGING = ("blocks", "block_count", "blocks_more", "first_block")  # not an entry's attributes
 RENAME_NOREPLACE = getattr(pyfuse3, "RENAME_NOREPLACE", 1)
 RENAME_EXCHANGE = getattr(pyfuse3, "RENAME_EXCHANGE", 2)
 
@@ -413,14 +414,14 @@ class DFSOperations(pyfuse3.Operations):
             pending = self._writing(inode)
             if pending is not None:  # read what this mount is still writing
                 await pending.upload(path)
-            info = await self.client.stat(path)
+            info = await self.client.stat_page(path)  # the reader loads further pages
             if info["type"] == "dir":
                 raise pyfuse3.FUSEError(errno.EISDIR)
             if info["type"] != "file":
                 raise pyfuse3.FUSEError(errno.EINVAL)
-            self._remember(path, {k: v for k, v in info.items() if k != "blocks"})
-            version = (info["size"], info["mtime"],
-                       tuple((b["id"], b["gen"]) for b in info["blocks"]))
+            self._remember(path, {k: v for k, v in info.items() if k not in _PAGING})
+            # A published block list never changes: its length and first block name it.
+            version = (info["size"], info["mtime"], blocklist.identity(info))
             keep = self._seen.get(inode) == version
             self._seen[inode] = version
             if not keep:

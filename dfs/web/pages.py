@@ -1,7 +1,7 @@
 """The status pages of meta (`/`, `/chunkservers`, `/browse`) and of a chunkserver (`/`),
 rendered from the daemon's own state on its event loop: no request to anyone, nothing
 cached. A directory is shown a page of PAGE entries at a time, so a directory of 100,000
-files costs what one page costs."""
+files costs what one page costs; a file's blocks likewise."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def browse(svc: "MetaService", path: str, after: str) -> str:
     if isinstance(node, Link):
         raise BadRequest(f"{path} is a symbolic link to {node.target}")
     if not isinstance(node, Dir):
-        return _file_page(svc, path, node, crumbs)
+        return _file_page(svc, path, node, crumbs, int(after) if after.isdigit() else 0)
     entries, more = svc.ns.listdir(path, after, PAGE)
     base = "" if path == "/" else path
     rows = []
@@ -168,9 +168,11 @@ def _entries(n: int) -> str:
     return f"{n:,} entry" if n == 1 else f"{n:,} entries"
 
 
-def _file_page(svc: "MetaService", path: str, node: Any, crumbs: str) -> str:
+def _file_page(svc: "MetaService", path: str, node: Any, crumbs: str, start: int) -> str:
+    """A file's facts and a page of PAGE of its blocks from index `start`."""
     rows = []
-    for i, b in enumerate(node.blocks):
+    held = node.blocks
+    for i, b in enumerate(held[start:start + PAGE], start):
         state, live = svc.cluster.health(b.id)
         level = {"healthy": "ok", "under_replicated": "warn"}.get(state, "bad")
         replicas = ", ".join(f"<code>{h.esc(a)}</code>" for a in live) or \
@@ -187,7 +189,16 @@ def _file_page(svc: "MetaService", path: str, node: Any, crumbs: str) -> str:
         h.row(["modified", h.when(node.mtime)]),
         h.row(["download", f'<a id=download href="/files{quote(path)}" download>'
                            f'{h.esc(path.rsplit("/", 1)[-1])}</a>'])])
-    body = f"<h1>{crumbs}</h1>{facts}<h2>Blocks</h2>{blocks}"
+    pager = ""
+    if len(held) > PAGE:
+        shown = f"blocks {start:,}–{start + len(rows) - 1:,} of {len(held):,}" if rows else \
+            f"no blocks from {start:,} (the file has {len(held):,})"
+        links = [f'<a href="{_browse_href(path, str(at))}">{label}</a>' for at, label in (
+            (max(0, start - PAGE) if start else -1, "Previous page"),
+            (start + PAGE, "Next page"))
+            if 0 <= at < len(held)]
+        pager = f'<p class=pager>Showing {shown}. {" ".join(links)}</p>'
+    body = f"<h1>{crumbs}</h1>{facts}<h2>Blocks</h2>{blocks}{pager}"
     return h.page(path, body, role="meta", active="/browse", refresh=False)
 
 
