@@ -164,7 +164,8 @@ async def _put_one(c: AsyncClient, a: argparse.Namespace, local: str) -> int:
                 bar.close()
     under = result.get("under_replicated") or []
     if under:
-        print(f"dfs-cli: warning: {result['path']} is under-replicated: {len(under)} of "
+        short = result.get("under_replicated_count", len(under))
+        print(f"dfs-cli: warning: {result['path']} is under-replicated: {short} of "
               f"{result['blocks']} blocks have fewer than {a.replication} live replicas",
               file=sys.stderr)
     return EXIT_OK

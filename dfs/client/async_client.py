@@ -42,9 +42,9 @@ Progress = Callable[[int], None]
 _IDEMPOTENT = frozenset({"stat", "ls", "status", "fsck", "renew", "du"})
 # Requests a new active meta may be sent again when the old one went away with the request in
 # flight: the read-only ones, commit (meta answers a commit that already took effect as it did
-# the first time), create (a fresh upload; the first one just expires), abort. mkdir is one
-# too with parents=True (see _resendable).
-_RESENDABLE = _IDEMPOTENT | {"commit", "create", "abort"}
+# the first time) and commit_part (likewise), create (a fresh upload; the first one just
+# expires), abort. mkdir is one too with parents=True (see _resendable).
+_RESENDABLE = _IDEMPOTENT | {"commit", "commit_part", "create", "abort"}
 
 
 def meta_addresses(meta: str | None) -> list[str]:

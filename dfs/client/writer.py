@@ -10,7 +10,9 @@ it goes down the chain whole in one `write_small` frame, written and sealed in o
 If anything in the chain fails, the block's packets (kept in memory until the block is acked, so
 memory is bounded by one block plus the window) are resent to a new chain that meta builds
 around the failed server, under a new generation. The file becomes visible only at `close()`,
-when meta commits the whole block list atomically.
+when meta commits the whole block list atomically. A list too long for one frame goes to meta
+ahead of the commit, in parts of finished blocks (`commit_part`), which meta keeps with the
+upload until the commit lists the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ if TYPE_CHECKING:
     from .async_client import AsyncClient
 
 log = logging.getLogger(__name__)
+
+# Finished blocks go to meta in a `commit_part` once their entries add up to this many bytes
+# (at most), so neither a part nor the commit ever outgrows a frame: about 8,000 blocks a
+# part with two replicas each, fewer with more or longer addresses.
+PART_BYTES = config.MAX_HEADER // 2
 
 
 class BlockWrite:
@@ -162,6 +169,8 @@ class FileWriter:
         self.block_size = block_size
         self.upload = 0
         self.committed: list[list[Any]] = []  # [id, gen, size, replicas, digest]
+        self.sent = 0  # how many of them meta holds already (commit_part)
+        self._unsent_bytes = 0  # the most those not sent yet take on the wire
         self.read_tokens: list[Any] = []  # of each committed block, for reading it back
         self.block: BlockWrite | None = None
         self.buf = bytearray()
@@ -230,6 +239,8 @@ class FileWriter:
             self.size += len(piece)
             if self.block.size == self.block_size:
                 await self._end_block()
+                if self._unsent_bytes > PART_BYTES:  # whole blocks only: the last comes later
+                    await self._send_part()
 
     async def _new_block(self) -> None:
         # Servers that failed an earlier block of this upload are avoided for the rest of it,
@@ -248,6 +259,15 @@ class FileWriter:
         replicas = await block.finish()
         self.committed.append([block.block_id, block.gen, block.size, replicas, block.digest])
         self.read_tokens.append(block.read_token)
+        # An entry's msgpack at most: id, gen, size, digest, and each address with a header.
+        self._unsent_bytes += 40 + sum(len(a.encode()) + 3 for a in replicas)
+
+    async def _send_part(self) -> None:
+        """Hand meta the finished blocks not sent yet, ahead of the commit."""
+        end = len(self.committed)
+        await self.client.meta_call("commit_part", upload=self.upload, block_start=self.sent,
+                                    blocks=self.committed[self.sent:end])
+        self.sent, self._unsent_bytes = end, 0
 
     async def close(self) -> dict[str, Any]:
         """Flush, end the last block, and commit: the file appears atomically."""
@@ -264,8 +284,10 @@ class FileWriter:
                 extra["exclusive"] = True
             if self.attrs:
                 extra["attrs"] = self.attrs
+            if self.sent:  # the rest of a list whose head went with commit_part
+                extra["block_start"] = self.sent
             reply = await self.client.meta_call("commit", upload=self.upload,
-                                                blocks=self.committed, **extra)
+                                                blocks=self.committed[self.sent:], **extra)
         except BaseException:
             await self.abort()
             raise
@@ -276,6 +298,8 @@ class FileWriter:
                        "under_replicated": reply.get("under_replicated", [])}
         if "mtime" in reply:
             self.result["mtime"] = reply["mtime"]
+        if "under_replicated_count" in reply:  # more than the reply could list
+            self.result["under_replicated_count"] = reply["under_replicated_count"]
         return self.result
 
     async def abort(self) -> None:
