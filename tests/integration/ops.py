@@ -6,7 +6,7 @@ shrink what the fuzzers send. `hello` and `auth` come before these and are fuzze
 META_OPS = sorted([
     "register", "heartbeat", "block_report", "create", "add_block", "recover_block", "renew",
     "commit", "abort", "stat", "ls", "mkdir", "rm", "mv", "report_bad", "decommission", "fsck",
-    "status", "cp", "setrep", "touch", "du", "chattr", "symlink", "poll_commands",
+    "status", "cp", "setrep", "touch", "du", "chattr", "symlink", "poll_commands", "commit_part",
 ])
 CHUNK_OPS = sorted([
     "write_block", "write_small", "abort_block", "packet", "read_block", "block_info",

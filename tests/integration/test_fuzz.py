@@ -80,9 +80,10 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "add_block": ("upload", "exclude"),
     "recover_block": ("upload", "block", "exclude", "keep"),
     "renew": ("upload",),
-    "commit": ("upload", "blocks", "mtime", "exclusive", "attrs"),
+    "commit": ("upload", "blocks", "block_start", "mtime", "exclusive", "attrs"),
+    "commit_part": ("upload", "block_start", "blocks"),
     "abort": ("upload",),
-    "stat": ("path", "blocks"),
+    "stat": ("path", "blocks", "block_start", "block_limit"),
     "ls": ("path", "start_after", "limit", "columns"),
     "mkdir": ("path", "parents", "attrs"),
     "rm": ("path", "recursive"),
@@ -739,7 +740,12 @@ def seq_upload(c: Ctx, bad: int) -> None:
     entry = [first["block"], first["gen"], size, list(first["targets"]),
              c.rng.choice([0, 1, 2**32 - 1])]
     commit = {"op": "commit", "id": g.rid(), "upload": upload, "blocks": [entry]}
-    r = step(c, commit, confuse_it=bad >= 5)  # (confuses `commit` in place)
+    if size == bs and c.rng.random() < 0.3:  # a whole block may go ahead in a commit_part
+        part = step(c, {"op": "commit_part", "id": g.rid(), "upload": upload,
+                        "block_start": 0, "blocks": [list(entry)]}, confuse_it=bad == 5)
+        if ok(part):
+            commit.update(blocks=[], block_start=1)
+    r = step(c, commit, confuse_it=bad >= 6)  # (confuses `commit` in place)
     if ok(r):
         assert r is not None
         check_published(c, r.get("path"), commit)
@@ -748,7 +754,8 @@ def seq_upload(c: Ctx, bad: int) -> None:
 def check_published(c: Ctx, path: Any, commit: dict[str, Any] | None) -> None:
     """Invariant: whatever meta accepted, it publishes only well-typed block lists (ids as
     strings, gen and size plain non-negative ints), or no reader could read the file."""
-    st = c.conn.call({"op": "stat", "id": c.gen.rid(), "path": path})
+    paged = {"block_start": 0} if c.rng.random() < 0.5 else {}
+    st = c.conn.call({"op": "stat", "id": c.gen.rid(), "path": path, **paged})
     if not ok(st):
         return
     assert st is not None
