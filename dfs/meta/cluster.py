@@ -391,8 +391,11 @@ class Cluster:
     def _delete_bad(self, block_id: int, info: BlockInfo, cs: ChunkServer) -> None:
         assert info.corrupt is not None
         cs.deletes.append([block_id, info.gen])
-        # Handed out with the reply to the next beat, carried out before the one after it.
+        # Handed out with the reply to the next beat, carried out before the one after it;
+        # `deleting` holds it for as long as replies carry no commands (an HA meta unsure of
+        # its lease) too.
         info.corrupt[cs.id] = cs.beats + 2
+        cs.deleting.add(block_id)
 
     def bad_copy_gone(self, info: BlockInfo, cs: ChunkServer) -> bool:
         """The server's corrupt copy of this block has surely been deleted."""

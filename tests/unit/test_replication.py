@@ -213,3 +213,23 @@ def test_a_server_that_registers_again_before_its_trim_was_sent_is_trimmed_afres
     cluster.heartbeat(back, back.capacity, back.used, back.free - 10 * MiB, 0, 0, 1.0)
     cluster.block_report(back, [[1, 1, MiB]])
     assert back.deletes == [[1, 1]] and len(cluster.live_replicas(1)) == 2
+
+
+def test_a_corrupt_copys_delete_held_back_keeps_its_server_out_too() -> None:
+    """The same race for a corrupt replica: its delete is queued the same way, and a few
+    heartbeats whose replies carried no commands do not make the server a target."""
+    cluster = make(3)
+    add(cluster, 1, ["s0", "s2"])
+    cluster.servers["s1"].state = "dead"  # s2 is the only server that could take a copy
+    assert cluster.bad_replica(1, "127.0.0.1:6002")
+    assert cluster.servers["s2"].deletes == [[1, 1]]
+    rep = Replicator(cluster)
+    rep.check(1)
+    cs = cluster.servers["s2"]
+    for t in range(1, 5):
+        cluster.heartbeat(cs, cs.capacity, cs.used, cs.free, 0, 0, float(t))  # no commands
+    assert rep.schedule(now=5.0) == []
+    assert beat(cluster, "s2", now=6.0)[0]["op"] == "delete"
+    assert rep.schedule(now=6.0) == []
+    assert beat(cluster, "s2", now=7.0) == []
+    assert [c.target for c in rep.schedule(now=7.0)] == ["s2"]
