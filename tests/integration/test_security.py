@@ -901,7 +901,8 @@ def test_reader_recovers_from_expired_read_tokens(secure: SecureCluster,
     async def read() -> tuple[bytes, float]:
         async with dfs.AsyncClient(secure.meta_addr, secret_file=str(secure.secret_file)) as ac:
             f = await ac.open(stored["path"], "rb")
-            for b in f.blocks:
+            for i in range(len(f.blocks)):
+                b = await f.blocks.get(i)
                 b["token"] = stale.issue(int(b["id"]), b["gen"], "r")
             t0 = time.monotonic()
             data = await f.read()
