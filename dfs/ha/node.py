@@ -47,8 +47,9 @@ POLL = 0.25  # seconds between a standby's looks at the leader key
 
 CHUNK_OPS = frozenset({"register", "block_report", "heartbeat", "poll_commands"})
 # Requests that change the namespace or hand out blocks: refused while the lease is in doubt.
-WRITE_OPS = frozenset({"create", "add_block", "recover_block", "commit", "mkdir", "symlink",
-                       "chattr", "rm", "mv", "cp", "setrep", "touch", "decommission"})
+WRITE_OPS = frozenset({"create", "add_block", "recover_block", "commit_part", "commit",
+                       "mkdir", "symlink", "chattr", "rm", "mv", "cp", "setrep", "touch",
+                       "decommission"})
 
 Reply = dict[str, Any]
 
