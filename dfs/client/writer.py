@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Finished blocks go to meta in a `commit_part` once their entries add up to this many bytes
-# (at most), so neither a part nor the commit ever outgrows a frame: about 8,000 blocks a
+# (at most), so neither a part nor the commit ever outgrows a frame: about 7,000 blocks a
 # part with two replicas each, fewer with more or longer addresses.
 PART_BYTES = config.MAX_HEADER // 2
 
