@@ -87,6 +87,9 @@ def auth_log_interval() -> float:
 DEFAULT_HEARTBEAT_INTERVAL = 3.0
 DEFAULT_DEAD_TIMEOUT = 30.0
 HA_LEASE_TTL = 5  # seconds: an HA active meta's etcd lease (failover takes about this long)
+# The largest journal record an HA meta sends to etcd (bytes; a file's publish record grows by
+# about 22 bytes a block): under etcd's default --max-request-bytes of 1.5 MiB.
+HA_MAX_RECORD = int(os.environ.get("DFS_HA_MAX_RECORD", "1400000"))
 UPLOAD_LEASE = 30.0  # an upload that shows no sign of life for this long is aborted
 ORPHAN_GRACE = UPLOAD_LEASE  # a replica no file refers to is deleted after this long
 # Blocks of a removed or replaced file stay on disk this long, so a reader that opened the old

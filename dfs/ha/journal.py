@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import msgpack
 
+from .. import config
 from ..errors import NotLeader, Unavailable
 from .etcd import KV, Etcd, EtcdError, cmp_create_revision, op_put, op_range, prefix_end
 from .layout import BATCH_BYTES, PIECE, Layout
@@ -58,6 +59,9 @@ class EtcdJournal:
         self.count = since_checkpoint
         self.on_lost = on_lost
         self.full = False  # etcd has no "disk full" meta can act on; its errors stall
+        # The largest record meta may journal here (a publish of a file with many blocks):
+        # etcd refuses a request over --max-request-bytes (1.5 MiB by default).
+        self.max_record = config.HA_MAX_RECORD
         self.appended = 0
         self.syncs = 0
         self.on_sync: Callable[[float], None] | None = None

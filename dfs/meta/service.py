@@ -16,8 +16,10 @@ import os
 import time
 from typing import Any, Awaitable, Callable
 
+import msgpack
+
 from .. import config
-from ..errors import AlreadyExists, BadRequest, DFSError, NoSpace, NotADirectory, NotFound
+from ..errors import AlreadyExists, BadRequest, DFSError, NoSpace, NotADirectory, NotFound, TooLarge
 from ..net import NO_SECURITY, Security, ServerConnection
 from ..protocol.fields import addrs, attrs, mtime, text, uint
 from . import records, views
@@ -363,6 +365,7 @@ class MetaService:
         blocks = self.cluster.blocks
         f = File([blocks[b.id] for b, _, _ in committed], up.replication, up.block_size,
                  mtime(h, "mtime", time.time()), self.ns.attrs(*attrs(h.get("attrs"))))
+        self._fits_the_journal(up.path, committed)
         # Publish first: if the path cannot take the file (a directory appeared there since
         # create), nothing has changed yet and the client's abort reclaims the blocks.
         old = self.ns.publish(up.path, f)
@@ -379,6 +382,21 @@ class MetaService:
         if len(under) > UNDER_LISTED:  # the reply must fit in a frame, whatever the file
             reply["under_replicated_count"] = len(under)
         return self._durable(record, reply)
+
+    def _fits_the_journal(self, path: str, committed: list[Any]) -> None:
+        """A journal with a record size limit (etcd's, for an HA meta) must be able to take
+        the file's record, checked before anything changes: a record it refused after the
+        namespace changed would stall every later change behind it."""
+        limit = getattr(self.journal, "max_record", None)
+        if limit is None:
+            return
+        blocks = [[b.id, b.gen, b.size, d] for b, _, d in committed]
+        size = len(msgpack.packb(blocks)) + len(path.encode()) + 64
+        if size > limit:
+            raise TooLarge(f"a file of {len(blocks)} blocks makes a journal record of "
+                           f"{size} bytes, more than the HA journal in etcd takes ({limit}): "
+                           "use larger blocks, or raise etcd's --max-request-bytes and "
+                           "DFS_HA_MAX_RECORD")
 
     def handle_commit_part(self, h: dict[str, Any], payload: memoryview,
                            conn: ServerConnection) -> Reply:

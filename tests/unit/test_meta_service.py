@@ -463,3 +463,22 @@ def test_ls_in_columns_matches_the_list_of_maps() -> None:
         await svc.stop()
 
     run(main())
+
+
+def test_a_record_too_large_for_the_journal_is_refused_before_anything_changes() -> None:
+    """An HA meta's journal (etcd) takes records up to a size: a file whose publish record
+    would be larger is refused before the namespace changes, not stalled in the journal."""
+    async def main() -> None:
+        journal = MemoryJournal()
+        journal.max_record = 2000  # type: ignore[attr-defined]
+        svc = await new_meta(journal)
+        await put(svc, "/small", [BLOCK] * 10)  # ~250 bytes of record
+        records_before = len(journal.records)
+        from dfs.errors import TooLarge
+        with pytest.raises(TooLarge, match="journal record"):
+            await put(svc, "/big", [BLOCK] * 200)  # ~5 KB
+        assert len(journal.records) == records_before
+        with pytest.raises(NotFound):
+            await call(svc, "stat", path="/big")
+        await svc.stop()
+    run(main())
