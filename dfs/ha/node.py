@@ -179,6 +179,8 @@ class HaNode:
                 log.debug("campaign: %s", exc)
             except DFSError as exc:  # taking over failed: stay a standby
                 log.error("could not take over as the active meta: %s", exc)
+            except Exception:  # a bug must not end the campaign: this meta would never lead
+                log.exception("campaign step failed; trying again")
             try:
                 await asyncio.wait_for(self._wake.wait(), POLL if self.role != "active" else 1.0)
             except asyncio.TimeoutError:
