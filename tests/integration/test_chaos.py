@@ -2,7 +2,8 @@
 clients write; then every acknowledged file must read back identical and fsck be healthy.
 
 One failure at a time (R=2 promises to survive one loss, not two at once). The random
-schedule is seeded; set DFS_CHAOS_SECONDS to run longer than the suite's default.
+schedule is seeded; set DFS_CHAOS_SECONDS (and DFS_CHAOS_KILLS) to run longer than the suite's
+default.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from cluster import Cluster, MiB, wait_until
 
 import dfs
 
-SECONDS = float(os.environ.get("DFS_CHAOS_SECONDS", "15"))
-MIN_KILLS = 5  # the chaos goes on past SECONDS until this many SIGKILLs ...
+SECONDS = float(os.environ.get("DFS_CHAOS_SECONDS", "10"))
+MIN_KILLS = int(os.environ.get("DFS_CHAOS_KILLS", "3"))  # goes on past SECONDS until this
+# many SIGKILLs (5 or more for a long run) ...
 MIN_ACKED = 20  # ... and this many acknowledged files (a busy machine is slower)
 OVERTIME = 120.0  # ... but gives up this long after SECONDS
 

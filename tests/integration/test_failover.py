@@ -185,13 +185,13 @@ def test_a_replica_being_trimmed_never_takes_the_copy_its_delete_would_remove(
         make_cluster) -> None:
     """The trim-delete vs new-copy race with real processes. A file at replication 3 on
     three servers is set to 2: meta trims the replica on the fullest server, chunk2, by
-    queueing a delete for its next heartbeat (4 s apart here). At once a second replica is
+    queueing a delete for its next heartbeat (2 s apart here). At once a second replica is
     reported bad, leaving one good copy, and chunk2 is the only server not holding the block:
     were it the copy target, the copy would land (and be reported) and the queued delete,
     same block and generation, would remove it right after, leaving meta counting a replica
     that is gone. Meta waits until chunk2's delete has surely run, then copies; every replica
     meta lists is a file on its server's disk."""
-    cluster = make_cluster(2, heartbeat="4s", dead_timeout="60s")
+    cluster = make_cluster(2, heartbeat="2s", dead_timeout="60s")
     trimmed = cluster.add_chunkserver(chunk_args=["--capacity", "1GiB"])  # the fullest
     client = cluster.client()
     data = data_of(300 * 1024, 31)
@@ -204,8 +204,8 @@ def test_a_replica_being_trimmed_never_takes_the_copy_its_delete_would_remove(
         (row,) = [r for r in cluster.status()["chunkservers"] if r["addr"] == trimmed.addr]
         return float(row["last_heartbeat_s"])
     # Start right after chunk2's heartbeat: its next one, the one whose reply carries the
-    # delete, is then about 4 s away, and everything below happens well before it.
-    wait_until(lambda: beat_age() > 1.0, 10, "chunk2's heartbeat to age")
+    # delete, is then about 2 s away, and everything below happens well before it.
+    wait_until(lambda: beat_age() > 0.7, 10, "chunk2's heartbeat to age")
     wait_until(lambda: beat_age() < 0.5, 10, "chunk2's next heartbeat")
     client.setrep("/trim.bin", 2)
     assert trimmed.addr not in client.stat("/trim.bin")["blocks"][0]["replicas"]
@@ -218,7 +218,7 @@ def test_a_replica_being_trimmed_never_takes_the_copy_its_delete_would_remove(
     def whole() -> bool:
         return len(client.stat("/trim.bin")["blocks"][0]["replicas"]) == 2
     wait_until(whole, 40, "the block back at 2 replicas")
-    time.sleep(2 * 4 + 1)  # two heartbeats of every server: any delete queued has run
+    cluster.wait_log(trimmed.name, "on the request of meta", 20)  # the trim's delete ran
     b = client.stat("/trim.bin")["blocks"][0]
     assert len(b["replicas"]) == 2, b
     for addr in b["replicas"]:

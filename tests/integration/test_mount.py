@@ -3,7 +3,7 @@ df, mkdir, mv, rm, tar, rsync, zip, git, a shell's >>) against dfs-cli's and dfs
 of the same files, a chunkserver killed under a reader, meta killed and back, and the ways a
 mount ends (fusermount3 -u, SIGTERM, SIGKILL then fusermount3 -u, the detached mode).
 
-DFS_MOUNT_TREE_FILES sets the size of the tar/rsync tree: 600 files in the suite, which
+DFS_MOUNT_TREE_FILES sets the size of the tar/rsync tree: 400 files in the suite, which
 must finish in CI's 15 minutes; DFS_MOUNT_TREE_FILES=5000 is the full-size run."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ pytest.importorskip("pyfuse3", reason="the [mount] extra (pyfuse3) is not instal
 if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
     pytest.skip("no FUSE 3 here (Debian: apt install fuse3)", allow_module_level=True)
 
-TREE_FILES = int(os.environ.get("DFS_MOUNT_TREE_FILES", "600"))
+TREE_FILES = int(os.environ.get("DFS_MOUNT_TREE_FILES", "400"))
 
 
 def run(*cmd: str, cwd: Path | str | None = None, timeout: float = 120
