@@ -369,7 +369,7 @@ def test_sigstopped_chunkserver_small_puts_recover(make_cluster: Any, spy: Spy,
     it writes first-generation copies and forwards them down their old chains. Those copies
     are stale; they must never replace the committed (newer) replicas, which stay on disk the
     whole time, and meta deletes the stale ones, leaving each block exactly its 2 replicas."""
-    monkeypatch.setenv("DFS_PACKET_TIMEOUT", "8")  # for the daemons and this process
+    monkeypatch.setenv("DFS_PACKET_TIMEOUT", "6")  # for the daemons and this process
     cluster = make_cluster(3)
     client = cluster.client()
     blobs = fault_blobs(50, 3)

@@ -159,10 +159,10 @@ def test_chunkserver_killed_mid_upload_without_a_spare(make_cluster, position: s
     assert cluster.client().get_bytes("/big/file.bin") == data
 
 
-# The hung-server tests wait out packet timeouts; a shorter base (8 s instead of 20 s, the
+# The hung-server tests wait out packet timeouts; a shorter base (6 s instead of 20 s, the
 # 5 s per hop kept, so each hop still gives up before the one above it) for the test process
 # and the daemons it starts keeps the same order of events in less time.
-SHORT_PACKET_TIMEOUT = "8"
+SHORT_PACKET_TIMEOUT = "6"
 
 
 @pytest.mark.timeout(180)
@@ -198,7 +198,7 @@ def test_chunkserver_hung_mid_upload_is_timed_out_and_replaced(make_cluster, mon
 @pytest.mark.timeout(150)
 def test_hung_head_with_a_large_block_in_flight_is_timed_out(make_cluster, monkeypatch) -> None:
     """As above with a hung head, but the block (32 MiB) is larger than the loopback socket
-    buffers, so the client's writes to the hung head back up: the packet timeouts (25 s, 13 s
+    buffers, so the client's writes to the hung head back up: the packet timeouts (shortened
     here) must still name the head; the upload must not wait for the hung server forever.
     (Regression: the writer waited for the socket to drain with no timeout, forever.)"""
     monkeypatch.setenv("DFS_PACKET_TIMEOUT", SHORT_PACKET_TIMEOUT)

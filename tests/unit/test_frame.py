@@ -451,7 +451,7 @@ _payload_sizes = st.one_of(st.integers(0, 300), st.integers(_DIRECT_PAYLOAD - 2,
                            st.integers(0, 300_000))
 
 
-@settings(max_examples=200, deadline=None, database=None,
+@settings(max_examples=100, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(frames=st.lists(st.tuples(_headers, _payload_sizes, st.integers(0, 2**16)),
                        min_size=1, max_size=6),
