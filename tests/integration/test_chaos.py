@@ -20,7 +20,7 @@ from cluster import Cluster, MiB, wait_until
 
 import dfs
 
-SECONDS = float(os.environ.get("DFS_CHAOS_SECONDS", "10"))
+SECONDS = float(os.environ.get("DFS_CHAOS_SECONDS", "6"))
 MIN_KILLS = int(os.environ.get("DFS_CHAOS_KILLS", "3"))  # goes on past SECONDS until this
 # many SIGKILLs (5 or more for a long run) ...
 MIN_ACKED = 20  # ... and this many acknowledged files (a busy machine is slower)
