@@ -14,10 +14,9 @@ import asyncio
 import time
 from typing import Any, Awaitable
 
-from .. import config
 from ..errors import BadRequest
 from ..meta.cluster import Cluster
-from ..meta.reports import MAX_POLL_WAIT, REPORT_ROW
+from ..meta.reports import MAX_POLL_WAIT, REPORT_ROW, registering
 from ..net import ServerConnection
 from ..protocol.fields import rows, text, uint
 
@@ -55,15 +54,7 @@ class StandbyReports:
 
     def handle_register(self, h: dict[str, Any], payload: memoryview,
                         conn: ServerConnection) -> Reply:
-        sid, addr = text(h, "chunk_id"), text(h, "addr")
-        cid = h.get("cluster_id") or ""
-        if cid and self.cluster_id and cid != self.cluster_id:
-            raise BadRequest(f"chunkserver belongs to cluster {cid}, this meta is "
-                             f"{self.cluster_id}")
-        try:
-            config.parse_addr(addr)
-        except ValueError:
-            raise BadRequest(f"chunkserver address {addr!r} is not HOST:PORT") from None
+        sid, addr = registering(h, self.cluster_id)
         s = self.servers[sid] = Seen(sid, addr)
         s.stats, s.last = self._stats(h), time.monotonic()
         for e in rows(h, "blocks", REPORT_ROW):

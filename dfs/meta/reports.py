@@ -28,6 +28,22 @@ MAX_POLL_WAIT = 30.0  # the longest a poll_commands request is held open
 COPIES_PER_REPLY = 10_000  # copy orders per reply, so it fits in a frame
 
 
+def registering(h: dict[str, Any], cluster_id: str) -> tuple[str, str]:
+    """The (id, address) a `register` names, once it may join: of this cluster, at an
+    address clients can use. Shared by the active's handler and an HA standby's."""
+    sid, addr = text(h, "chunk_id"), text(h, "addr")
+    cid = h.get("cluster_id") or ""
+    if cid and cluster_id and cid != cluster_id:
+        raise BadRequest(f"chunkserver belongs to cluster {cid}, this meta is {cluster_id}")
+    try:
+        config.parse_addr(addr)
+        if not addr.isprintable() or " " in addr:
+            raise ValueError(addr)
+    except ValueError:
+        raise BadRequest(f"chunkserver address {addr!r} is not HOST:PORT") from None
+    return sid, addr
+
+
 class ChunkserverReports:
     def __init__(self, cluster: Cluster, replicator: Replicator, ids: BlockIds,
                  cluster_id: str, heartbeat_interval: float,
@@ -51,17 +67,7 @@ class ChunkserverReports:
                         conn: ServerConnection) -> Reply:
         """A chunkserver (re)joins with its stats and the first page of its block report
         (the rest follow as `block_report` requests)."""
-        sid, addr = text(h, "chunk_id"), text(h, "addr")
-        cid = h.get("cluster_id") or ""
-        if cid and self.cluster_id and cid != self.cluster_id:
-            raise BadRequest(f"chunkserver belongs to cluster {cid}, this meta is "
-                             f"{self.cluster_id}")
-        try:
-            config.parse_addr(addr)
-            if not addr.isprintable() or " " in addr:
-                raise ValueError(addr)
-        except ValueError:
-            raise BadRequest(f"chunkserver address {addr!r} is not HOST:PORT") from None
+        sid, addr = registering(h, self.cluster_id)
         stats = self._stats(h)
         report = rows(h, "blocks", REPORT_ROW)
         # Everything is valid: only now does the chunkserver exist for placement.
