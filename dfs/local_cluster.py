@@ -41,8 +41,8 @@ HEARTBEAT = "0.5s"
 START_TIMEOUT = 15.0  # a daemon must listen within this long (cold imports on a busy box)
 LIVE_TIMEOUT = 15.0  # chunkservers must show `live` in status within this long
 
-# Runs before the daemon, in the same process (exec keeps the PID): ask the kernel to SIGKILL
-# this process when the thread that started it goes away, then become `python -m dfs.daemon`.
+# Runs before a child program, in the same process (exec keeps the PID): ask the kernel to
+# SIGKILL this process when the thread that started it goes away, then become the program.
 _PDEATHSIG_EXEC = """
 import ctypes, os, signal, sys
 parent = int(sys.argv[1])
@@ -52,7 +52,7 @@ except Exception:
     pass
 if os.getppid() != parent:
     os._exit(1)
-os.execv(sys.executable, [sys.executable] + sys.argv[2:])
+os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
@@ -102,10 +102,15 @@ def daemon_command(args: list[str]) -> list[str]:
     """`python -m dfs.daemon ARGS`, behind the parent-death guard when we are on the main
     thread (the kernel ties PDEATHSIG to the starting *thread*, so a daemon started from a
     worker thread would die with that thread)."""
-    base = [sys.executable, "-m", "dfs.daemon", *args]
+    return guarded([sys.executable, "-m", "dfs.daemon", *args])
+
+
+def guarded(argv: list[str]) -> list[str]:
+    """`argv` (its first element a path), behind the parent-death guard when we are on the
+    main thread, so a runner killed by a timeout leaves no stray process behind."""
     if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
-        return [sys.executable, "-c", _PDEATHSIG_EXEC, str(os.getpid()), *base[1:]]
-    return base
+        return [sys.executable, "-c", _PDEATHSIG_EXEC, str(os.getpid()), *argv]
+    return argv
 
 
 class Daemon:

@@ -26,28 +26,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 
-from ..local_cluster import HOST, free_ports
+from ..local_cluster import HOST, free_ports, guarded
 
 START_TIMEOUT = 20.0  # etcd must answer /health within this long
 STOP_TIMEOUT = 10.0  # after SIGTERM, before SIGKILL
 
-# Runs before etcd, in the same process (exec keeps the PID): ask the kernel to SIGKILL this
-# process when the thread that started it goes away, then become etcd.
-_PDEATHSIG_EXEC = """
-import ctypes, os, signal, sys
-parent = int(sys.argv[1])
-try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-except Exception:
-    pass
-if os.getppid() != parent:
-    os._exit(1)
-os.execv(sys.argv[2], sys.argv[2:])
-"""
 
 
 def etcd_binary() -> str:
@@ -90,10 +75,7 @@ class EtcdServer:
                 "--listen-client-urls", client, "--advertise-client-urls", client,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"default={peer}", "--log-level", "error"]
-        on_main = threading.current_thread() is threading.main_thread()
-        if sys.platform.startswith("linux") and on_main:  # PDEATHSIG follows the starting thread
-            return [sys.executable, "-c", _PDEATHSIG_EXEC, str(os.getpid()), *args]
-        return args
+        return guarded(args)
 
     def start(self) -> None:
         """Start etcd and return once it serves requests (/health answers true);
