@@ -62,12 +62,7 @@ def routes(node: Any, registry: CollectorRegistry,
         if service is None or not node.confident():
             leader = f"; the active one is {node.leader}" if node.leader else ""
             return web.Response(status=503, text=f"not ready: a standby meta{leader}\n")
-        if service.safe_mode:
-            return web.Response(status=503, text="not ready: safe mode\n")
-        live = sum(1 for cs in service.cluster.servers.values() if cs.shown_state == "live")
-        if not live:
-            return web.Response(status=503, text="not ready: no live chunkserver\n")
-        return web.Response(text=f"ready: {live} live chunkservers\n")
+        return meta_routes.readiness(service)
 
     @table.get("/metrics")
     async def metrics_page(request: web.Request) -> web.Response:

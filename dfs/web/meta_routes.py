@@ -55,12 +55,7 @@ def routes(service: "MetaService", client: Callable[[], AsyncClient],
 
     @table.get("/readyz")
     async def readyz(request: web.Request) -> web.Response:
-        live = sum(1 for cs in service.cluster.servers.values() if cs.shown_state == "live")
-        if service.safe_mode:
-            return web.Response(status=503, text="not ready: safe mode\n")
-        if not live:
-            return web.Response(status=503, text="not ready: no live chunkserver\n")
-        return web.Response(text=f"ready: {live} live chunkservers\n")
+        return readiness(service)
 
     @table.get("/metrics")
     async def metrics_page(request: web.Request) -> web.Response:
@@ -141,6 +136,16 @@ async def download(request: web.Request, client: AsyncClient, path: str) -> web.
         return response
     finally:
         await reader.close()
+
+
+def readiness(service: "MetaService") -> web.Response:
+    """/readyz of a meta that serves: 200 once out of safe mode with a live chunkserver."""
+    live = sum(1 for cs in service.cluster.servers.values() if cs.shown_state == "live")
+    if service.safe_mode:
+        return web.Response(status=503, text="not ready: safe mode\n")
+    if not live:
+        return web.Response(status=503, text="not ready: no live chunkserver\n")
+    return web.Response(text=f"ready: {live} live chunkservers\n")
 
 
 def http_error(exc: DFSError) -> web.HTTPException:
