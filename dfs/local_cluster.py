@@ -117,15 +117,18 @@ class Daemon:
     """One dfsd process: its role, port, data dir, log file and current Popen."""
 
     def __init__(self, name: str, role: str, port: int, data_dir: Path, log_path: Path,
-                 args: list[str]) -> None:
-        self.name, self.role, self.port = name, role, port
+                 args: list[str], host: str = HOST, prefix: list[str] | None = None) -> None:
+        """host: the address it listens on and is reached at; prefix: argv the command runs
+        under (`ip netns exec NS` puts it on a host of its own, see tests' netns.py)."""
+        self.name, self.role, self.port, self.host = name, role, port, host
         self.data_dir, self.log_path, self.args = data_dir, log_path, args
+        self.prefix = list(prefix or [])
         self.proc: subprocess.Popen[bytes] | None = None
         self.http_port = 0  # its HTTP side door, 0 when off
 
     @property
     def addr(self) -> str:
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -141,7 +144,8 @@ class Daemon:
             log.write(f"==== {time.strftime('%H:%M:%S')} starting: {' '.join(self.args)}\n"
                       .encode())
             log.flush()
-            self.proc = subprocess.Popen(daemon_command(self.args), stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([*self.prefix, *daemon_command(self.args)],
+                                         stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, cwd=self.data_dir.parent)
 
     def signal(self, sig: int) -> None:
@@ -173,11 +177,15 @@ class Cluster:
                  chunk_args: list[str] | tuple[str, ...] = (),
                  dead_timeout: str = DEAD_TIMEOUT, heartbeat: str = HEARTBEAT,
                  client_options: dict[str, Any] | None = None, http: bool = False,
-                 metas: int = 1, ha: str | None = None) -> None:
+                 metas: int = 1, ha: str | None = None,
+                 placement: Callable[[str], tuple[str, list[str]]] | None = None) -> None:
         """client_options: keyword arguments for every dfs.Client made here (secret_file=,
         tls_cert=, ... when the cluster runs with them). http: give every daemon its HTTP
         side door on a free port (`Daemon.http_port`); off by default, so clusters side by
-        side never fight over dfsd's default HTTP ports."""
+        side never fight over dfsd's default HTTP ports. placement: name -> (address,
+        argv prefix) for each daemon, to run them on hosts of their own (default: all on
+        127.0.0.1, no prefix)."""
+        self.placement = placement
         self.http = http
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
@@ -201,9 +209,10 @@ class Cluster:
     def _daemon(self, name: str, role: str, port: int, extra: list[str]) -> Daemon:
         data_dir = self.base / name
         http_port = free_ports(1)[0] if self.http else 0
-        args = ["--role", role, "--host", HOST, "--port", str(port),
+        host, prefix = self.placement(name) if self.placement else (HOST, [])
+        args = ["--role", role, "--host", host, "--port", str(port),
                 "--data-dir", str(data_dir), "--http-port", str(http_port), *extra]
-        d = Daemon(name, role, port, data_dir, self.base / f"{name}.log", args)
+        d = Daemon(name, role, port, data_dir, self.base / f"{name}.log", args, host, prefix)
         d.http_port = http_port
         self.daemons[name] = d
         return d
@@ -265,7 +274,7 @@ class Cluster:
 
     def _wait_listening(self, d: Daemon) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        while not port_open(d.port):
+        while not port_open(d.port, d.host):
             if not d.running():
                 code = d.proc.returncode if d.proc else "?"
                 raise RuntimeError(f"{d.name} exited with {code} before listening:\n{d.tail()}")
