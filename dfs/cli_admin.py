@@ -79,6 +79,13 @@ async def cmd_status(c: AsyncClient, a: argparse.Namespace) -> int:
         print(f"  {s['addr']:<22} {s['state']:<15} {s['blocks']:>8} blocks  "
               f"{human(s['used']):>10} used of {human(s['capacity']):>10}  "
               f"heartbeat {s['last_heartbeat_s']:.1f}s ago")
+        dirs = s.get("dirs") or []
+        for d in dirs:
+            if d.get("state") == "failed":
+                print(f"    FAILED DATA DIR {d['path']}: {d.get('error') or 'failed'} "
+                      f"({d.get('lost', 0)} replicas lost, re-replicated elsewhere)")
+        if dirs and all(d.get("state") == "failed" for d in dirs):
+            print("    every data dir of this chunkserver has failed: it takes no writes")
     return EXIT_OK
 
 

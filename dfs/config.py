@@ -116,6 +116,11 @@ DEFAULT_SCRUB_INTERVAL = 7 * 24 * 3600.0  # one full scrub pass a week
 # (--reserve), so a small disk still stores blocks and a large one keeps a fixed margin.
 DEFAULT_RESERVE = 1 * GiB
 DEFAULT_RESERVE_FRACTION = 0.05
+# A chunkserver probes each healthy data dir (write, fsync, remove a small file) this often, so
+# a dir that went read-only or lost its disk is noticed while idle (--dir-check-interval);
+# a probe still hanging after DIR_CHECK_TIMEOUT seconds fails the dir (chunk/diskcheck.py).
+DIR_CHECK_INTERVAL = 10.0
+DIR_CHECK_TIMEOUT = 60.0
 TOKEN_LIFETIME = 600.0  # seconds a block token stays valid (--token-lifetime)
 TOKEN_SKEW = 60.0  # clocks of meta and chunkservers may differ this much
 GROUP_SYNC_MAX_BYTES = 1 * MiB  # blocks up to this size are made durable by a shared syncfs

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import __version__, config
 from .chunk.blockstore import BlockStore
+from .chunk.diskcheck import DiskChecker
 from .chunk.heartbeat import MetaLinks
 from .chunk.scrubber import Scrubber
 from .chunk.service import ChunkService
@@ -42,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help=f"port to listen on (default: "
                    f"{config.DEFAULT_META_PORT} for meta, {config.DEFAULT_CHUNK_PORT} for chunk)")
     p.add_argument("--data-dir", help="where the journal or the blocks live "
-                   "(default: ./dfs-data/<role>-<port>)")
+                   "(default: ./dfs-data/<role>-<port>); chunk: a comma-separated list of "
+                   "dirs, one per disk (DIR1,DIR2,...), puts new blocks in each at random "
+                   "weighted by its free space, and keeps serving from the others when one "
+                   "fails (EIO, read-only): its blocks are reported lost and re-replicated")
     p.add_argument("--meta", default=f"{config.DEFAULT_META_HOST}:{config.DEFAULT_META_PORT}",
                    help="chunk: the meta server HOST:PORT, or a comma-separated list of "
                         "them (HA: every meta hears from this server, only the active one "
@@ -61,9 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "meta with --ha: the address other metas name when they send clients here "
                    "(default: the listen address, 127.0.0.1 for a wildcard)")
     p.add_argument("--capacity", type=config.parse_size, default=0,
-                   help="chunk: bytes this server may use (default: the disk's free space)")
+                   help="chunk: bytes this server may use, across all its data dirs "
+                        "(default: the disks' free space)")
+    p.add_argument("--dir-check-interval", type=config.parse_duration,
+                   default=config.DIR_CHECK_INTERVAL,
+                   help="chunk: probe each data dir (write, fsync, remove a small file) this "
+                        "often; a dir that fails the probe is marked failed "
+                        f"(default: {d(config.DIR_CHECK_INTERVAL)})")
     p.add_argument("--reserve", type=config.parse_size, default=None,
-                   help="chunk: disk space never used for blocks (default: the smaller of "
+                   help="chunk: space never used for blocks on each disk (default: the "
+                        "smaller of "
                         f"{s(config.DEFAULT_RESERVE)} and "
                         f"{config.DEFAULT_RESERVE_FRACTION * 100:g}%% of the disk)")
     p.add_argument("--heartbeat-interval", type=config.parse_duration,
@@ -178,13 +189,45 @@ def data_dir(args: argparse.Namespace) -> str:
     return path
 
 
+def chunk_data_dirs(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """A chunkserver's data dirs (--data-dir, comma-separated), each made, probed and locked,
+    and those unusable now (path -> why). One dir that is unusable stops the start, as does
+    a dir locked by another dfsd; of several, an unusable one starts failed (status shows it)
+    so the server still serves the blocks of the others."""
+    if not args.data_dir:
+        return [data_dir(args)], {}
+    paths = [p.strip() for p in args.data_dir.split(",")]
+    if any(not p for p in paths):
+        raise StartupError(f"--data-dir {args.data_dir!r}: an empty dir in the list")
+    real = [os.path.realpath(p) for p in paths]
+    if len(set(real)) != len(real):
+        raise StartupError(f"--data-dir {args.data_dir!r}: a dir is listed twice")
+    if len(paths) == 1:
+        return [data_dir(args)], {}
+    failed: dict[str, str] = {}
+    for path in paths:
+        try:
+            data_dir(argparse.Namespace(data_dir=path, role=args.role, port=args.port))
+        except StartupError as exc:
+            if "in use by another dfsd" in str(exc):
+                raise
+            failed[path] = str(exc)
+            log.error("%s: starting without it", exc)
+    if len(failed) == len(paths):
+        raise StartupError("every data dir is unusable: " + "; ".join(failed.values()))
+    return paths, failed
+
+
 _LOCKS: list[int] = []  # held open for the life of the process
 
 
 def lock_data_dir(path: str) -> None:
     """One dfsd per data dir: two metas appending to one journal corrupt it, two
     chunkservers would share one identity. The lock dies with the process, even on SIGKILL."""
-    fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StartupError(f"data dir {path} is unusable: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -334,13 +377,17 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
             raise StartupError(f"--meta {args.meta!r}: {meta} is listed twice")
         metas.append(meta)
     sec = load_security(args)
-    path = data_dir(args)
+    paths, unusable = chunk_data_dirs(args)
+    path = ",".join(paths)
     server = Server("chunk", args.host, args.port, connection_limit(), security=sec)
     bind(server)
     try:
-        store = BlockStore(path, capacity=args.capacity, reserve=args.reserve)
+        store = BlockStore(paths, capacity=args.capacity, reserve=args.reserve,
+                           failed=unusable)
     except OSError as exc:
         raise StartupError(f"data dir {path} is unusable: {exc.strerror or exc}") from None
+    except ValueError as exc:  # dirs of different chunkservers
+        raise StartupError(str(exc)) from None
     warn_if_small(store)
     wildcard = args.host in ("0.0.0.0", "::", "")
     addr = args.advertise or ("" if wildcard else config.format_addr(args.host, args.port))
@@ -387,10 +434,13 @@ async def run_chunk(args: argparse.Namespace, stop: asyncio.Event) -> None:
     scrubber = Scrubber(store, args.scrub_rate, args.scrub_interval, link.block_corrupt,
                         service.disk)
     scrubber.start()
+    checker = DiskChecker(store, lambda dirs: link.report_now(), args.dir_check_interval)
+    checker.start()
     await stop.wait()
     log.info("chunkserver shutting down")
     if http is not None:
         await http.close()
+    await checker.stop()
     await scrubber.stop()
     await server.close()
     await link.stop()

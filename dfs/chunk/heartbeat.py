@@ -89,6 +89,7 @@ class MetaLink:
         self.block_report_interval = block_report_interval
         self.security = security
         self._last_full_report = 0.0
+        self._report_due = False  # a full report must go with the next heartbeat
         self.addr = ""
         self.conn: Connection | None = None
         self.registered = False
@@ -114,12 +115,19 @@ class MetaLink:
         """A replica was finalized: tell meta soon (it need not wait for the next beat)."""
         if self.conn is None:
             return  # not connected: the full report of the next registration will carry it
-        self._received.append([block_id, *replica])
+        self._received.append([block_id, replica.gen, replica.size, replica.digest])
         self._wake.set()
 
     def block_corrupt(self, block_id: int, gen: int) -> None:
         """A replica here failed its checksums: tell meta with the next heartbeat (soon)."""
         self._corrupt.append([block_id, gen])
+        self._wake.set()
+
+    def report_now(self) -> None:
+        """Replicas were lost (a data dir failed): send a full block report with the next
+        heartbeat, now, so meta finds them gone and re-replicates them (as HDFS does after
+        a volume failure). Until then reads of them here answer `not found`."""
+        self._report_due = True
         self._wake.set()
 
     def heard(self, header: dict[str, Any]) -> bool:
@@ -145,7 +153,8 @@ class MetaLink:
         capacity, used, free = self.store.stats()
         return {"chunk_id": self.store.server_id, "addr": self.addr, "capacity": capacity,
                 "used": used, "free": free, "load": int(os.getloadavg()[0] * 100),
-                "writing": self._writing(), "blocks_count": len(self.store.index)}
+                "writing": self._writing(), "blocks_count": len(self.store.index),
+                "dirs": self.store.dirs()}
 
     async def _run(self) -> None:
         failures = 0
@@ -211,6 +220,7 @@ class MetaLink:
         assert self.conn is not None
         mine = self.store.read_identity("cluster.id")
         self._received = []  # the full report covers them
+        self._report_due = False
         report = self.store.report()
         reply = await self.conn.call("register", blocks=report[:REPORT_PAGE], cluster_id=mine,
                                      **self._stats())
@@ -254,8 +264,9 @@ class MetaLink:
     async def _beat(self) -> None:
         assert self.conn is not None
         now = time.monotonic()
-        if now - self._last_full_report >= self.block_report_interval:
+        if self._report_due or now - self._last_full_report >= self.block_report_interval:
             self._last_full_report = now
+            self._report_due = False
             await self._full_report()
         received, self._received = self._received[:REPORT_PAGE], self._received[REPORT_PAGE:]
         corrupt, self._corrupt = self._corrupt[:REPORT_PAGE], self._corrupt[REPORT_PAGE:]
@@ -335,3 +346,8 @@ class MetaLinks:
         """A replica here failed its checksums: every meta must stop counting it."""
         for link in self.links:
             link.block_corrupt(block_id, gen)
+
+    def report_now(self) -> None:
+        """Replicas were lost with a failed data dir: every meta gets a full report now."""
+        for link in self.links:
+            link.report_now()

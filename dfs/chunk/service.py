@@ -104,8 +104,10 @@ class ChunkService:
         self.copier.start(block_id, gen, target, token)
 
     def _finalized(self, block_id: int, replica: Replica) -> None:
-        """A replica is durable under its final name: index it and tell meta."""
-        self.store.added(block_id, replica)
+        """A replica is durable under its final name: index it and tell meta (unless it was
+        dropped: an older generation than the one held, or in a data dir that failed)."""
+        if not self.store.added(block_id, replica):
+            return
         self.written_bytes += replica.size
         self.on_block(block_id, replica)
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class ChunkServer:
     __slots__ = ("id", "addr", "capacity", "used", "free", "load", "state", "last_heartbeat",
                  "blocks", "pending", "writing", "deletes", "copies", "decommission", "beats",
-                 "reporting", "deleting", "handed")
+                 "reporting", "deleting", "handed", "dirs")
 
     def __init__(self, id: str, addr: str, now: float) -> None:
         self.id = id
@@ -54,6 +54,9 @@ class ChunkServer:
         # replica are not believed.
         self.deleting: set[int] = set()
         self.handed: list[int] = []
+        # Its data dirs as its last heartbeat described them (reports.dirs_of): path, state
+        # "ok" or "failed", error, blocks, used, capacity, free, lost. Shown by status only.
+        self.dirs: list[dict[str, Any]] = []
 
     @property
     def shown_state(self) -> str:

@@ -44,6 +44,33 @@ def registering(h: dict[str, Any], cluster_id: str) -> tuple[str, str]:
     return sid, addr
 
 
+DIR_FIELDS = ("blocks", "used", "capacity", "free", "lost")
+MAX_DIRS = 256
+
+
+def dirs_of(h: dict[str, Any]) -> list[dict[str, Any]]:
+    """The data dirs a register or heartbeat describes (chunk/blockstore.py `dirs`), kept
+    only as far as they are well formed: they are shown to operators, never acted on (the
+    full block report that follows a dir's failure is what tells meta what was lost)."""
+    raw = h.get("dirs")
+    out: list[dict[str, Any]] = []
+    if not isinstance(raw, list):
+        return out
+    for d in raw[:MAX_DIRS]:
+        if not isinstance(d, dict) or not isinstance(d.get("path"), str) or \
+                d.get("state") not in ("ok", "failed"):
+            continue
+        error = d.get("error")
+        row: dict[str, Any] = {"path": d["path"][:4096], "state": d["state"],
+                               "error": error[:1000] if isinstance(error, str) else ""}
+        for key in DIR_FIELDS:
+            value = d.get(key)
+            row[key] = value if isinstance(value, int) and not isinstance(value, bool) \
+                and value >= 0 else 0
+        out.append(row)
+    return out
+
+
 class ChunkserverReports:
     def __init__(self, cluster: Cluster, replicator: Replicator, ids: BlockIds,
                  cluster_id: str, heartbeat_interval: float,
@@ -73,6 +100,7 @@ class ChunkserverReports:
         # Everything is valid: only now does the chunkserver exist for placement.
         cs = self.cluster.register(sid, addr, time.monotonic())
         self.cluster.heartbeat(cs, *stats, time.monotonic())
+        self._dirs(cs, dirs_of(h))
         self._reported(cs.id, report)
         log.info("chunkserver %s registered (%s): %d blocks reported, %d kept",
                  addr, sid, len(report), len(cs.blocks))
@@ -108,6 +136,17 @@ class ChunkserverReports:
         return {}
 
     @staticmethod
+    def _dirs(cs: Any, dirs: list[dict[str, Any]]) -> None:
+        """Keep the server's data dirs for status; log each one newly failed."""
+        was = {d["path"] for d in cs.dirs if d["state"] == "failed"}
+        for d in dirs:
+            if d["state"] == "failed" and d["path"] not in was:
+                log.warning("chunkserver %s: data dir %s has failed (%s); %d replicas lost "
+                            "there will be re-replicated", cs.addr, d["path"], d["error"],
+                            d["lost"])
+        cs.dirs = dirs
+
+    @staticmethod
     def _stats(h: dict[str, Any]) -> tuple[int, int, int, int, int]:
         """capacity, used, free, load, writing from a register or heartbeat."""
         c, u, f, lo, w = (uint(h, k, 0) for k in ("capacity", "used", "free", "load", "writing"))
@@ -122,6 +161,7 @@ class ChunkserverReports:
         received = rows(h, "received", REPORT_ROW)
         corrupt = rows(h, "corrupt", ("id", "gen"))
         self.cluster.heartbeat(cs, *stats, time.monotonic())
+        self._dirs(cs, dirs_of(h))
         for block_id, _gen in corrupt:  # found by the chunkserver's scrubber
             if self.cluster.bad_replica(block_id, cs.addr):
                 self.replicator.check(block_id)

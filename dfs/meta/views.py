@@ -223,7 +223,8 @@ def chunkservers(cluster: Cluster, now: float) -> list[dict[str, Any]]:
     """One status row per chunkserver, by address."""
     return [{"id": cs.id, "addr": cs.addr, "state": cs.shown_state, "blocks": len(cs.blocks),
              "used": cs.used, "capacity": cs.capacity, "free": cs.free,
-             "last_heartbeat_s": round(now - cs.last_heartbeat, 3)}
+             "last_heartbeat_s": round(now - cs.last_heartbeat, 3), "dirs": cs.dirs,
+             "failed_dirs": sum(1 for d in cs.dirs if d["state"] == "failed")}
             for cs in sorted(cluster.servers.values(), key=lambda c: c.addr)]
 
 

@@ -179,6 +179,8 @@ class MetaCollector(Collector):
         yield gauge("dfs_used_bytes", "Bytes used on live chunkservers",
                     sum(cs.used for cs in live))
         yield gauge("dfs_safe_mode", "1 while meta is in safe mode", int(svc.safe_mode))
+        yield gauge("dfs_chunkserver_failed_dirs", "Failed data dirs of live chunkservers",
+                    sum(1 for cs in live for d in cs.dirs if d["state"] == "failed"))
 
 
 class ChunkCollector(Collector):
@@ -194,6 +196,11 @@ class ChunkCollector(Collector):
         yield gauge("dfs_chunk_used_bytes", "Bytes used by replicas", used)
         yield gauge("dfs_chunk_capacity_bytes", "Capacity offered to meta", capacity)
         yield gauge("dfs_chunk_pipelines", "Block streams being written now", self.writing())
+        vols = self.store.volumes.all
+        yield gauge("dfs_chunk_data_dirs", "Data dirs this chunkserver was started with",
+                    len(vols))
+        yield gauge("dfs_chunk_failed_dirs", "Data dirs that have failed (EIO, read-only) "
+                    "since start", sum(1 for v in vols if v.failed))
 
 
 class HaCollector(Collector):

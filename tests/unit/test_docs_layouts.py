@@ -22,7 +22,7 @@ import pytest
 
 from dfs import checksum, config
 from dfs.chunk import heartbeat
-from dfs.chunk.blockstore import BlockStore
+from dfs.chunk.volumes import block_path
 from dfs.meta.uploads import BlockIds
 from dfs.net import security as security_mod
 from dfs.net.connection import ClientProtocol, Connection
@@ -254,7 +254,7 @@ def test_block_id_and_digest_examples() -> None:
     ids.begin(epoch)
     assert [ids.take() for _ in range(k + 1)][-1] == bid
     store = SimpleNamespace(blocks_dir="blocks")
-    path = BlockStore.path(store, bid, 3)  # type: ignore[arg-type]
+    path = block_path(store.blocks_dir, bid, 3)
     assert path == f"blocks/{m.group(4)}/{m.group(5)}_3"
 
     d = re.search(r"a block of ([\d,]+) zero bytes has the CRCs\s+`\[([^\]]+)\]`, the table "

@@ -17,6 +17,7 @@ from dfs import config
 from dfs.chunk import groupsync
 from dfs.chunk.blockstore import BlockStore
 from dfs.chunk.groupsync import GroupSync
+from dfs.errors import Unavailable
 
 from .test_blockstore import crcs_of, data_of
 
@@ -200,7 +201,32 @@ def test_a_failed_group_sync_leaves_no_replica_behind(tmp_path) -> None:
     w = store.open_write(7, 1)
     data = data_of(1000, 3)
     w.write(0, memoryview(data), crcs_of(data))
-    with pytest.raises(OSError):  # the service turns it into an error naming this server
+    with pytest.raises(Unavailable):  # EIO: the dir has failed (volumes.py)
         w.seal(len(data))
+    assert store.volumes.all[0].failed
     assert not os.path.exists(store.path(7, 1)) and not os.path.exists(store.path(7, 1) + ".tmp")
     assert 7 not in store.index and BlockStore(str(tmp_path)).index == {}
+
+
+@pytest.mark.parametrize("f_type, trusted", [
+    (0xEF53, True), (0x58465342, True), (0x01021994, True),  # ext4, xfs, tmpfs
+    (0x65735546, False), (0x6969, False), (0x12345678, False), (None, False),  # fuse, nfs
+])
+def test_syncfs_is_trusted_only_on_file_systems_known_to_make_it_durable(
+        tmp_path, monkeypatch, caplog, f_type: int | None, trusted: bool) -> None:
+    """On FUSE, NFS or anything unknown, syncfs may return 0 having made nothing durable
+    (tests/lazyfs.py shows it for FUSE): there every seal fsyncs its file and directory."""
+    monkeypatch.setattr(groupsync, "fs_type", lambda path: f_type)
+    with caplog.at_level("WARNING", logger="dfs.chunk.groupsync"):
+        group = GroupSync.create(str(tmp_path))
+    assert (group is not None) == trusted
+    assert ("sealed with its own fsync" in caplog.text) != trusted
+    store = BlockStore(str(tmp_path / "store"))
+    assert (store.group is not None) == trusted
+    seal(store, 7, b"small block")  # the fsync path works as well
+    assert store.read(7, 1, 0, 100)[0] == b"small block"
+
+
+def test_fs_type_reads_the_real_file_system(tmp_path) -> None:
+    assert groupsync.fs_type(str(tmp_path)) is not None
+    assert groupsync.fs_type(str(tmp_path / "missing")) is None

@@ -83,6 +83,9 @@ class FakeStore:
     def stats(self) -> tuple[int, int, int]:
         return (0, 0, 0)
 
+    def dirs(self) -> list[dict[str, Any]]:
+        return [{"path": "/d", "state": "ok"}]
+
     def delete(self, block_id: int, gen: int) -> bool:
         self.deleted.append((block_id, gen))
         return True
