@@ -17,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lazyfs_mount import LazyMount, skip_reason  # noqa: E402
 
+from dfs.chunk.groupsync import GroupSync, syncfs_is_barrier  # noqa: E402
+
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 
 
@@ -157,6 +159,8 @@ def test_syncfs_and_sync_make_nothing_durable_on_fuse(lazy: LazyMount) -> None:
     assert lazy.stats()["files"] == 1
     reboot(lazy)
     assert (mnt / "f").read_bytes() == b""
+    assert syncfs_is_barrier(str(mnt)) == (False, "fuse (f_type 0x65735546)")
+    assert GroupSync.create(str(mnt)) is None
 
 
 def test_torn_crash_keeps_a_prefix_of_the_writes(lazy: LazyMount) -> None:
