@@ -97,6 +97,12 @@ class ChunkserverReports:
         sid, addr = registering(h, self.cluster_id)
         stats = self._stats(h)
         report = rows(h, "blocks", REPORT_ROW)
+        if sid in self.cluster.servers:
+            # Registering again: a restart (a power cut, a SIGKILL) quicker than the dead
+            # timeout. Copies to or from the old process died with it, and it may have lost
+            # replicas it held: as for a lost server, forget those copies now (not at their
+            # deadline, minutes away, holding its copy slots) and check its old blocks.
+            self.replicator.server_lost(sid)
         # Everything is valid: only now does the chunkserver exist for placement.
         cs = self.cluster.register(sid, addr, time.monotonic())
         self.cluster.heartbeat(cs, *stats, time.monotonic())

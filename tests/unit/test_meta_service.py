@@ -482,3 +482,24 @@ def test_a_record_too_large_for_the_journal_is_refused_before_anything_changes()
             await call(svc, "stat", path="/big")
         await svc.stop()
     run(main())
+
+
+def test_a_chunkserver_that_registers_again_has_the_copies_of_its_old_process_forgotten() -> None:
+    """A chunkserver restarted within the dead timeout (a power cut, a SIGKILL) registers
+    again: copies to or from its old process died with it. They must not hold its copy slots
+    until their deadline (COPY_TIMEOUT, minutes), which stalled repair in the power-loss test."""
+    from dfs.meta.replication import Copy
+
+    async def go() -> None:
+        svc = await new_meta(servers=3)
+        rep = svc.replicator
+        for block, (src, dst) in enumerate([("cs0", "cs2"), ("cs2", "cs1"), ("cs0", "cs1")]):
+            rep.inflight[block] = Copy(block, 1, src, dst, time.monotonic() + 120)
+            rep.sending[src] = rep.sending.get(src, 0) + 1
+            rep.receiving[dst] = rep.receiving.get(dst, 0) + 1
+        await register(svc, 2)  # cs2 again
+        assert set(rep.inflight) == {2}  # only the copy cs2 has no part in is still running
+        assert rep.receiving["cs2"] == 0 and rep.sending["cs2"] == 0
+        assert rep.outcomes["lost"] == 2
+        assert {0, 1} <= rep.needy  # checked again, so copied again if still short
+    run(go())
