@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 from cli_runner import cli, ok
 from cluster import Cluster
@@ -176,7 +177,10 @@ def test_sync_moves_only_what_changed(cluster: Cluster, tmp_path: Path) -> None:
     diff_r(src, back)
 
 
-def test_du_df_touch_test_tail(cluster: Cluster, tmp_path: Path) -> None:
+def test_du_df_touch_test_tail(make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    # A fixed --capacity: by default capacity follows the disk's free space, which anything
+    # else writing on this machine moves between the `df` and `status` below.
+    cluster = make_cluster(2, chunk_args=["--capacity", "1GiB"])
     m = cluster.meta_addr
     (tmp_path / "f").write_bytes(bytes(range(256)) * 40)
     ok(cli("put", str(tmp_path / "f"), "/d/f", meta=m))
