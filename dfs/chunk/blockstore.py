@@ -31,7 +31,7 @@ import random
 import struct
 import threading
 import uuid
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from .. import checksum, config
 from ..errors import ChecksumError, NoSpace, NotFound, StaleGeneration, Unavailable
@@ -462,13 +462,13 @@ class BlockStore:
         """False once every data dir has failed: this server then takes no writes."""
         return bool(self.volumes.healthy())
 
-    def dirs(self) -> list[dict[str, object]]:
+    def dirs(self) -> list[dict[str, Any]]:
         """Each data dir and its state, as heartbeats carry them to meta (and status shows
         them): path, state "ok" or "failed", error, blocks, used, capacity, free, lost."""
-        out: list[dict[str, object]] = []
+        out: list[dict[str, Any]] = []
         rooms = self._rooms()
         for vol in self.volumes.all:
-            d: dict[str, object] = {"path": vol.root, "state": "failed" if vol.failed else "ok",
+            d: dict[str, Any] = {"path": vol.root, "state": "failed" if vol.failed else "ok",
                                     "error": vol.failed, "blocks": vol.count, "used": vol.used,
                                     "capacity": 0, "free": 0, "lost": vol.lost}
             if not vol.failed and vol.dev in rooms:

@@ -226,6 +226,11 @@ def chunk_overview(store: "BlockStore", addr: str, meta: str, writing: int, copi
         h.row(["blocks", f"{len(store.index):,}"]),
         h.row(["space", f"{h.bar(used, capacity)} {h.size(used)} of {h.size(capacity)}, "
                f"{h.size(free)} free"]),
+        *(h.row([f"data dir <code>{h.esc(str(d['path']))}</code>",
+                  f"FAILED: {h.esc(str(d['error']))} ({d['lost']:,} replicas lost)"
+                  if d["state"] == "failed" else
+                  f"ok, {d['blocks']:,} blocks, {h.size(d['used'])} used"])
+          for d in store.dirs()),
         h.row(["pipelines being written", str(writing)]),
         h.row(["copies in flight", str(copies)]),
         h.row(["scrubber", f"{scrub_passes} full passes done"]),

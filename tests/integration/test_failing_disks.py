@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.request import urlopen
 
 import pytest
 from cli_runner import cli
@@ -305,3 +306,38 @@ def test_a_disk_failing_reads_is_found_by_the_read_path(loop_disks, make_cluster
     assert c["chunk2"].running() and server_row(c, "chunk2")["state"] == "live"
     assert bad.block_files() <= before
     assert "FAILED" in c["chunk2"].log_text()
+
+
+def test_a_chunkserver_whose_only_disk_fails_stays_up_and_takes_no_writes(
+        loop_disks, make_cluster) -> None:
+    (disk,) = loop_disks(1)
+    trigger = Path(f"/sys/fs/ext4/{os.path.basename(disk.dev)}/trigger_fs_error")
+    if not trigger.exists():
+        pytest.skip(f"{trigger} is missing: this kernel cannot make ext4 fail on demand")
+    c: Cluster = make_cluster(2, http=True, chunk_args=["--capacity", "80MiB"])
+    c.add_chunkserver(chunk_args=["--dir-check-interval", "0.3s", "--data-dir",
+                                  str(disk.data)])
+    client = c.client()
+    for i in range(6):
+        client.put_bytes(os.urandom(300 * KiB), f"/before/{i}", replication=3,
+                         block_size=BLOCK_SIZE)
+    assert disk.block_files()
+    trigger.write_text("dfs test: the only disk goes read-only\n")
+    wait_until(lambda: failed_dirs(c, "chunk2"), 10, "status to show the failed dir")
+    row = server_row(c, "chunk2")
+    assert row["state"] == "live" and row["free"] == 0 and row["blocks"] == 0, row
+    out = cli("status", meta=c.meta_addr).text
+    assert "every data dir of this chunkserver has failed: it takes no writes" in out, out
+    # R=2 files still go to the two others; nothing is placed on chunk2
+    for i in range(6):
+        client.put_bytes(os.urandom(300 * KiB), f"/after/{i}", replication=2,
+                         block_size=BLOCK_SIZE)
+        assert c["chunk2"].addr not in str(client.stat(f"/after/{i}")["blocks"])
+    assert c["chunk2"].running()
+
+    def gauge(port: int, name: str) -> float:
+        text = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return next(float(line.split()[-1]) for line in text.splitlines()
+                    if line.startswith(name + " "))
+    assert gauge(c["chunk2"].http_port, "dfs_chunk_failed_dirs") == 1
+    assert gauge(c.meta.http_port, "dfs_chunkserver_failed_dirs") == 1
