@@ -29,7 +29,8 @@ def two(tmp_path, **kw) -> BlockStore:
 def test_choose_weights_by_free_space_and_skips_nothing_it_is_given() -> None:
     a, b, c = Volume(0, "a"), Volume(1, "b"), Volume(2, "c")
     rng = random.Random(1)
-    picks = Counter(choose([(a, 300), (b, 100), (c, 0)], rng).root for _ in range(4000))
+    picks = Counter(getattr(choose([(a, 300), (b, 100), (c, 0)], rng), "root")
+                    for _ in range(4000))
     assert picks["c"] == 0
     assert 2.6 < picks["a"] / picks["b"] < 3.4  # 3:1, as their free space
     assert choose([], rng) is None
@@ -233,3 +234,21 @@ def test_a_delete_in_a_read_only_dir_fails_the_dir_not_the_caller(tmp_path,
     fail_on(monkeypatch, vol.root, errno.EROFS, ("unlink",))
     assert store.delete(1, 1)  # before: the OSError escaped into the heartbeat loop
     assert vol.failed
+
+
+def test_meta_keeps_well_formed_dirs_only_and_shows_them_in_status() -> None:
+    from dfs.meta.cluster import Cluster
+    from dfs.meta.reports import dirs_of
+    from dfs.meta.views import chunkservers
+    good = {"path": "/d1", "state": "ok", "error": "", "blocks": 3, "used": 10,
+            "capacity": 100, "free": 90, "lost": 0}
+    bad = {"path": "/d2", "state": "failed", "error": "Read-only file system", "blocks": 0,
+           "used": -5, "capacity": True, "free": "x", "lost": 7}
+    rows = dirs_of({"dirs": [good, bad, {"path": 3, "state": "ok"}, {"path": "/d3"}, "junk"]})
+    assert rows == [good, {**bad, "used": 0, "capacity": 0, "free": 0}]
+    assert dirs_of({}) == [] and dirs_of({"dirs": "no"}) == []
+    cluster = Cluster(dead_timeout=30)
+    cs = cluster.register("c1", "127.0.0.1:6001", 0.0)
+    cs.dirs = rows
+    (row,) = chunkservers(cluster, 1.0)
+    assert row["dirs"] == rows and row["failed_dirs"] == 1 and row["state"] == "live"
