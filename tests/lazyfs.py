@@ -194,9 +194,21 @@ class LazyFS(pyfuse3.Operations):
         self.undo.setdefault(ino, Undo()).records.append((offset, old, size))
 
     # control ----------------------------------------------------------------------------
+    def _differs(self, ino: int, snap: dict[bytes, Entry]) -> bool:
+        """Would a crash change this directory's entries (are they not all durable)?"""
+        try:
+            live = self._listing(self._path(ino))
+        except OSError:
+            return bool(snap)
+        return {n: e.ino for n, e in live.items()} != {n: e.ino for n, e in snap.items()}
+
     def stats(self) -> str:
+        """What a crash now would throw away: files with unsynced writes, directories whose
+        entries differ from their durable ones, bytes of undo kept."""
+        dirs = sum(1 for ino, snap in self.snaps.items() if self._differs(ino, snap)) + \
+            sum(1 for snap in self.dead_dirs.values() if snap)
         return (f"files={sum(1 for u in self.undo.values() if u.records)} "
-                f"dirs={len(self.snaps) + len(self.dead_dirs)} "
+                f"dirs={dirs} "
                 f"bytes={sum(u.nbytes() for u in self.undo.values() if u.records)}")
 
     def sync_all(self) -> None:

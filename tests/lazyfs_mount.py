@@ -65,6 +65,11 @@ class LazyMount:
         self.crashes = 0
 
     def start(self) -> "LazyMount":
+        return self.spawn().wait_mounted()
+
+    def spawn(self) -> "LazyMount":
+        """Start the lazyfs process; `wait_mounted` waits for its mount (start several at
+        once, then wait for each)."""
         self.backing.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -73,6 +78,10 @@ class LazyMount:
             self.proc = subprocess.Popen(
                 [sys.executable, str(LAZYFS), str(self.backing), str(self.mountpoint),
                  str(self.control)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        return self
+
+    def wait_mounted(self) -> "LazyMount":
+        assert self.proc is not None
         proc = self.proc
         _wait(lambda: (mounted(self.mountpoint) and self.control.exists())
               or proc.poll() is not None, 30, f"lazyfs on {self.mountpoint}")
@@ -104,11 +113,14 @@ class LazyMount:
         Kill the programs using the mount first (their in-flight writes die with them)."""
         line = "crash" if torn_seed is None else f"crash torn {torn_seed}"
         reply = self.command(line)
+        self.wait_down()
+        return {k: int(v) for k, v in (w.split("=") for w in reply.split()[1:])}
+
+    def wait_down(self) -> None:
         assert self.proc is not None
         self.proc.wait(30)
         _wait(lambda: not mounted(self.mountpoint), 30, f"{self.mountpoint} unmounted")
         self.crashes += 1
-        return {k: int(v) for k, v in (w.split("=") for w in reply.split()[1:])}
 
     def log_tail(self) -> str:
         try:
