@@ -82,8 +82,9 @@ async def cmd_status(c: AsyncClient, a: argparse.Namespace) -> int:
         dirs = s.get("dirs") or []
         for d in dirs:
             if d.get("state") == "failed":
+                lost = d.get("lost", 0)
                 print(f"    FAILED DATA DIR {d['path']}: {d.get('error') or 'failed'} "
-                      f"({d.get('lost', 0)} replicas lost, re-replicated elsewhere)")
+                      f"({lost} replicas lost{', re-replicated elsewhere' if lost else ''})")
         if dirs and all(d.get("state") == "failed" for d in dirs):
             print("    every data dir of this chunkserver has failed: it takes no writes")
     return EXIT_OK

@@ -211,7 +211,8 @@ def chunk_data_dirs(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
         except StartupError as exc:
             if "in use by another dfsd" in str(exc):
                 raise
-            failed[path] = str(exc)
+            why = str(exc).removeprefix(f"data dir {path} is unusable: ")
+            failed[path] = f"unusable at start: {why}"
             log.error("%s: starting without it", exc)
     if len(failed) == len(paths):
         raise StartupError("every data dir is unusable: " + "; ".join(failed.values()))

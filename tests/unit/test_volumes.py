@@ -29,8 +29,11 @@ def two(tmp_path, **kw) -> BlockStore:
 def test_choose_weights_by_free_space_and_skips_nothing_it_is_given() -> None:
     a, b, c = Volume(0, "a"), Volume(1, "b"), Volume(2, "c")
     rng = random.Random(1)
-    picks = Counter(getattr(choose([(a, 300), (b, 100), (c, 0)], rng), "root")
-                    for _ in range(4000))
+    picks: Counter[str] = Counter()
+    for _ in range(4000):
+        vol = choose([(a, 300), (b, 100), (c, 0)], rng)
+        assert vol is not None
+        picks[vol.root] += 1
     assert picks["c"] == 0
     assert 2.6 < picks["a"] / picks["b"] < 3.4  # 3:1, as their free space
     assert choose([], rng) is None
@@ -252,3 +255,27 @@ def test_meta_keeps_well_formed_dirs_only_and_shows_them_in_status() -> None:
     cs.dirs = rows
     (row,) = chunkservers(cluster, 1.0)
     assert row["dirs"] == rows and row["failed_dirs"] == 1 and row["state"] == "live"
+
+
+def test_dfsd_data_dirs_flag(tmp_path) -> None:
+    import argparse
+
+    from dfs.daemon import chunk_data_dirs
+    from dfs.startup import StartupError
+
+    def dirs(text: str) -> tuple[list[str], dict[str, str]]:
+        return chunk_data_dirs(argparse.Namespace(data_dir=text, role="chunk", port=1))
+    a, b, f = tmp_path / "a", tmp_path / "b", tmp_path / "f"
+    f.write_text("not a dir")
+    assert dirs(str(a)) == ([str(a)], {})
+    paths, failed = dirs(f"{a}x,{b},{f}")
+    assert paths == [f"{a}x", str(b), str(f)]
+    assert failed == {str(f): "unusable at start: it is not a directory"}
+    with pytest.raises(StartupError, match="listed twice"):
+        dirs(f"{a},{a}/")
+    with pytest.raises(StartupError, match="empty dir"):
+        dirs(f"{a},")
+    with pytest.raises(StartupError, match="in use by another dfsd"):
+        dirs(f"{b},{tmp_path / 'c'}")  # b is locked by this process since the call above
+    with pytest.raises(StartupError):
+        dirs(str(f))  # one dir, unusable: the start stops as before
