@@ -11,8 +11,9 @@ on the control socket (a Unix socket at CONTROL, one line in, one line out) "cut
                      answer "ok files=<n> dirs=<n> bytes=<n>" (what was thrown away), unmount
                      and exit. Start a new lazyfs on BACKING to "boot" again.
     crash torn SEED  the same, but (seeded) each file keeps a random prefix of its unsynced
-                     writes and each directory randomly keeps its unsynced entries, as when
-                     part of the page cache and of the directory updates reached the disk
+                     writes, the last of them possibly cut after any 512-byte sector, and
+                     each directory randomly keeps its unsynced entries, as when part of the
+                     page cache and of the directory updates reached the disk
     stats            "ok files=<n> dirs=<n> bytes=<n>": what a crash now would throw away
     sync             make everything durable (sync(1))
 
@@ -31,8 +32,9 @@ The durability model (the rules lazyfs holds a program to; what POSIX promises, 
 - syncfs(2) and sync(2) on the mount do NOT reach a FUSE daemon (Linux forwards FUSE_SYNCFS
   only to virtiofs, and libfuse/pyfuse3 have no handler), so they make nothing durable
   here, exactly as on any FUSE file system: a program that relies on syncfs loses data.
-- Not modelled (kept as is at a crash): permissions, owners, times, xattrs. A write is
-  never torn inside itself except in "torn" mode at whole-write granularity.
+- Not modelled (kept as is at a crash): permissions, owners, times, xattrs. A write (at
+  most 128 KiB: FUSE splits larger ones) is torn inside itself only in "torn" mode, at a
+  sector boundary.
 Real file systems are often kinder (ext4 commits a new file's name with its fsync); a program
 that passes here does not depend on that.
 
@@ -58,6 +60,7 @@ import pyfuse3
 import trio
 
 HIDDEN = b".lazyfs"
+SECTOR = 512  # a torn write keeps a whole number of these
 ROOT = pyfuse3.ROOT_INODE
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,12 +78,12 @@ class Entry:
 @dataclass
 class Undo:
     """What to put back, in reverse order, to return a file to its last fsync: each record is
-    (offset, the bytes the write replaced, the size before it)."""
+    (offset, length written, the bytes the write replaced, the size before it)."""
 
-    records: list[tuple[int, bytes, int]] = field(default_factory=list)
+    records: list[tuple[int, int, bytes, int]] = field(default_factory=list)
 
     def nbytes(self) -> int:
-        return sum(len(old) for _, old, _ in self.records) + 1
+        return sum(len(old) for _, _, old, _ in self.records) + 1
 
 
 def _errors(fn: F) -> F:
@@ -191,7 +194,7 @@ class LazyFS(pyfuse3.Operations):
         """About to overwrite [offset, offset+length) of a file: keep the old bytes and size."""
         size = os.fstat(fd).st_size
         old = os.pread(fd, max(0, min(length, size - offset)), offset) if offset < size else b""
-        self.undo.setdefault(ino, Undo()).records.append((offset, old, size))
+        self.undo.setdefault(ino, Undo()).records.append((offset, length, old, size))
 
     # control ----------------------------------------------------------------------------
     def _differs(self, ino: int, snap: dict[bytes, Entry]) -> bool:
@@ -243,9 +246,13 @@ class LazyFS(pyfuse3.Operations):
             keep = rng.randint(0, len(undo.records)) if rng else 0
             fd = os.open(path, os.O_RDWR)
             try:
-                for offset, old, size in reversed(undo.records[keep:]):
-                    os.pwrite(fd, old, offset)
-                    os.ftruncate(fd, size)
+                for i, (offset, length, old, size) in reversed(
+                        list(enumerate(undo.records))[keep:]):
+                    # Torn: the first write lost may keep a prefix of its sectors.
+                    cut = rng.randrange(0, length, SECTOR) if rng and i == keep and length \
+                        else 0
+                    os.pwrite(fd, old[cut:], offset + cut)
+                    os.ftruncate(fd, max(size, offset + cut) if cut else size)
             finally:
                 os.close(fd)
 

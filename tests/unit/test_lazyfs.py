@@ -175,3 +175,19 @@ def test_torn_crash_keeps_a_prefix_of_the_writes(lazy: LazyMount) -> None:
     lazy.start()
     got = (mnt / "f").read_bytes()
     assert got == b"".join(bytes([65 + i]) * 100 for i in range(len(got) // 100))
+
+
+def test_a_torn_crash_can_cut_one_write_at_a_sector_boundary(lazy: LazyMount) -> None:
+    mnt = lazy.mountpoint
+    data = bytes(range(256)) * 256  # 64 KiB in one write
+    sizes = set()
+    for seed in (0, 4, 9):  # seeds that keep all of it, and cut it at two places
+        write(mnt / "f", b"", sync=True)
+        fsync_dir(mnt)
+        write(mnt / "f", data, flags=0)
+        lazy.crash(torn_seed=seed)
+        lazy.start()
+        got = (mnt / "f").read_bytes()
+        assert got == data[:len(got)] and len(got) % 512 == 0
+        sizes.add(len(got))
+    assert len(sizes) > 1 and len(data) in sizes, sizes
