@@ -316,7 +316,8 @@ class LazyFS(pyfuse3.Operations):
                       ctx: Any) -> pyfuse3.EntryAttributes:
         path = self._path(inode)
         if fields.update_size:
-            fd = os.open(path, os.O_RDWR)
+            # Through the caller's descriptor when it has one (the name may be gone).
+            fd = os.dup(self.fhs[fh][0]) if fh in self.fhs else os.open(path, os.O_RDWR)
             try:
                 size = os.fstat(fd).st_size
                 if attr.st_size < size:
