@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from dfs.local_cluster import guarded
+
 LAZYFS = Path(__file__).with_name("lazyfs.py")
 
 
@@ -75,9 +77,11 @@ class LazyMount:
         with contextlib.suppress(FileNotFoundError):
             self.control.unlink()
         with open(self.log, "ab") as log:
+            # Behind dfsd's parent-death guard: a runner killed by a timeout leaves no lazyfs
+            # process behind.
             self.proc = subprocess.Popen(
-                [sys.executable, str(LAZYFS), str(self.backing), str(self.mountpoint),
-                 str(self.control)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                guarded([sys.executable, str(LAZYFS), str(self.backing), str(self.mountpoint),
+                         str(self.control)]), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         return self
 
     def wait_mounted(self) -> "LazyMount":
