@@ -91,8 +91,10 @@ def chunkservers(svc: "MetaService") -> str:
     for cs in servers:
         state = cs.shown_state
         level = STATE_LEVEL.get(state, "warn")
+        failed = [d["path"] for d in cs.dirs if d["state"] == "failed"]
+        dirs = "".join(f" {h.badge('failed data dir ' + p, 'bad')}" for p in failed)
         rows.append(h.row([
-            f"<code>{h.esc(cs.addr)}</code>", h.badge(state, level),
+            f"<code>{h.esc(cs.addr)}</code>", h.badge(state, level) + dirs,
             f"{h.duration(now - cs.last_heartbeat)} ago", f"{len(cs.blocks):,}",
             f"{h.bar(cs.used, cs.capacity)} {h.size(cs.used)} of {h.size(cs.capacity)}",
             f"{sending.get(cs.id, 0)} out, {receiving.get(cs.id, 0)} in",

@@ -396,3 +396,5 @@ def test_a_chunkserver_whose_only_disk_fails_stays_up_and_takes_no_writes(
                     if line.startswith(name + " "))
     assert gauge(c["chunk2"].http_port, "dfs_chunk_failed_dirs") == 1
     assert gauge(c.meta.http_port, "dfs_chunkserver_failed_dirs") == 1
+    page = urlopen(f"http://127.0.0.1:{c.meta.http_port}/chunkservers", timeout=5).read()
+    assert f"failed data dir {disk.data}".encode() in page
