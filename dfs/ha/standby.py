@@ -16,7 +16,7 @@ from typing import Any, Awaitable
 
 from ..errors import BadRequest
 from ..meta.cluster import Cluster
-from ..meta.reports import MAX_POLL_WAIT, REPORT_ROW, registering
+from ..meta.reports import MAX_POLL_WAIT, REPORT_ROW, dirs_of, registering
 from ..net import ServerConnection
 from ..protocol.fields import rows, text, uint
 
@@ -26,7 +26,7 @@ Reply = dict[str, Any]
 class Seen:
     """One chunkserver as a standby knows it."""
 
-    __slots__ = ("id", "addr", "stats", "last", "blocks", "reporting")
+    __slots__ = ("id", "addr", "stats", "last", "blocks", "reporting", "dirs")
 
     def __init__(self, sid: str, addr: str) -> None:
         self.id, self.addr = sid, addr
@@ -34,6 +34,7 @@ class Seen:
         self.last = 0.0
         self.blocks: dict[int, list[int]] = {}  # block id -> [id, gen, size, digest]
         self.reporting: dict[int, list[int]] | None = None  # a full report in progress
+        self.dirs: list[dict[str, Any]] = []  # its data dirs, as the active keeps them
 
 
 class StandbyReports:
@@ -56,7 +57,7 @@ class StandbyReports:
                         conn: ServerConnection) -> Reply:
         sid, addr = registering(h, self.cluster_id)
         s = self.servers[sid] = Seen(sid, addr)
-        s.stats, s.last = self._stats(h), time.monotonic()
+        s.stats, s.last, s.dirs = self._stats(h), time.monotonic(), dirs_of(h)
         for e in rows(h, "blocks", REPORT_ROW):
             s.blocks[e[0]] = e
         return {"cluster_id": self.cluster_id, "heartbeat_interval": self.heartbeat_interval}
@@ -84,7 +85,7 @@ class StandbyReports:
         s = self._known(h)
         if s is None:
             return {"reregister": True}
-        s.stats, s.last = self._stats(h), time.monotonic()
+        s.stats, s.last, s.dirs = self._stats(h), time.monotonic(), dirs_of(h)
         for e in rows(h, "received", REPORT_ROW):
             s.blocks[e[0]] = e
         for block_id, _gen in rows(h, "corrupt", ("id", "gen")):
@@ -123,6 +124,7 @@ class StandbyReports:
                 continue
             cs = cluster.register(s.id, s.addr, s.last)
             cluster.heartbeat(cs, *s.stats, s.last)
+            cs.dirs = s.dirs
             cluster.block_report(cs, list(s.blocks.values()))
             n += 1
         return n
@@ -133,5 +135,6 @@ class StandbyReports:
         return [{"id": s.id, "addr": s.addr,
                  "state": "live" if now - s.last <= dead_timeout else "dead",
                  "blocks": len(s.blocks), "used": s.stats[1], "capacity": s.stats[0],
-                 "free": s.stats[2], "last_heartbeat_s": round(now - s.last, 3)}
+                 "free": s.stats[2], "last_heartbeat_s": round(now - s.last, 3),
+                 "dirs": s.dirs, "failed_dirs": sum(1 for d in s.dirs if d["state"] == "failed")}
                 for s in sorted(self.servers.values(), key=lambda s: s.addr)]
