@@ -72,6 +72,7 @@ class History:
     unclear: list[str] = field(default_factory=list)  # anything else: a bug
     files: dict[str, File] = field(default_factory=dict)  # acknowledged state, by path
     maybe: dict[str, set[bytes]] = field(default_factory=dict)  # after a failed op: may be
+    errors: dict[int, list[str]] = field(default_factory=dict)  # phase -> clear errors
     gone: set[str] = field(default_factory=set)  # acknowledged rm / mv source: must not exist
     dirs: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -134,9 +135,10 @@ class Writer(threading.Thread):
             before = h.files.get(path)
         try:
             call()
-        except dfs.DFSError:
+        except dfs.DFSError as exc:
             with h.lock:
                 counts[2] += 1
+                h.errors.setdefault(phase, []).append(f"{op}: {type(exc).__name__}: {exc}")
                 # Not acknowledged: it may or may not have happened.
                 if op == "put":
                     h.maybe.setdefault(path, {b""}).add(data)  # b"": absent
@@ -311,8 +313,10 @@ def run_power_cuts(make_cluster: Callable[..., Cluster], seed: int) -> list[str]
         lines.append(
             f"{kind}: power cuts {kinds.count(kind)}, ops tried {tried}, acknowledged "
             f"{acked}, failed with a clear error {failed}, lost {lost}; unsynced at the "
-            f"cuts: "
-            f"{dropped[kind][0]} files, {dropped[kind][1]} directories")
+            f"cuts: {dropped[kind][0]} files, {dropped[kind][1]} directories")
+        errors = sorted({e[:100] for p in ps for e in h.errors.get(p, [])})
+        if errors:  # what the clear errors said, a few of them
+            lines.append("    errors: " + "; ".join(errors[:4]))
     meta_log = cluster["meta"].log_text()
     lines.append(f"meta start-ups that dropped a torn journal tail: "
                  f"{meta_log.count('dropped a torn tail')}; checkpoints written: "
