@@ -126,12 +126,17 @@ class Cluster:
         if cs.handed:  # the deletes the reply to its last beat carried have been carried out
             cs.deleting.difference_update(cs.handed)
             cs.handed = []
-        if cs.state == "dead":
-            log.info("chunkserver %s (%s) is live again", cs.addr, cs.id)
+        returned = cs.state == "dead"
         cs.state = "live"
         cs.capacity, cs.used, cs.free, cs.load, cs.writing = capacity, used, free, load, writing
         cs.pending = 0
         cs.last_heartbeat = now
+        if returned:
+            # Back without registering (meta could not hear it, say, but its link held): no
+            # block report will come for an hour, so the blocks copied elsewhere while it was
+            # dead lose their extra replica now.
+            log.info("chunkserver %s (%s) is live again", cs.addr, cs.id)
+            self.trim_extra(cs)
 
     def expire(self, now: float) -> list[ChunkServer]:
         """Mark servers silent for longer than the dead timeout as dead; returns them."""
@@ -168,6 +173,11 @@ class Cluster:
         if cs is None or not cs.decommission:
             return
         cs.decommission = ""
+        self.trim_extra(cs)
+
+    def trim_extra(self, cs: ChunkServer) -> None:
+        """The server's replicas count again (back in service, or live again): the blocks
+        it holds that now have more replicas than they ask for lose the extra ones."""
         for block_id in list(cs.blocks):
             info = self.blocks.get(block_id)
             if info is not None and not info.upload and len(info.replicas) > info.replication:
