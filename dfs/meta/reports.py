@@ -74,6 +74,7 @@ class ChunkserverReports:
         cs = self.cluster.register(sid, addr, time.monotonic())
         self.cluster.heartbeat(cs, *stats, time.monotonic())
         self._reported(cs.id, report)
+        self.replicator.reregistered(cs.id)
         log.info("chunkserver %s registered (%s): %d blocks reported, %d kept",
                  addr, sid, len(report), len(cs.blocks))
         return {"cluster_id": self.cluster_id, "heartbeat_interval": self.heartbeat_interval}
