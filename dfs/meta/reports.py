@@ -70,11 +70,22 @@ class ChunkserverReports:
         sid, addr = registering(h, self.cluster_id)
         stats = self._stats(h)
         report = rows(h, "blocks", REPORT_ROW)
+        # Registering forgets what meta believed the server (or one at its address before)
+        # held; the report puts back what it still has. What it no longer has (deleted on an
+        # order meta believed lost, say) is short of a replica now: look at it again. (A
+        # report of many pages brings the rest after this one: a block of theirs may be
+        # copied once needlessly, and trimmed.)
+        known = self.cluster.servers.get(sid)
+        before = set(known.blocks) if known is not None else set()
+        taken = self.cluster.by_addr.get(addr)
+        if taken is not None and taken is not known:
+            before |= taken.blocks
         # Everything is valid: only now does the chunkserver exist for placement.
         cs = self.cluster.register(sid, addr, time.monotonic())
         self.cluster.heartbeat(cs, *stats, time.monotonic())
         self._reported(cs.id, report)
         self.replicator.reregistered(cs.id)
+        self.replicator.check_all(before - cs.blocks)
         log.info("chunkserver %s registered (%s): %d blocks reported, %d kept",
                  addr, sid, len(report), len(cs.blocks))
         return {"cluster_id": self.cluster_id, "heartbeat_interval": self.heartbeat_interval}

@@ -35,3 +35,19 @@ def test_a_copy_involving_a_server_that_registers_again_is_ordered_again(who: st
         finally:
             await svc.stop()
     asyncio.run(scenario())
+
+
+def test_a_replica_a_server_no_longer_reports_when_it_registers_again_is_repaired() -> None:
+    async def scenario() -> None:
+        svc = await new_meta(servers=3)
+        try:
+            await put(svc, "/f", [1000])
+            (block_id,) = svc.cluster.blocks
+            holder = svc.cluster.servers[svc.cluster.blocks[block_id].replicas[0]]
+            await register(svc, int(holder.id[2:]), blocks=[])  # it lost the replica
+            assert len(svc.cluster.live_replicas(block_id)) == 1
+            svc._schedule_copies(time.monotonic() + 5)
+            assert block_id in svc.replicator.inflight, "the short block is not repaired"
+        finally:
+            await svc.stop()
+    asyncio.run(scenario())
