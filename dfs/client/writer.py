@@ -105,17 +105,25 @@ class BlockWrite:
         """End the block; rebuild the pipeline and resend as often as needed. Returns the
         servers that hold the block durably."""
         complete = self._complete if self.started else self._write_small
-        for attempt in range(config.PIPELINE_RETRIES + 1):
+        retries = idle = 0
+        while True:
             if self.error is None:
                 try:
                     return await complete()
                 except DFSError as exc:
                     self._broken(exc)
-            if attempt == config.PIPELINE_RETRIES:
+            assert self.error is not None
+            # A pooled connection that had died while idle costs no retry: each is found
+            # dead only once (closed, it is replaced by a new one), so these are bounded by
+            # the connections the chains' hops had pooled. The cap guards against a bug.
+            if self.error.details.get("died_idle") and idle < config.MAX_REPLICATION:
+                idle += 1
+            elif retries < config.PIPELINE_RETRIES:
+                retries += 1
+            else:
                 break
             await self._recover()
         self.abandon()
-        assert self.error is not None
         raise self.error
 
     async def _complete(self) -> list[str]:

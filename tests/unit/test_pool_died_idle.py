@@ -165,7 +165,9 @@ class FakeMetaClient:
 
 @pytest.mark.parametrize("packets", [1, 3], ids=["write_small", "stream"])
 def test_a_block_whose_head_connection_died_idle_is_resent_blaming_no_server(
-        packets: int) -> None:
+        packets: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "PIPELINE_RETRIES", 0)  # and it costs no retry
+
     async def body(chunk: FakeChunk) -> None:
         client = FakeMetaClient()
         await client.pool.get(chunk.addr)
