@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class ChunkServer:
     __slots__ = ("id", "addr", "capacity", "used", "free", "load", "state", "last_heartbeat",
                  "blocks", "pending", "writing", "deletes", "copies", "decommission", "beats",
-                 "reporting", "deleting", "handed")
+                 "reporting", "deleting", "handed", "link")
 
     def __init__(self, id: str, addr: str, now: float) -> None:
         self.id = id
@@ -54,6 +54,12 @@ class ChunkServer:
         # replica are not believed.
         self.deleting: set[int] = set()
         self.handed: list[int] = []
+        # The connection it last registered over (None when registered without one: tests,
+        # or adopted at an HA takeover). A chunkserver registers again on every new link, so
+        # a heartbeat or report arriving on another connection is an old one, held up in a
+        # link that was cut (TCP delivers it once the path heals): it must not add replicas
+        # back, nor count as the beat that proves a delete was carried out.
+        self.link: object | None = None
 
     @property
     def shown_state(self) -> str:

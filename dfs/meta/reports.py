@@ -16,7 +16,7 @@ from .. import config
 from ..errors import BadRequest
 from ..net import ServerConnection
 from ..protocol.fields import rows, text, uint
-from .cluster import Cluster
+from .cluster import ChunkServer, Cluster
 from .replication import Replicator
 from .uploads import EPOCH_BITS, BlockIds
 
@@ -26,6 +26,16 @@ REPORT_ROW = ("id", "gen", "size", "digest")
 Reply = dict[str, Any]
 MAX_POLL_WAIT = 30.0  # the longest a poll_commands request is held open
 COPIES_PER_REPLY = 10_000  # copy orders per reply, so it fits in a frame
+
+
+def stale(cs: ChunkServer, conn: ServerConnection) -> bool:
+    """A message from a chunkserver over a connection older than its latest registration
+    (see ChunkServer.link): believed in nothing."""
+    if cs.link is not None and conn is not cs.link:
+        log.warning("%s: ignoring a message over a connection older than its latest "
+                    "registration (held up in a link that was cut)", cs.addr)
+        return True
+    return False
 
 
 def registering(h: dict[str, Any], cluster_id: str) -> tuple[str, str]:
@@ -82,6 +92,7 @@ class ChunkserverReports:
             before |= taken.blocks
         # Everything is valid: only now does the chunkserver exist for placement.
         cs = self.cluster.register(sid, addr, time.monotonic())
+        cs.link = conn
         self.cluster.heartbeat(cs, *stats, time.monotonic())
         self._reported(cs.id, report)
         self.replicator.reregistered(cs.id)
@@ -106,7 +117,7 @@ class ChunkserverReports:
         periodic full report (`full`, from `first` to `last`) also let meta find replicas the
         server no longer has."""
         cs = self.cluster.servers.get(text(h, "chunk_id"))
-        if cs is None or cs.addr != h.get("addr"):
+        if cs is None or cs.addr != h.get("addr") or stale(cs, conn):
             return {"reregister": True}
         report = rows(h, "blocks", REPORT_ROW)
         full = bool(h.get("full"))
@@ -128,7 +139,7 @@ class ChunkserverReports:
     def handle_heartbeat(self, h: dict[str, Any], payload: memoryview,
                          conn: ServerConnection) -> Reply:
         cs = self.cluster.servers.get(text(h, "chunk_id"))
-        if cs is None or cs.addr != h.get("addr"):
+        if cs is None or cs.addr != h.get("addr") or stale(cs, conn):
             return {"reregister": True}
         stats = self._stats(h)
         received = rows(h, "received", REPORT_ROW)
@@ -157,7 +168,7 @@ class ChunkserverReports:
         start, and the next one as long again after it. Deletes stay with heartbeats, whose
         count tells when a delete has surely been carried out (cluster.bad_copy_gone)."""
         cs = self.cluster.servers.get(text(h, "chunk_id"))
-        if cs is None or cs.addr != h.get("addr"):
+        if cs is None or cs.addr != h.get("addr") or stale(cs, conn):
             return {"reregister": True}
         raw_wait = h.get("wait", 0)
         if not isinstance(raw_wait, (int, float)) or isinstance(raw_wait, bool) or \
