@@ -110,6 +110,9 @@ MAX_COPIES = 4  # copies one chunkserver sends (and receives) at once during rep
 REPAIR_BUSY_RATE = 128 * MiB  # bytes/s of copies a server sends while clients use it
 REPAIR_BUSY_WINDOW = 0.5  # seconds after a client's last request that a server counts as used
 COPY_TIMEOUT = 120.0  # a copy that has not arrived by then is forgotten and retried
+# Most chunkservers silent at once hold repair (meta/hold.py) until they come back, or for at
+# most this many dead timeouts when none does and some other server is live.
+REPAIR_HOLD_MAX = 10
 DEFAULT_SCRUB_RATE = 8 * MiB  # bytes per second the scrubber re-reads
 DEFAULT_SCRUB_INTERVAL = 7 * 24 * 3600.0  # one full scrub pass a week
 # A chunkserver leaves free the smaller of DEFAULT_RESERVE and this fraction of its disk

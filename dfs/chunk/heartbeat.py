@@ -74,6 +74,16 @@ class CommandFence:
         return "active" if term >= self.term else "stale"
 
 
+def beat_timeout(interval: float) -> float:
+    """How long a heartbeat waits for its reply before the link is dropped and made anew
+    (then registered again): a few heartbeats, far below meta's dead timeout (ten of them by
+    default), not the RPC timeout, which is as long as the dead timeout. A partition that
+    heals while TCP's retransmission timer has backed off holds up meta's reply for seconds
+    more, and a server waiting for it sends no heartbeat: meta declares it dead again right
+    after it came back, and repairs it all over. A new connection gets through at once."""
+    return min(config.RPC_TIMEOUT, max(2.0, 4 * interval))
+
+
 class MetaLink:
     def __init__(self, store: BlockStore, meta_addr: str, interval: float,
                  advertise: Callable[[Connection], str], writing: Callable[[], int],
@@ -274,7 +284,7 @@ class MetaLink:
             self._wake.set()  # more than a page waits: the next beat comes soon
         try:
             reply = await self.conn.call("heartbeat", received=received, corrupt=corrupt,
-                                         **self._stats())
+                                         timeout=beat_timeout(self.interval), **self._stats())
         except DFSError:
             self._received = received + self._received
             self._corrupt = corrupt + self._corrupt

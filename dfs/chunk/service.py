@@ -27,8 +27,8 @@ from typing import Any, Awaitable, Callable
 
 from .. import checksum, config
 from ..errors import BadRequest, ChecksumError, DFSError, NoSpace, Unavailable
-from ..net import NO_SECURITY, ConnectionPool, Security, ServerConnection
-from ..net.blockstream import BlockStream
+from ..net import NO_SECURITY, Checkout, ConnectionPool, Security, ServerConnection
+from ..net.blockstream import BlockStream, died_idle
 from ..protocol import Frame
 from ..protocol.buffers import POOL, Lease
 from ..protocol.fields import addrs, uint
@@ -146,15 +146,20 @@ class ChunkService:
         downstream = None
         try:
             if chain:
+                peer = None
                 try:
-                    downstream = await BlockStream.open(await self.pool.get(chain[0]),
-                                                        block_id, gen, chain[1:], token)
+                    peer = await self.pool.checkout(chain[0])
+                    downstream = await BlockStream.open(peer.conn, block_id, gen, chain[1:],
+                                                        token)
                 except DFSError as exc:
                     if exc.details.get("token"):
                         raise  # the token, not the server: the writer gets a new one
+                    if peer is not None and peer.died_idle(exc):
+                        raise died_idle(exc, chain[0]) from None
                     bad = exc.details.get("bad") or chain[0]
+                    idle = {"died_idle": True} if exc.details.get("died_idle") else {}
                     raise Unavailable(f"pipeline to {chain[0]} failed: {exc}",
-                                      bad=bad) from None
+                                      bad=bad, **idle) from None
             try:
                 writer = await asyncio.shield(local)
             except DFSError as exc:
@@ -205,12 +210,14 @@ class ChunkService:
         local = asyncio.get_running_loop().run_in_executor(
             self.disk, self.store.write_whole, block_id, gen, frame.payload, crcs)
         down: BlockStream | None = None
+        peer: Checkout | None = None
         ack: asyncio.Future[Frame] | None = None
         indexed = False
         try:
             if chain:
                 try:
-                    down = BlockStream(await self.pool.get(chain[0]), block_id, gen, chain[1:])
+                    peer = await self.pool.checkout(chain[0])
+                    down = BlockStream(peer.conn, block_id, gen, chain[1:])
                     ack = down.small(frame.payload, crcs, token)
                 except DFSError as exc:
                     raise Unavailable(f"pipeline to {chain[0]} failed: {exc}",
@@ -226,6 +233,8 @@ class ChunkService:
                 try:
                     replicas += await down.replicas(ack)
                 except DFSError as exc:
+                    if peer is not None and peer.died_idle(exc):
+                        raise died_idle(exc, chain[0]) from None
                     raise down.upstream_error(exc) from None
         except BaseException:
             if ack is not None:

@@ -249,10 +249,19 @@ class FileReader:
                           f"be read ({detail})")
 
     async def _read_from(self, addr: str, block: dict[str, Any], seg: int, length: int) -> bytes:
-        conn = await self.client.pool.get(addr)
-        reply = await conn.call("read_block", block=int(block["id"]), gen=block["gen"],
-                                offset=seg, length=length, token=block.get("token"),
-                                timeout=config.READ_TIMEOUT)
+        fields = {"block": int(block["id"]), "gen": block["gen"], "offset": seg,
+                  "length": length, "token": block.get("token")}
+        pooled = await self.client.pool.checkout(addr)
+        try:
+            reply = await pooled.conn.call("read_block", timeout=config.READ_TIMEOUT, **fields)
+        except Unavailable as exc:
+            if not pooled.died_idle(exc):
+                raise
+            # Only the connection had died (idle in the pool): a read is safe to send again.
+            log.info("connection to %s had died while idle (%s); reading on a new one",
+                     addr, exc)
+            conn = await self.client.pool.get(addr)
+            reply = await conn.call("read_block", timeout=config.READ_TIMEOUT, **fields)
         try:
             data = reply.payload
             if len(data) != length:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import checksum, config
 from ..errors import DFSError
-from ..net.blockstream import BlockStream
+from ..net.blockstream import BlockStream, died_idle
 
 if TYPE_CHECKING:
     from .async_client import AsyncClient
@@ -58,11 +58,14 @@ class BlockWrite:
     async def start(self) -> None:
         self.started = True
         self.stream = None
+        head = None
         try:
-            conn = await self.client.pool.get(self.targets[0])
-            self.stream = await BlockStream.open(conn, self.block_id, self.gen,
+            head = await self.client.pool.checkout(self.targets[0])
+            self.stream = await BlockStream.open(head.conn, self.block_id, self.gen,
                                                  self.targets[1:], self.token)
         except DFSError as exc:
+            if head is not None and head.died_idle(exc):
+                exc = died_idle(exc, self.targets[0])
             self._broken(exc)
 
     def _broken(self, exc: DFSError) -> None:
@@ -102,17 +105,25 @@ class BlockWrite:
         """End the block; rebuild the pipeline and resend as often as needed. Returns the
         servers that hold the block durably."""
         complete = self._complete if self.started else self._write_small
-        for attempt in range(config.PIPELINE_RETRIES + 1):
+        retries = idle = 0
+        while True:
             if self.error is None:
                 try:
                     return await complete()
                 except DFSError as exc:
                     self._broken(exc)
-            if attempt == config.PIPELINE_RETRIES:
+            assert self.error is not None
+            # A pooled connection that had died while idle costs no retry: each is found
+            # dead only once (closed, it is replaced by a new one), so these are bounded by
+            # the connections the chains' hops had pooled. The cap guards against a bug.
+            if self.error.details.get("died_idle") and idle < config.MAX_REPLICATION:
+                idle += 1
+            elif retries < config.PIPELINE_RETRIES:
+                retries += 1
+            else:
                 break
             await self._recover()
         self.abandon()
-        assert self.error is not None
         raise self.error
 
     async def _complete(self) -> list[str]:
@@ -122,9 +133,14 @@ class BlockWrite:
     async def _write_small(self) -> list[str]:
         """The whole block in one frame down the chain; the ack means durable everywhere."""
         (data, crcs), = self.packets
-        conn = await self.client.pool.get(self.targets[0])
-        stream = BlockStream(conn, self.block_id, self.gen, self.targets[1:])
-        return await stream.replicas(stream.small(data, crcs, self.token))
+        head = await self.client.pool.checkout(self.targets[0])
+        stream = BlockStream(head.conn, self.block_id, self.gen, self.targets[1:])
+        try:
+            return await stream.replicas(stream.small(data, crcs, self.token))
+        except DFSError as exc:
+            if head.died_idle(exc):
+                raise died_idle(exc, self.targets[0]) from None
+            raise
 
     def abandon(self) -> None:
         """Give the block up: stop waiting for acks and have the chain drop its partial
@@ -135,10 +151,12 @@ class BlockWrite:
     async def _recover(self) -> None:
         """Ask meta for a new generation and chain without the failed server, then resend."""
         assert self.error is not None
-        if not self.error.details.get("token"):
-            self.excluded.add(self.error.details.get("bad") or self.targets[0])
-        # else: our write token expired (a writer that stalled for minutes) or was refused;
-        # the servers are fine, and recover_block hands out a new generation and token.
+        details = self.error.details
+        if not (details.get("token") or details.get("died_idle")):
+            self.excluded.add(details.get("bad") or self.targets[0])
+        # else: our write token expired (a writer that stalled for minutes) or was refused,
+        # or a pooled connection on the way had died while idle (a NAT box restarted); the
+        # servers are fine, and recover_block hands out a new generation and token.
         if self.stream is not None:
             self.stream.abort()
         keep = [t for t in self.targets if t not in self.excluded]

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class ChunkServer:
     __slots__ = ("id", "addr", "capacity", "used", "free", "load", "state", "last_heartbeat",
                  "blocks", "pending", "writing", "deletes", "copies", "decommission", "beats",
-                 "reporting", "deleting", "handed", "dirs")
+                 "reporting", "deleting", "handed", "dirs", "link")
 
     def __init__(self, id: str, addr: str, now: float) -> None:
         self.id = id
@@ -57,6 +57,12 @@ class ChunkServer:
         # Its data dirs as its last heartbeat described them (reports.dirs_of): path, state
         # "ok" or "failed", error, blocks, used, capacity, free, lost. Shown by status only.
         self.dirs: list[dict[str, Any]] = []
+        # The connection it last registered over (None when registered without one: tests,
+        # or adopted at an HA takeover). A chunkserver registers again on every new link, so
+        # a heartbeat or report arriving on another connection is an old one, held up in a
+        # link that was cut (TCP delivers it once the path heals): it must not add replicas
+        # back, nor count as the beat that proves a delete was carried out.
+        self.link: object | None = None
 
     @property
     def shown_state(self) -> str:
@@ -129,12 +135,17 @@ class Cluster:
         if cs.handed:  # the deletes the reply to its last beat carried have been carried out
             cs.deleting.difference_update(cs.handed)
             cs.handed = []
-        if cs.state == "dead":
-            log.info("chunkserver %s (%s) is live again", cs.addr, cs.id)
+        returned = cs.state == "dead"
         cs.state = "live"
         cs.capacity, cs.used, cs.free, cs.load, cs.writing = capacity, used, free, load, writing
         cs.pending = 0
         cs.last_heartbeat = now
+        if returned:
+            # Back without registering (meta could not hear it, say, but its link held): no
+            # block report will come for an hour, so the blocks copied elsewhere while it was
+            # dead lose their extra replica now.
+            log.info("chunkserver %s (%s) is live again", cs.addr, cs.id)
+            self.trim_extra(cs)
 
     def expire(self, now: float) -> list[ChunkServer]:
         """Mark servers silent for longer than the dead timeout as dead; returns them."""
@@ -171,6 +182,11 @@ class Cluster:
         if cs is None or not cs.decommission:
             return
         cs.decommission = ""
+        self.trim_extra(cs)
+
+    def trim_extra(self, cs: ChunkServer) -> None:
+        """The server's replicas count again (back in service, or live again): the blocks
+        it holds that now have more replicas than they ask for lose the extra ones."""
         for block_id in list(cs.blocks):
             info = self.blocks.get(block_id)
             if info is not None and not info.upload and len(info.replicas) > info.replication:

@@ -82,6 +82,18 @@ class Replicator:
                 self._finish(block_id, "lost")
                 self.needy.add(block_id)
 
+    def reregistered(self, server_id: str) -> None:
+        """The server registered again: the copy orders queued for it were dropped, and any
+        handed out on its old connection may have been lost with it. Its copies in flight
+        end as "lost" and their blocks are looked at again, rather than waiting out the copy
+        timeout short of a replica, with the copy slots taken. (A copy that did land is in
+        the registration's report: the block is no longer short and starts nothing.)"""
+        for block_id, copy in list(self.inflight.items()):
+            if server_id in (copy.source, copy.target):
+                self._finish(block_id, "lost")
+                self.needy.add(block_id)
+                self._sorted_at = float("-inf")
+
     def arrived(self, block_id: int, server_id: str) -> bool:
         """A replica of the block was reported by `server_id`. True if it was the copy we
         ordered (its slots are free again)."""

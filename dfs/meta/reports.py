@@ -16,7 +16,7 @@ from .. import config
 from ..errors import BadRequest
 from ..net import ServerConnection
 from ..protocol.fields import rows, text, uint
-from .cluster import Cluster
+from .cluster import ChunkServer, Cluster
 from .replication import Replicator
 from .uploads import EPOCH_BITS, BlockIds
 
@@ -26,6 +26,16 @@ REPORT_ROW = ("id", "gen", "size", "digest")
 Reply = dict[str, Any]
 MAX_POLL_WAIT = 30.0  # the longest a poll_commands request is held open
 COPIES_PER_REPLY = 10_000  # copy orders per reply, so it fits in a frame
+
+
+def stale(cs: ChunkServer, conn: ServerConnection) -> bool:
+    """A message from a chunkserver over a connection older than its latest registration
+    (see ChunkServer.link): believed in nothing."""
+    if cs.link is not None and conn is not cs.link:
+        log.warning("%s: ignoring a message over a connection older than its latest "
+                    "registration (held up in a link that was cut)", cs.addr)
+        return True
+    return False
 
 
 def registering(h: dict[str, Any], cluster_id: str) -> tuple[str, str]:
@@ -97,17 +107,24 @@ class ChunkserverReports:
         sid, addr = registering(h, self.cluster_id)
         stats = self._stats(h)
         report = rows(h, "blocks", REPORT_ROW)
-        if sid in self.cluster.servers:
-            # Registering again: a restart (a power cut, a SIGKILL) quicker than the dead
-            # timeout. Copies to or from the old process died with it, and it may have lost
-            # replicas it held: as for a lost server, forget those copies now (not at their
-            # deadline, minutes away, holding its copy slots) and check its old blocks.
-            self.replicator.server_lost(sid)
+        # Registering forgets what meta believed the server (or one at its address before)
+        # held; the report puts back what it still has. What it no longer has (deleted on an
+        # order meta believed lost, say) is short of a replica now: look at it again. (A
+        # report of many pages brings the rest after this one: a block of theirs may be
+        # copied once needlessly, and trimmed.)
+        known = self.cluster.servers.get(sid)
+        before = set(known.blocks) if known is not None else set()
+        taken = self.cluster.by_addr.get(addr)
+        if taken is not None and taken is not known:
+            before |= taken.blocks
         # Everything is valid: only now does the chunkserver exist for placement.
         cs = self.cluster.register(sid, addr, time.monotonic())
+        cs.link = conn
         self.cluster.heartbeat(cs, *stats, time.monotonic())
         self._dirs(cs, dirs_of(h))
         self._reported(cs.id, report)
+        self.replicator.reregistered(cs.id)
+        self.replicator.check_all(before - cs.blocks)
         log.info("chunkserver %s registered (%s): %d blocks reported, %d kept",
                  addr, sid, len(report), len(cs.blocks))
         return {"cluster_id": self.cluster_id, "heartbeat_interval": self.heartbeat_interval}
@@ -128,7 +145,7 @@ class ChunkserverReports:
         periodic full report (`full`, from `first` to `last`) also let meta find replicas the
         server no longer has."""
         cs = self.cluster.servers.get(text(h, "chunk_id"))
-        if cs is None or cs.addr != h.get("addr"):
+        if cs is None or cs.addr != h.get("addr") or stale(cs, conn):
             return {"reregister": True}
         report = rows(h, "blocks", REPORT_ROW)
         full = bool(h.get("full"))
@@ -161,7 +178,7 @@ class ChunkserverReports:
     def handle_heartbeat(self, h: dict[str, Any], payload: memoryview,
                          conn: ServerConnection) -> Reply:
         cs = self.cluster.servers.get(text(h, "chunk_id"))
-        if cs is None or cs.addr != h.get("addr"):
+        if cs is None or cs.addr != h.get("addr") or stale(cs, conn):
             return {"reregister": True}
         stats = self._stats(h)
         received = rows(h, "received", REPORT_ROW)
@@ -191,7 +208,7 @@ class ChunkserverReports:
         start, and the next one as long again after it. Deletes stay with heartbeats, whose
         count tells when a delete has surely been carried out (cluster.bad_copy_gone)."""
         cs = self.cluster.servers.get(text(h, "chunk_id"))
-        if cs is None or cs.addr != h.get("addr"):
+        if cs is None or cs.addr != h.get("addr") or stale(cs, conn):
             return {"reregister": True}
         raw_wait = h.get("wait", 0)
         if not isinstance(raw_wait, (int, float)) or isinstance(raw_wait, bool) or \

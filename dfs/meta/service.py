@@ -25,6 +25,7 @@ from ..protocol.fields import addrs, attrs, mtime, text, uint
 from . import records, views
 from .checkpointer import Checkpointer
 from .cluster import ChunkServer, Cluster
+from .hold import RepairHold
 from .journal import JournalStore
 from .namespace import Dir, File, Namespace, every_file, normalise
 from .replication import Replicator
@@ -60,6 +61,10 @@ class MetaService:
         self.ns = Namespace(time.time())
         self.cluster = Cluster(dead_timeout)
         self.replicator = Replicator(self.cluster)
+        # No copies while most chunkservers are silent at once (meta cut off, likelier than
+        # all of them dead): see hold.py.
+        self.hold = RepairHold(self.cluster, stale_after=dead_timeout / 2,
+                               hold_max=config.REPAIR_HOLD_MAX * dead_timeout)
         self.uploads = Uploads(self.cluster)
         self.commits = records.Commits()
         self._sweeper: asyncio.Task[None] | None = None
@@ -213,6 +218,7 @@ class MetaService:
             dead = self.cluster.expire(now)
             for cs in dead:
                 self.replicator.server_lost(cs.id)
+            self.hold.update(now, dead)
             if now - last < period:
                 if dead and not self.safe_mode:
                     self._schedule_copies(now)
@@ -220,7 +226,7 @@ class MetaService:
             last = now
             self.cluster.tick(now)
             self.cluster.sweep_doomed(now)
-            if not self.safe_mode and now >= self.repair_after:
+            if not self.safe_mode and now >= self.repair_after and not self.hold.held:
                 self.cluster.sweep_orphans(now, self.orphan_grace)
             self._check_safe_mode(now)
             if not self.safe_mode:
@@ -244,7 +250,7 @@ class MetaService:
     def _schedule_copies(self, now: float) -> None:
         """Hand each new copy to its source chunkserver: at once to one holding a
         poll_commands request, else with its next heartbeat reply."""
-        if now < self.repair_after:
+        if now < self.repair_after or self.hold.held:
             return
         sources = set()
         for copy in self.replicator.schedule(now):
@@ -646,6 +652,7 @@ class MetaService:
             "safe_mode_s": round(max(0.0, self.safe_until - now), 1) if self.safe_mode
             else 0.0,
             "read_only": self.journal.full,
+            "repair_held": len(self.hold.held),
             "blocks": self.ns.blocks, "uploads": len(self.uploads), "pid": os.getpid(),
             "chunkservers": views.chunkservers(self.cluster, now),
             "repair": self.replicator.progress()}

@@ -126,7 +126,17 @@ class BlockStream:
             return ChecksumError(str(exc), bad=bad)
         if isinstance(exc, NoSpace):
             return NoSpace(str(exc), bad=bad)
-        return Unavailable(f"downstream {self.addr}: {exc}", bad=bad)
+        return Unavailable(f"downstream {self.addr}: {exc}", bad=bad,
+                           **({"died_idle": True} if exc.details.get("died_idle") else {}))
+
+
+def died_idle(exc: DFSError, bad: str) -> Unavailable:
+    """`exc` as the failure of a pooled connection to `bad` that had died while idle
+    (`Checkout.died_idle`), marked `died_idle`: the writer then strikes no server off, and
+    rebuilds the chain on new connections under a new generation (never the same block
+    twice under one generation: a replica the dead connection may have started is older)."""
+    return Unavailable(f"{exc} (a pooled connection to {bad} that had died while idle)",
+                       bad=bad, died_idle=True)
 
 
 def abort_block(conn: Connection | None, block_id: int) -> None:

@@ -195,8 +195,10 @@ class ClientProtocol(FrameProtocol):
         super().__init__()
         self.peername = addr
         self.waiters: dict[int, asyncio.Future[Frame]] = {}
+        self.frames = 0  # frames received so far (see Checkout.died_idle)
 
     def frame_received(self, frame: Frame) -> None:
+        self.frames += 1
         rid = frame.header.get("id")
         fut = self.waiters.pop(rid, None) if isinstance(rid, int) else None
         if fut is None:
@@ -397,6 +399,25 @@ async def cancel_and_wait(task: "asyncio.Task[None] | None") -> None:
         pass
 
 
+class Checkout:
+    """One use of a pooled connection: the connection, and whether it was already open and
+    idle in the pool (how many frames it had received then) or opened for this use."""
+
+    def __init__(self, conn: Connection, frames: int | None) -> None:
+        self.conn = conn
+        self._frames = frames
+
+    def died_idle(self, exc: BaseException) -> bool:
+        """Whether `exc` only shows that the connection had died while it sat in the pool: it
+        came out of the pool open, it is closed now, and nothing came back on it since. A
+        NAT box or firewall that restarts, or an idle timeout on the way, drops connections
+        without telling either end; the client finds out at its next request, which the
+        server never saw. Such a failure says nothing about the server: try once more on a
+        new connection before blaming it (as HDFS's client does with its socket cache)."""
+        return (self._frames is not None and isinstance(exc, Unavailable)
+                and self.conn.closed and self.conn.protocol.frames == self._frames)
+
+
 class ConnectionPool:
     """One shared connection per address, reopened when it breaks.
 
@@ -413,9 +434,14 @@ class ConnectionPool:
         self._hello = hello
 
     async def get(self, addr: str) -> Connection:
+        return (await self.checkout(addr)).conn
+
+    async def checkout(self, addr: str) -> Checkout:
+        """The connection to `addr`, saying whether it comes out of the pool (see
+        `Checkout.died_idle`) or was opened just now."""
         conn = self._conns.get(addr)
         if conn is not None and not conn.closed:
-            return conn
+            return Checkout(conn, conn.protocol.frames)
         opening = self._opening.get(addr)
         if opening is None:
             opening = asyncio.ensure_future(Connection.open(
@@ -428,7 +454,7 @@ class ConnectionPool:
                 if not f.cancelled() and f.exception() is None:
                     self._conns[addr] = f.result()
             opening.add_done_callback(opened)
-        return await asyncio.shield(opening)
+        return Checkout(await asyncio.shield(opening), None)
 
     def discard(self, addr: str) -> None:
         conn = self._conns.pop(addr, None)

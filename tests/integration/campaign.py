@@ -145,6 +145,11 @@ class Campaign:
         return self.report
 
 
-def _clean(fsck: dict[str, Any]) -> dict[str, Any] | None:
+def _clean(fsck: dict[str, Any]) -> dict[str, Any]:
+    """fsck's reply when it is clean; else ValueError saying what is not (wait_until shows
+    the last one when it gives up)."""
     bad = fsck["under_replicated"] + fsck["missing"] + fsck["corrupt"]
-    return fsck if bad == 0 else None
+    if bad:
+        counts = {k: fsck[k] for k in ("under_replicated", "missing", "corrupt")}
+        raise ValueError(f"fsck: {counts}, e.g. {fsck['problems'][:3]}")
+    return fsck

@@ -13,6 +13,7 @@ operation it was in.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import sys
@@ -48,6 +49,7 @@ def main() -> int:
     p.add_argument("--block-size", type=int, default=128 * 1024)
     p.add_argument("--timeout", type=float, default=10.0)
     a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     rng = random.Random(f"{a.seed}:{a.name}")
     client = dfs.Client(a.meta, timeout=a.timeout)
     mine: list[str] = []

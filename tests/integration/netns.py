@@ -179,19 +179,21 @@ class Network:
                   f"{self.gateway}:{relay.port}")
         return relay
 
-    def heal(self, name: str) -> None:
-        """Undo every fault on this host (link up, rules and qdisc gone). Relays it was
-        sent through stay open for connections already made, but new ones go direct."""
+    def heal(self, name: str, relays: bool = False) -> None:
+        """Undo the faults on this host: link up, drops and loss gone, no rate cap. With
+        `relays`, its connections stop going through relays too; the ones made through a
+        relay then break, as they would when a NAT box between two hosts restarts."""
         host = self[name]
         sh("ip", "link", "set", host.veth, "up")
         self._ipt(host, "-F", CHAIN)
-        self._ipt(host, "-t", "nat", "-F", CHAIN)
+        if relays:
+            self._ipt(host, "-t", "nat", "-F", CHAIN)
         sh("ip", "netns", "exec", host.ns, "tc", "qdisc", "del", "dev", "eth0", "root",
            check=False)
 
-    def heal_all(self) -> None:
+    def heal_all(self, relays: bool = False) -> None:
         for name in self.hosts:
-            self.heal(name)
+            self.heal(name, relays)
 
     def close(self) -> None:
         for relay in self.relays:

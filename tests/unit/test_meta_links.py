@@ -204,6 +204,33 @@ def test_a_meta_that_is_down_gets_the_blocks_with_its_next_registration() -> Non
     assert down._received == []
 
 
+class TimedConn(FakeConn):
+    """Records the timeout of each call."""
+
+    def __init__(self, *headers: dict[str, Any]) -> None:
+        super().__init__(*headers)
+        self.timeouts: list[float] = []
+
+    async def call(self, op: str, **kw: Any) -> FakeReply:
+        self.timeouts.append(kw.get("timeout", config.RPC_TIMEOUT))
+        return await super().call(op, **kw)
+
+
+@pytest.mark.parametrize("interval", [0.5, config.DEFAULT_HEARTBEAT_INTERVAL])
+def test_a_heartbeat_gives_up_on_its_reply_well_within_the_dead_timeout(interval: float) -> None:
+    """A reply held up (a partition healed while TCP's retransmission timer backs off) must
+    not keep the server from heartbeating until meta declares it dead again."""
+    store = FakeStore()
+    ml, _ = links(store, n=1)
+    (link,) = ml.links
+    link.interval = interval
+    link.conn = conn = TimedConn({})  # type: ignore[assignment]
+    asyncio.run(link._beat())
+    assert conn.calls == ["heartbeat"]
+    dead_timeout = 10 * interval  # meta's default is ten heartbeats
+    assert conn.timeouts[0] <= dead_timeout / 2.5
+
+
 # -- dfsd --role chunk --meta A,B -------------------------------------------------------------
 
 @pytest.mark.parametrize("meta, why", [("m1:5000,,m2:5000", "not an address"),

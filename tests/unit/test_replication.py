@@ -105,6 +105,27 @@ def test_a_returning_server_makes_extra_replicas_trimmed_back_to_r() -> None:
     assert "127.0.0.1:6002" not in cluster.live_replicas(1)
 
 
+def test_a_server_back_by_heartbeat_alone_makes_extra_replicas_trimmed_too() -> None:
+    # Cut off from meta only (its TCP link held, so it never registers again): it comes back
+    # with a heartbeat, and no block report follows for an hour.
+    cluster = make(3)
+    add(cluster, 1, ["s0", "s1"])
+    s0 = cluster.servers["s0"]
+    assert cluster.expire(now=31.0) == [s0, cluster.servers["s1"], cluster.servers["s2"]]
+    for sid in ("s1", "s2"):
+        cluster.heartbeat(cluster.servers[sid], 100 * MiB * 1024, 0, 100 * MiB * 1024, 0, 0,
+                          now=31.0)
+    rep = Replicator(cluster)
+    rep.server_lost("s0")
+    (copy,) = rep.schedule(now=31.0)
+    cluster.block_report(cluster.servers[copy.target], [[1, 1, MiB]])
+    cluster.servers["s2"].free -= 10 * MiB  # the fullest: its copy is the one to go
+    cluster.heartbeat(s0, 100 * MiB * 1024, 0, 100 * MiB * 1024, 0, 0, now=32.0)
+    assert cluster.live_replicas(1) == ["127.0.0.1:6000", "127.0.0.1:6001"]
+    assert cluster.servers["s2"].deletes == [[1, 1]]
+    assert s0.deletes == [] and cluster.servers["s1"].deletes == []
+
+
 def test_the_queue_is_sorted_once_and_popped_until_every_slot_is_taken() -> None:
     """A schedule between sorts pops the queue's front only: after a lost server, copies
     fill every source's slots, and each arrival lets exactly the next queued block start."""
