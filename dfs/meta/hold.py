@@ -31,6 +31,15 @@ from .cluster import ChunkServer, Cluster
 log = logging.getLogger(__name__)
 
 
+def quiet_after(dead_timeout: float, heartbeat_interval: float) -> float:
+    """How long a live server may go unheard before it counts as quiet: half the dead
+    timeout, but never less than two heartbeat intervals (a server that beats every 3 s is
+    unheard for up to 3 s in the normal course; with a 3.5 s dead timeout, half of it would
+    call every healthy server quiet between two beats and hold repair whenever one died),
+    and never more than the dead timeout."""
+    return min(dead_timeout, max(dead_timeout / 2, 2 * heartbeat_interval))
+
+
 class RepairHold:
     def __init__(self, cluster: Cluster, stale_after: float, hold_max: float) -> None:
         self.cluster = cluster

@@ -25,7 +25,7 @@ from ..protocol.fields import addrs, attrs, mtime, text, uint
 from . import records, views
 from .checkpointer import Checkpointer
 from .cluster import ChunkServer, Cluster
-from .hold import RepairHold
+from .hold import RepairHold, quiet_after
 from .journal import JournalStore
 from .namespace import Dir, File, Namespace, every_file, normalise
 from .replication import Replicator
@@ -63,7 +63,8 @@ class MetaService:
         self.replicator = Replicator(self.cluster)
         # No copies while most chunkservers are silent at once (meta cut off, likelier than
         # all of them dead): see hold.py.
-        self.hold = RepairHold(self.cluster, stale_after=dead_timeout / 2,
+        self.hold = RepairHold(self.cluster,
+                               stale_after=quiet_after(dead_timeout, heartbeat_interval),
                                hold_max=config.REPAIR_HOLD_MAX * dead_timeout)
         self.uploads = Uploads(self.cluster)
         self.commits = records.Commits()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dfs.meta.cluster import BlockInfo, Cluster
-from dfs.meta.hold import RepairHold
+from dfs.meta.hold import RepairHold, quiet_after
 from dfs.meta.replication import Replicator
 
 MiB = 1 << 20
@@ -106,3 +106,29 @@ def test_a_real_mass_death_is_repaired_after_hold_max_from_the_survivors() -> No
     for sid in ("s2", "s3"):
         beat(cluster, sid, 33.2)
     assert tick(cluster, hold, rep, 33.2) == [1]
+
+
+def test_servers_between_two_slow_beats_are_not_quiet() -> None:
+    # dfs-bench repair runs a 3.5 s dead timeout with dfsd's default 3 s heartbeat: half the
+    # dead timeout (1.75 s) would count every healthy server as silent between two beats,
+    # and hold repair when one server alone died (seen: repair started 3.3 s late).
+    dead, hb = 3.5, 3.0
+    cluster = Cluster(dead_timeout=dead)
+    for i in range(3):
+        cluster.register(f"s{i}", f"127.0.0.1:{6000 + i}", now=0.0)
+    for sid in ("s0", "s1", "s2"):
+        beat(cluster, sid, 0.0)
+    add(cluster, 1, ["s0", "s1"])
+    rep = Replicator(cluster)
+    hold = RepairHold(cluster, stale_after=quiet_after(dead, hb), hold_max=10 * dead)
+    beat(cluster, "s1", 1.0)  # s1 and s2 beat on their own 3 s rhythm; s0 dies after 0.0
+    beat(cluster, "s2", 1.5)
+    assert tick(cluster, hold, rep, 3.6) == [1]  # s0 dead, s1/s2 unheard 2.6/2.1 s: normal
+    assert not hold.held
+
+
+def test_quiet_after_is_half_the_dead_timeout_within_two_beats_and_the_timeout() -> None:
+    assert quiet_after(30.0, 3.0) == 15.0
+    assert quiet_after(3.5, 3.0) == 3.5
+    assert quiet_after(3.0, 0.5) == 1.5
+    assert quiet_after(10.0, 3.0) == 6.0
