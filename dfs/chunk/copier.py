@@ -45,13 +45,27 @@ class Copier:
     def start(self, block_id: int, gen: int, target: str, token: Any = None) -> None:
         """Copy our replica of (block, gen) to `target` in the background, with meta's write
         token for it."""
-        task = asyncio.ensure_future(self._copy(block_id, gen, target, token))
+        task = asyncio.ensure_future(self._copy_once_more(block_id, gen, target, token))
         self.copies.add(task)
         task.add_done_callback(self.copies.discard)
 
-    async def _copy(self, block_id: int, gen: int, target: str, token: Any) -> None:
+    async def _copy_once_more(self, block_id: int, gen: int, target: str, token: Any) -> None:
+        """A copy whose pooled connection to the target had died while idle (a NAT box or
+        firewall that restarted: `Checkout.died_idle`) is tried once more on a new one.
+        Meta learns of a failed copy only when its copy timeout (minutes) runs out, so
+        giving up on such a failure would leave the block short that long for a server that
+        is fine. Anything the target started on the dead connection is dropped when that
+        connection closes, and a replica only lands whole (renamed once sealed)."""
+        if await self._copy(block_id, gen, target, token) == "died idle":
+            log.info("copy of block %d to %s: the pooled connection had died while idle; "
+                     "trying once more on a new one", block_id, target)
+            await self._copy(block_id, gen, target, token)
+
+    async def _copy(self, block_id: int, gen: int, target: str, token: Any) -> str:
+        """One try: "ok", "died idle", or "failed" (logged)."""
         loop = asyncio.get_running_loop()
         conn = None
+        head = None
         stream: BlockStream | None = None
         # Packet k is read into bufs[k % len(bufs)]: by then packet k - len(bufs) has been
         # acknowledged (`send` keeps fewer than COPY_WINDOW unacknowledged), so the target
@@ -59,7 +73,8 @@ class Copier:
         bufs = [POOL.get(config.PACKET_SIZE) for _ in range(COPY_WINDOW + 1)]
         try:
             size = self.store.lookup(block_id, gen)
-            conn = await self.pool.get(target)
+            head = await self.pool.checkout(target)
+            conn = head.conn
             stream = await BlockStream.open(conn, block_id, gen, [], token, window=COPY_WINDOW)
             for k, offset in enumerate(range(0, size, config.PACKET_SIZE)):
                 n = min(config.PACKET_SIZE, size - offset)
@@ -73,14 +88,18 @@ class Copier:
             for buf in bufs:
                 POOL.put(buf)
             log.info("copied block %d (%d bytes) to %s", block_id, size, target)
+            return "ok"
         except (DFSError, OSError) as exc:
             if isinstance(exc, ChecksumError):
                 self.checksum_failures += 1
-            log.warning("copy of block %d to %s failed: %s", block_id, target, exc)
             if stream is not None:
                 stream.abort()
             else:
                 abort_block(conn, block_id)
+            if head is not None and head.died_idle(exc):
+                return "died idle"
+            log.warning("copy of block %d to %s failed: %s", block_id, target, exc)
+            return "failed"
 
     async def _pace(self, n: int) -> None:
         """Hold all copies together to `rate`, and to REPAIR_BUSY_RATE while clients use

@@ -196,3 +196,39 @@ def test_a_head_that_hangs_up_on_a_new_connection_is_blamed() -> None:
         assert client.recovered == [[chunk.addr]]
         client.pool.close()
     run(body)
+
+
+class OneReplica:
+    """The copier's view of a block store holding one small replica."""
+
+    data = bytes(range(256)) * 16
+
+    def lookup(self, block_id: int, gen: int) -> int:
+        return len(self.data)
+
+    def read_into(self, block_id: int, gen: int, offset: int, n: int, buf: Any,
+                  around_cache: bool = False) -> tuple[memoryview, list[int], int]:
+        piece = self.data[offset:offset + n]
+        return memoryview(piece), checksum.crcs_of(piece), len(piece)
+
+
+def test_a_copy_whose_pooled_connection_died_idle_is_sent_again_on_a_new_one() -> None:
+    # Seen in the NAT-restart fault test: a re-replication copy failed on a dead pooled
+    # connection, and meta, which learns of a failed copy only at its copy timeout (120 s),
+    # left the block with one replica meanwhile.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dfs.chunk.copier import Copier
+
+    async def body(chunk: FakeChunk) -> None:
+        pool = ConnectionPool()
+        await pool.get(chunk.addr)
+        chunk.forget()
+        with ThreadPoolExecutor(1) as disk:
+            copier = Copier(OneReplica(), pool, disk)  # type: ignore[arg-type]
+            copier.start(7, 3, chunk.addr)
+            await asyncio.gather(*copier.copies)
+        assert chunk.dropped == ["write_block"]
+        assert chunk.served == [("write_block", 3)]  # the second try, on a new connection
+        pool.close()
+    run(body)
