@@ -29,6 +29,7 @@ import history
 from netns import Network
 
 import dfs
+from dfs import config
 from dfs.local_cluster import Cluster, wait_until
 
 HERE = Path(__file__).parent
@@ -128,9 +129,11 @@ class Campaign:
                         actual[f["path"]] = f"torn: {exc}"
         return actual
 
-    def finish(self, repair_timeout: float = 60.0) -> history.Report:
+    def finish(self, repair_timeout: float = config.COPY_TIMEOUT + 30) -> history.Report:
         """Stop the clients, wait until meta has repaired everything (fsck clean), check the
-        history, print the figures and fail on any violation."""
+        history, print the figures and fail on any violation. (Meta orders a copy that
+        failed without a word again only once its copy timeout has passed, hence the wait:
+        normally fsck is clean within seconds.)"""
         self.stop()
         client = self.cluster.client()
         fsck = wait_until(lambda: _clean(client.fsck("/")), repair_timeout,

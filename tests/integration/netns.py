@@ -308,11 +308,16 @@ class Relay:
             dst.close()
 
     def close(self) -> None:
-        def stop() -> None:
+        async def shutdown() -> None:
             self.server.close()
             for w in self._writers:
                 w.close()
-            self.loop.stop()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.loop.call_soon(self.loop.stop)
         if self.loop.is_running():
-            self.loop.call_soon_threadsafe(stop)
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5)
             self.thread.join(5)
