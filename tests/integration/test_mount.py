@@ -41,6 +41,13 @@ def run(*cmd: str, cwd: Path | str | None = None, timeout: float = 120
 
 
 @pytest.fixture
+def cluster(make_cluster):
+    # A fixed --capacity: by default it follows the disk's free space, which other tests
+    # writing at the same time move between the `df` and the `status` compared below.
+    return make_cluster(2, chunk_args=["--capacity", "64GiB"])
+
+
+@pytest.fixture
 def mnt(cluster, tmp_path):
     with Mount(cluster, tmp_path / "mnt") as m:
         yield m

@@ -42,7 +42,9 @@ def test_health_and_readiness(make_cluster: Callable[..., Cluster]) -> None:
 
 def test_metrics_tell_the_truth_through_a_death_and_a_repair(
         make_cluster: Callable[..., Cluster]) -> None:
-    c = make_cluster(3, http=True)
+    # A fixed --capacity: by default it follows the disk's free space, which other tests
+    # writing at the same time move between the scrape and the status compared below.
+    c = make_cluster(3, http=True, chunk_args=["--capacity", "64GiB"])
     client = c.client()
     for i in range(6):
         client.put_bytes(data_of(300_000, seed=i), f"/m/f{i}", replication=2)
