@@ -77,10 +77,7 @@ class Replicator:
         if cs is not None:
             self.needy.update(cs.blocks)
             self._sorted_at = float("-inf")  # sort them in at the next schedule
-        for block_id, copy in list(self.inflight.items()):
-            if server_id in (copy.source, copy.target):
-                self._finish(block_id, "lost")
-                self.needy.add(block_id)
+        self._lose_copies(server_id)
 
     def reregistered(self, server_id: str) -> None:
         """The server registered again: the copy orders queued for it were dropped, and any
@@ -88,6 +85,10 @@ class Replicator:
         end as "lost" and their blocks are looked at again, rather than waiting out the copy
         timeout short of a replica, with the copy slots taken. (A copy that did land is in
         the registration's report: the block is no longer short and starts nothing.)"""
+        self._lose_copies(server_id)
+
+    def _lose_copies(self, server_id: str) -> None:
+        """End the copies in flight to or from this server as lost; look at their blocks."""
         for block_id, copy in list(self.inflight.items()):
             if server_id in (copy.source, copy.target):
                 self._finish(block_id, "lost")
