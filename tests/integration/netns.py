@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import random
@@ -43,13 +44,28 @@ CHAIN = "DFSFAULT"
 _counter = itertools.count()
 
 
+@functools.lru_cache(maxsize=1)
 def available() -> str | None:
-    """Why network namespaces cannot be used here, or None when they can."""
+    """Why network namespaces cannot be used here, or None when they can: root, the tools,
+    and a kernel that gives a new namespace a veth link and netfilter (tried once, for
+    real, on a throwaway namespace)."""
     if os.geteuid() != 0:
         return "network namespaces need root"
     for tool in ("ip", "iptables", "tc"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (bin/install-test-deps installs it)"
+    ns, link = f"dfsprobe{os.getpid()}", f"dfsprobe{os.getpid() % 100000}"
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "netns", "exec", ns, "iptables", "-w", "-A", "OUTPUT", "-m", "statistic",
+           "--mode", "random", "--probability", "0.5", "-j", "DROP")
+        sh("ip", "netns", "exec", ns, "iptables", "-w", "-t", "nat", "-L", "-n")
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        return f"this kernel cannot host the fault tests' network namespaces: {exc}"
+    finally:
+        sh("ip", "link", "del", link, check=False)
+        sh("ip", "netns", "del", ns, check=False)
     return None
 
 
