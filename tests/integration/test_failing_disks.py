@@ -237,6 +237,26 @@ def read_back(c: Cluster, h: History) -> None:
             h.lost.append(f"{path}: different bytes")
 
 
+async def read_replicas(addr: str, names: set[str]) -> None:
+    """read_block, straight to the chunkserver at `addr`, of each replica file named (blk_<id
+    hex>_<gen>); failures are the point, and are ignored."""
+    from dfs.net import Connection
+    conn = await Connection.open(addr)
+    try:
+        for name in sorted(names):
+            _, block, gen = name.split("_")[:3]
+            with contextlib.suppress(dfs.DFSError):
+                ids = {"block": int(block, 16), "gen": int(gen)}
+                info = await conn.call("block_info", timeout=10, **ids)
+                size = info.header["size"]
+                info.release()
+                reply = await conn.call("read_block", offset=0, length=min(size, 65536),
+                                        timeout=10, **ids)
+                reply.release()
+    finally:
+        conn.close()
+
+
 def healthy(c: Cluster) -> bool:
     report = c.client().fsck("/")
     return report["blocks"] > 0 and report["healthy"] == report["blocks"]
@@ -332,7 +352,10 @@ def test_a_disk_failing_reads_is_found_by_the_read_path(loop_disks, make_cluster
     assert not failed_dirs(c, "chunk2")  # nobody has noticed yet
     watcher = Watcher(c, h, fault)
     watcher.start()
-    read_back(c, h)  # chunk2 serves some of these from the bad dir and meets EIO
+    read_back(c, h)  # chunk2 may serve some of these from the bad dir and meet EIO
+    # Which replica a client reads is not up to the test: also ask chunk2 itself for each
+    # replica the bad dir held, so the read path meets the EIO whatever the clients chose.
+    asyncio.run(read_replicas(c["chunk2"].addr, before))
     h.times["reads done"] = time.monotonic() - fault
     rows = wait_until(lambda: failed_dirs(c, "chunk2"), 10, "status to show the failed dir")
     assert rows[0]["path"] == str(bad.data), rows
