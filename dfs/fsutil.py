@@ -18,7 +18,7 @@ class CorruptFile(Exception):
         self.path, self.offset, self.why = path, offset, why
 
 
-def fsync_dir(path: str) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make the directory entries of `path` (a directory) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lazyfs_mount import LazyMount, skip_reason  # noqa: E402
 
 from dfs.chunk.groupsync import GroupSync, syncfs_is_barrier  # noqa: E402
+from dfs.fsutil import fsync_dir  # noqa: E402
 
 pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
 
@@ -37,14 +38,6 @@ def write(path: Path, data: bytes, sync: bool = False, flags: int = os.O_TRUNC) 
         os.write(fd, data)
         if sync:
             os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
